@@ -19,6 +19,8 @@ INSTALL_REQUIRES = [
     "scikit-learn==1.9.1",
     "tensorboardX==2.6.5",
     "pillow>=10",
+    # tensorflow-datasets 4.9.10 imports it on Python >= 3.9 but does not declare it.
+    "importlib_resources",
 ]
 
 setuptools.setup(

@@ -1,0 +1,42 @@
+r"""VQGAN tokenizer of MaskGIT (stage 1).
+
+  python -m magvit_jax.train --config=configs/vqgan_imagenet.py --workdir=runs/vqgan
+  python -m magvit_jax.train --config=configs/vqgan_imagenet.py:digits --workdir=runs/vqgan_digits
+
+Argument: `imagenet` (default; 256x256, 16x16 tokens, codebook 1024 x 256,
+filters 128, multipliers (1, 1, 2, 2, 4), 2 residual blocks: the MaskGIT
+tokenizer) or `digits` (tiny CPU variant on the embedded 32x32 digits:
+8x8 tokens).
+"""
+import ml_collections
+
+from magvit_jax.config_schema import base_config
+
+VARIANTS = ('imagenet', 'digits')
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or 'imagenet'
+  if variant not in VARIANTS:
+    raise ValueError(f'configs/vqgan_imagenet.py:{variant}: expected one of {VARIANTS}')
+  c = base_config('tokenizer')
+  c.model = ml_collections.ConfigDict(dict(
+      filters=128, channel_multipliers=(1, 1, 2, 2, 4), num_res_blocks=2, embedding_dim=256,
+      codebook_size=1024, commitment_cost=0.25, num_groups=32))
+  c.losses = ml_collections.ConfigDict(dict(l2_weight=1.0, l1_weight=0.0))
+  c.optimizer.update(dict(lr=1e-4, b1=0.9, b2=0.99, warmup_steps=2000, decay='constant'))
+  c.batch_size = 256
+  c.num_train_steps = 1_000_000
+
+  if variant == 'digits':
+    c.data.update(dict(name='magvit_digits', image_size=32, train_split='train',
+                       eval_split='test', num_classes=10, shuffle_buffer=2000))
+    c.model.update(dict(filters=32, channel_multipliers=(1, 2, 2), num_res_blocks=1,
+                        embedding_dim=32, codebook_size=256, num_groups=8))
+    c.optimizer.update(dict(lr=2e-3, warmup_steps=100, decay='cosine', decay_steps=1500))
+    c.batch_size = 64
+    c.eval_batch_size = 128
+    c.num_train_steps = 1500
+    c.log_every = 50
+    c.checkpoint_every = 500
+  return c

@@ -1,0 +1,134 @@
+"""Orbax checkpoints of sharded train state plus the run's config.
+
+Layout: `<workdir>/checkpoints/<step>/{state,config}`. Orbax writes each step
+to a temporary directory and renames it when complete, so a run killed while
+saving never leaves a half-written checkpoint that looks valid. The config
+is stored beside the state; restoring checks that the model-defining parts of
+the config match, so a checkpoint from another architecture is refused with
+the differing keys named.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+# Config sections that define parameter shapes: a checkpoint is only
+# restorable into a run whose values here are identical.
+ARCHITECTURE_KEYS = ('stage', 'model')
+
+
+class IncompatibleCheckpointError(ValueError):
+  pass
+
+
+def _flatten(d: Any, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  if isinstance(d, dict):
+    for k, v in d.items():
+      out.update(_flatten(v, f'{prefix}{k}.'))
+  else:
+    out[prefix[:-1]] = d
+  return out
+
+
+def architecture_diff(saved: dict, current: dict) -> list[str]:
+  """Lines 'key: saved=... current=...' for every architecture key that differs."""
+  lines = []
+  for top in ARCHITECTURE_KEYS:
+    a = _flatten(saved.get(top, {}), f'{top}.')
+    b = _flatten(current.get(top, {}), f'{top}.')
+    for key in sorted(set(a) | set(b)):
+      va, vb = a.get(key, '<absent>'), b.get(key, '<absent>')
+      if isinstance(va, (list, tuple)):
+        va = list(va)
+      if isinstance(vb, (list, tuple)):
+        vb = list(vb)
+      if va != vb:
+        lines.append(f'{key}: checkpoint={va!r} config={vb!r}')
+  return lines
+
+
+class Checkpointer:
+  """Thin wrapper of `ocp.CheckpointManager` for one training run.
+
+  Args:
+    directory: `<workdir>/checkpoints`.
+    config: the run's config as a JSON-able dict (saved with every step).
+    max_to_keep: how many recent checkpoints to keep.
+  """
+
+  def __init__(self, directory: str, config: dict, max_to_keep: int = 3):
+    self.directory = os.path.abspath(directory)
+    self.config = config
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False),
+        item_names=('state', 'config'))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any) -> None:
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(self.config)),
+        force=True)
+    self._manager.wait_until_finished()
+
+  def saved_config(self, step: int | None = None) -> dict:
+    step = self.latest_step() if step is None else step
+    restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return restored['config']
+
+  def restore(self, abstract_state: Any, step: int | None = None) -> Any:
+    """Restores `state` at `step` (default: latest) into the given abstract tree.
+
+    abstract_state: pytree of `jax.ShapeDtypeStruct` with `.sharding` set.
+    Raises IncompatibleCheckpointError when the saved architecture differs.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    diff = architecture_diff(self.saved_config(step), self.config)
+    if diff:
+      raise IncompatibleCheckpointError(
+          f'checkpoint {self.directory}/{step} was written by a different architecture:\n  '
+          + '\n  '.join(diff))
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    return restored['state']
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def read_workdir_config(workdir: str) -> dict:
+  """The config.json a trainer wrote into its workdir."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'{path} not found: {workdir} is not a training workdir (train one with '
+        f'`python -m magvit_jax.train --config=... --workdir={workdir}`)')
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_workdir_config(workdir: str, config: Any) -> None:
+  """Writes the run's config as `<workdir>/config.json` (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  tmp = os.path.join(workdir, 'config.json.tmp')
+  with open(tmp, 'w') as f:
+    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+  os.replace(tmp, os.path.join(workdir, 'config.json'))

@@ -1,0 +1,112 @@
+"""The shape of a run's config: shared defaults and validation.
+
+Config files in `configs/` build on `base_config(stage)` and fill in the
+model; `validate_config` checks a finished config at the trainer boundary and
+names the offending field and the expected value. Configs are locked, so an
+override of a key that does not exist (`--config.modle.x=1`) is rejected by
+ml_collections before a trainer runs.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+STAGES = ('tokenizer', 'transformer')
+
+# One logical-axis rule table: logical name -> mesh axes.
+LOGICAL_AXIS_RULES = [
+    ['batch', ['data', 'fsdp']],
+    ['embed', 'fsdp'],
+    ['mlp', 'tensor'],
+    ['heads', 'tensor'],
+    ['kv', None],
+    ['vocab', None],
+    ['classes', None],
+    ['length', None],
+    ['embed_out', None],
+    ['conv_0', None],
+    ['conv_1', None],
+    ['conv_2', None],
+    ['conv_in', None],
+    ['conv_out', None],
+    ['norm', None],
+    ['codes', None],
+    ['code_dim', None],
+]
+
+
+def base_config(stage: str) -> ml_collections.ConfigDict:
+  """Fields every run has; the stage's config file fills in `model` etc."""
+  if stage not in STAGES:
+    raise ValueError(f'stage={stage!r}; expected one of {STAGES}')
+  c = ml_collections.ConfigDict()
+  c.stage = stage
+  c.seed = 0
+  c.data = ml_collections.ConfigDict(dict(
+      name='imagenet2012', data_dir=ml_collections.config_dict.placeholder(str),
+      image_size=256, shuffle_buffer=10_000, train_split='train', eval_split='validation',
+      num_classes=1000))
+  c.batch_size = 256
+  c.eval_batch_size = 256
+  c.num_train_steps = 100_000
+  c.log_every = 100
+  c.checkpoint_every = 1000
+  c.max_checkpoints = 3
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.logical_axis_rules = [list(r) for r in LOGICAL_AXIS_RULES]
+  c.optimizer = ml_collections.ConfigDict(dict(
+      lr=1e-4, b1=0.9, b2=0.99, weight_decay=0.0, warmup_steps=5000, decay='constant',
+      decay_steps=100_000, grad_clip_norm=1.0))
+  return c
+
+
+def _require(cond: bool, field: str, expected: str, value: Any) -> None:
+  if not cond:
+    raise ValueError(f'config.{field}={value!r}: expected {expected}')
+
+
+def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
+  """Checks a finished config for `stage`; raises ValueError naming the field."""
+  _require(config.stage == stage, 'stage', f"'{stage}' for this trainer", config.stage)
+  _require(config.batch_size > 0, 'batch_size', 'a positive integer', config.batch_size)
+  _require(config.num_train_steps > 0, 'num_train_steps', 'a positive integer', config.num_train_steps)
+  _require(config.log_every > 0, 'log_every', 'a positive integer', config.log_every)
+  _require(config.checkpoint_every > 0, 'checkpoint_every', 'a positive integer', config.checkpoint_every)
+  _require(config.max_checkpoints > 0, 'max_checkpoints', 'a positive integer', config.max_checkpoints)
+  _require(config.optimizer.lr > 0, 'optimizer.lr', 'a positive float', config.optimizer.lr)
+  _require(config.optimizer.decay in ('constant', 'cosine'), 'optimizer.decay',
+           "'constant' or 'cosine'", config.optimizer.decay)
+  _require(config.data.image_size > 0, 'data.image_size', 'a positive integer', config.data.image_size)
+  m = config.model
+  if stage == 'tokenizer':
+    f = 2 ** (len(m.channel_multipliers) - 1)
+    _require(config.data.image_size % f == 0, 'data.image_size',
+             f'a multiple of the downsampling factor {f} (from model.channel_multipliers)',
+             config.data.image_size)
+    _require(m.codebook_size > 1, 'model.codebook_size', 'an integer > 1', m.codebook_size)
+    for mult in m.channel_multipliers:
+      _require((m.filters * mult) % m.num_groups == 0, 'model.num_groups',
+               f'a divisor of every level width filters*mult (e.g. {m.filters * mult})', m.num_groups)
+  else:
+    from magvit_jax.masking.schedules import SCHEDULES  # pylint: disable=g-import-not-at-top
+    _require(m.hidden_size % m.num_heads == 0, 'model.num_heads',
+             f'a divisor of model.hidden_size={m.hidden_size}', m.num_heads)
+    _require(config.masking.schedule in SCHEDULES, 'masking.schedule', f'one of {SCHEDULES}',
+             config.masking.schedule)
+    _require(config.sampling.schedule in SCHEDULES, 'sampling.schedule', f'one of {SCHEDULES}',
+             config.sampling.schedule)
+    _require(config.sampling.num_steps >= 1, 'sampling.num_steps', 'an integer >= 1',
+             config.sampling.num_steps)
+    _require(0.0 <= config.masking.label_smoothing < 1.0, 'masking.label_smoothing',
+             'a float in [0, 1)', config.masking.label_smoothing)
+    _require(bool(config.tokenizer_workdir), 'tokenizer_workdir',
+             'the workdir of a trained tokenizer run (--config.tokenizer_workdir=DIR)',
+             config.tokenizer_workdir)
+
+
+def config_from_dict(d: dict) -> ml_collections.ConfigDict:
+  """A locked ConfigDict from a saved config.json dict."""
+  c = ml_collections.ConfigDict(d)
+  c.lock()
+  return c

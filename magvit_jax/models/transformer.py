@@ -1,0 +1,177 @@
+"""Bidirectional transformer for masked visual token modeling (MaskGIT stage 2).
+
+The input is a flat token sequence `tokens: [batch, n] int32` with values in
+`[0, codebook_size]` (`codebook_size` itself is the [MASK] id) and a class
+label per example `labels: [batch] int32` in `[0, num_classes]`
+(`num_classes` itself is the "null" class used for classifier-free guidance).
+The class is embedded as one extra token prepended to the sequence, as in
+MaskGIT. Output: `logits: [batch, n, codebook_size] float32` (the mask id is
+never predicted).
+
+Layout follows BERT / the MaskGIT reference: token + learned position
+embeddings -> LayerNorm -> dropout -> pre-LN encoder blocks -> MLM head
+(dense, GELU, LayerNorm) -> logits tied to the token embedding table plus a
+bias.
+
+Every parameter carries logical axis names (`vocab`, `embed`, `mlp`, `heads`,
+`kv`, `length`); `magvit_jax.parallel` maps them to the mesh with the rule
+table from the config.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = jnp.dtype
+
+
+def _dense(features, axes, name, dtype, use_bias=True):
+  return nn.DenseGeneral(
+      features,
+      dtype=dtype,
+      use_bias=use_bias,
+      kernel_init=nn.with_logical_partitioning(
+          nn.initializers.truncated_normal(0.02), axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]),
+      name=name)
+
+
+def _layer_norm(name, dtype):
+  return nn.LayerNorm(
+      epsilon=1e-12,
+      dtype=dtype,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ('embed',)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('embed',)),
+      name=name)
+
+
+class Attention(nn.Module):
+  """Full (bidirectional) multi-head self-attention. x: [b, n, d] -> [b, n, d]."""
+  num_heads: int
+  dropout_rate: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    d = x.shape[-1]
+    if d % self.num_heads:
+      raise ValueError(f'hidden_size={d} must be divisible by num_heads={self.num_heads}')
+    head_dim = d // self.num_heads
+    qkv_axes = ('embed', 'heads', 'kv')
+    q = _dense((self.num_heads, head_dim), qkv_axes, 'query', self.dtype)(x)
+    k = _dense((self.num_heads, head_dim), qkv_axes, 'key', self.dtype)(x)
+    v = _dense((self.num_heads, head_dim), qkv_axes, 'value', self.dtype)(x)
+    # [b, n, heads, head_dim]; jax.nn.dot_product_attention picks the fused
+    # kernel where the backend has one (cuDNN flash attention on GPU).
+    out = jax.nn.dot_product_attention(q, k, v)
+    out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
+    return nn.DenseGeneral(
+        d, axis=(-2, -1), dtype=self.dtype,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.truncated_normal(0.02), ('heads', 'kv', 'embed')),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('embed',)),
+        name='out')(out)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LayerNorm transformer block. x: [b, n, d] -> [b, n, d]."""
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    d = x.shape[-1]
+    y = _layer_norm('ln_attn', self.dtype)(x)
+    y = Attention(self.num_heads, self.dropout_rate, self.dtype, name='attn')(y, deterministic)
+    x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    y = _layer_norm('ln_mlp', self.dtype)(x)
+    y = _dense(self.mlp_dim, ('embed', 'mlp'), 'mlp_in', self.dtype)(y)
+    y = nn.gelu(y)
+    y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    y = _dense(d, ('mlp', 'embed'), 'mlp_out', self.dtype)(y)
+    return x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+
+
+class Transformer(nn.Module):
+  """MaskGIT bidirectional transformer.
+
+  Attributes:
+    codebook_size: K, number of visual tokens; K is also the [MASK] id.
+    num_classes: C; label C is the null class (classifier-free guidance).
+    seq_len: n, number of image tokens (h * w, or t * h * w).
+    hidden_size, num_layers, num_heads, mlp_dim, dropout_rate: as in BERT.
+    dtype: activation dtype (parameters stay float32).
+  """
+  codebook_size: int
+  num_classes: int
+  seq_len: int
+  hidden_size: int = 768
+  num_layers: int = 24
+  num_heads: int = 16
+  mlp_dim: int = 3072
+  dropout_rate: float = 0.1
+  dtype: Dtype = jnp.float32
+
+  @property
+  def mask_token_id(self) -> int:
+    return self.codebook_size
+
+  @property
+  def null_label(self) -> int:
+    return self.num_classes
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, labels: jax.Array, deterministic: bool = True) -> jax.Array:
+    """tokens: [b, n] int32 in [0, K]; labels: [b] int32 in [0, C]. Returns [b, n, K] float32."""
+    if tokens.ndim != 2 or tokens.shape[1] != self.seq_len:
+      raise ValueError(f'tokens must be [batch, {self.seq_len}], got shape {tokens.shape}')
+    if labels.shape != tokens.shape[:1]:
+      raise ValueError(f'labels must be [batch]={tokens.shape[:1]}, got shape {labels.shape}')
+    d = self.hidden_size
+    init = nn.initializers.truncated_normal(0.02)
+    token_table = self.param(
+        'token_embedding', nn.with_logical_partitioning(init, ('vocab', 'embed')),
+        (self.codebook_size + 1, d), jnp.float32)
+    class_table = self.param(
+        'class_embedding', nn.with_logical_partitioning(init, ('classes', 'embed')),
+        (self.num_classes + 1, d), jnp.float32)
+    pos_table = self.param(
+        'position_embedding', nn.with_logical_partitioning(init, ('length', 'embed')),
+        (self.seq_len + 1, d), jnp.float32)
+
+    x = jnp.concatenate([class_table[labels][:, None], token_table[tokens]], axis=1)
+    x = (x + pos_table[None]).astype(self.dtype)
+    x = _layer_norm('ln_embed', self.dtype)(x)
+    x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+    for i in range(self.num_layers):
+      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype,
+                       name=f'block_{i}')(x, deterministic)
+    x = _layer_norm('ln_final', self.dtype)(x)
+    # MLM head.
+    x = _dense(d, ('embed', 'embed_out'), 'head_dense', self.dtype)(x[:, 1:])
+    x = _layer_norm('head_ln', self.dtype)(nn.gelu(x))
+    logits = jnp.einsum('bnd,vd->bnv', x, token_table[:self.codebook_size].astype(self.dtype))
+    bias = self.param('head_bias', nn.with_logical_partitioning(nn.initializers.zeros_init(), ('vocab',)),
+                      (self.codebook_size,), jnp.float32)
+    return (logits + bias).astype(jnp.float32)
+
+
+def count_params(params) -> int:
+  """Total number of parameters of a (possibly boxed) params pytree."""
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(nn.unbox(params)))
+
+
+def forward_flops(model: Transformer, batch: int) -> float:
+  """Analytic FLOPs of one forward pass (matmuls; full bidirectional attention).
+
+  Counts 2 FLOPs per multiply-add: projections 4 d^2, MLP 2 d m, attention scores and
+  values 2 n d per token and layer, plus the MLM head.
+  """
+  n = model.seq_len + 1
+  d, m, L, K = model.hidden_size, model.mlp_dim, model.num_layers, model.codebook_size
+  per_token_layer = 2 * (4 * d * d + 2 * d * m) + 2 * 2 * n * d
+  head = 2 * (d * d + d * K)
+  return float(batch * (n * L * per_token_layer + (n - 1) * head))

@@ -1,0 +1,85 @@
+"""Train state, optimizer and its sharded creation (shared by both stage trainers).
+
+The state is created directly in its sharded layout: `jax.eval_shape` gives
+the abstract state with logical axis annotations, the config's rule table
+turns them into `NamedSharding`s, and the init function is jitted with those
+`out_shardings`, so no device ever holds an unsharded copy.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from magvit_jax import parallel
+
+
+@flax.struct.dataclass
+class TrainState:
+  """step: int32 scalar; params/opt_state: pytrees; rng: uint32 [2] base key."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def learning_rate_schedule(opt_config) -> optax.Schedule:
+  """Linear warmup to `lr`, then constant or cosine decay to 0 at `decay_steps`."""
+  warmup = int(opt_config.warmup_steps)
+  if opt_config.decay == 'constant':
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, opt_config.lr, max(warmup, 1)),
+         optax.constant_schedule(opt_config.lr)], [warmup])
+  if opt_config.decay == 'cosine':
+    return optax.warmup_cosine_decay_schedule(
+        0.0, opt_config.lr, max(warmup, 1), max(int(opt_config.decay_steps), warmup + 1))
+  raise ValueError(f"config.optimizer.decay={opt_config.decay!r}; expected 'constant' or 'cosine'")
+
+
+def make_optimizer(opt_config) -> optax.GradientTransformation:
+  """AdamW with gradient clipping; weight decay on matrices/kernels only."""
+  def decay_mask(params):
+    return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+  parts = []
+  if opt_config.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(opt_config.grad_clip_norm))
+  parts.append(optax.adamw(
+      learning_rate_schedule(opt_config), b1=opt_config.b1, b2=opt_config.b2,
+      weight_decay=opt_config.weight_decay, mask=decay_mask))
+  return optax.chain(*parts)
+
+
+def state_layout(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
+                 mesh, rules) -> tuple[Callable[[jax.Array], TrainState], Any, Any]:
+  """The state's init function, shardings and abstract (restore-target) tree.
+
+  init_params: rng -> params, possibly boxed with `nn.LogicallyPartitioned`.
+  Returns (init_fn, shardings, abstract): `jax.jit(init_fn, out_shardings=shardings)(rng)`
+  creates the state already sharded; `abstract` holds ShapeDtypeStructs with
+  those shardings (the target for a checkpoint restore).
+  """
+  def boxed_init(rng):
+    init_rng, state_rng = jax.random.split(rng)
+    params = init_params(init_rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params), rng=state_rng)
+
+  def init_fn(rng):
+    return nn.unbox(boxed_init(rng))
+
+  boxed = jax.eval_shape(boxed_init, jax.random.PRNGKey(0))
+  shardings = parallel.logical_shardings(boxed, mesh, rules)
+  shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+  abstract = jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+  return init_fn, shardings, abstract
+
+
+def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformation) -> TrainState:
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                       opt_state=opt_state)

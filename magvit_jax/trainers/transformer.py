@@ -1,0 +1,202 @@
+"""Stage 2 trainer: masked visual token modeling (MVTM) with a frozen tokenizer.
+
+Read top to bottom: config checks -> frozen tokenizer -> mesh -> data ->
+model + optimizer -> sharded state (fresh or restored) -> jitted step -> loop.
+
+Step: images -> tokens (frozen tokenizer, inside the jitted step) -> per
+example r ~ U(0, 1), mask ceil(gamma(r) * N) tokens -> transformer ->
+label-smoothed cross-entropy on the masked positions. With
+`masking.class_dropout > 0` the class is replaced by the null class at that
+rate, which enables classifier-free guidance at sampling time.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from magvit_jax import checkpoint as ckpt_lib
+from magvit_jax import parallel
+from magvit_jax.config_schema import config_from_dict, validate_config
+from magvit_jax.masking import mvtm
+from magvit_jax.models.transformer import Transformer, forward_flops
+from magvit_jax.models.vqgan import VQGAN
+from magvit_jax.trainers import loop
+from magvit_jax.trainers import metrics_writer as mw
+from magvit_jax.trainers import tokenizer as tokenizer_trainer
+from magvit_jax.trainers import train_state as ts
+
+# Peak dense bf16 FLOP/s per chip, for the MFU column of the step log.
+PEAK_FLOPS = {
+    'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12,
+    'TPU v6 lite': 918e12, 'TPU v6e': 918e12, 'NVIDIA H100 80GB HBM3': 989e12,
+    'NVIDIA H200': 989e12, 'NVIDIA A100-SXM4-80GB': 312e12, 'NVIDIA A100-SXM4-40GB': 312e12,
+}
+
+
+def token_grid(tokenizer_config) -> tuple[int, int]:
+  """(h, w) of the token map the tokenizer produces for its image size."""
+  f = 2 ** (len(tokenizer_config.model.channel_multipliers) - 1)
+  size = int(tokenizer_config.data.image_size)
+  return size // f, size // f
+
+
+def build_model(config, seq_len: int) -> Transformer:
+  m = config.model
+  return Transformer(
+      codebook_size=int(m.codebook_size), num_classes=int(m.num_classes), seq_len=seq_len,
+      hidden_size=int(m.hidden_size), num_layers=int(m.num_layers), num_heads=int(m.num_heads),
+      mlp_dim=int(m.mlp_dim), dropout_rate=float(m.dropout_rate), dtype=jnp.dtype(m.dtype))
+
+
+def check_tokenizer_matches(config, tokenizer_config) -> None:
+  """The transformer's vocabulary and image size must be the tokenizer's."""
+  if int(config.model.codebook_size) != int(tokenizer_config.model.codebook_size):
+    raise ValueError(
+        f'config.model.codebook_size={config.model.codebook_size} but the tokenizer in '
+        f'{config.tokenizer_workdir} has codebook_size={tokenizer_config.model.codebook_size}')
+  if int(config.data.image_size) != int(tokenizer_config.data.image_size):
+    raise ValueError(
+        f'config.data.image_size={config.data.image_size} but the tokenizer in '
+        f'{config.tokenizer_workdir} was trained at image_size={tokenizer_config.data.image_size}')
+
+
+def make_tokenize_fn(tokenizer: VQGAN):
+  def tokenize(tokenizer_params, images_uint8: jax.Array) -> jax.Array:
+    """uint8 [b, H, W, 3] -> tokens [b, h*w] int32."""
+    _, aux = tokenizer.apply({'params': tokenizer_params}, tokenizer_trainer.to_float(images_uint8),
+                             method=VQGAN.encode)
+    return aux['tokens'].reshape(images_uint8.shape[0], -1)
+  return tokenize
+
+
+def make_train_step(model: Transformer, tokenize, tokenizer_params, tx, config):
+  masking = config.masking
+
+  def train_step(state: ts.TrainState, batch: dict) -> tuple[ts.TrainState, dict]:
+    rng = jax.random.fold_in(state.rng, state.step)
+    mask_rng, drop_rng, class_rng = jax.random.split(rng, 3)
+    tokens = jax.lax.stop_gradient(tokenize(tokenizer_params, batch['image']))
+    b, n = tokens.shape
+    mask = mvtm.sample_mask(mask_rng, b, n, masking.schedule)
+    inputs = mvtm.apply_mask(tokens, mask, model.mask_token_id)
+    labels = batch['label'].astype(jnp.int32)
+    if masking.class_dropout:
+      drop = jax.random.uniform(class_rng, labels.shape) < masking.class_dropout
+      labels = jnp.where(drop, model.null_label, labels)
+
+    def loss_fn(params):
+      logits = model.apply({'params': params}, inputs, labels, deterministic=False,
+                           rngs={'dropout': drop_rng})
+      return mvtm.masked_cross_entropy(logits, tokens, mask, masking.label_smoothing)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state = ts.apply_gradients(state, grads, tx)
+    metrics = dict(metrics, loss=loss, grad_norm=_global_norm(grads),
+                   lr=ts.learning_rate_schedule(config.optimizer)(state.step))
+    return new_state, metrics
+  return train_step
+
+
+def _global_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
+
+
+def mfu_scalars(model: Transformer, global_batch: int):
+  """Analytic training FLOPs (3x forward) -> achieved TFLOP/s and MFU where the peak is known."""
+  flops_per_step = 3.0 * forward_flops(model, global_batch)
+  kind = jax.devices()[0].device_kind
+  peak = PEAK_FLOPS.get(kind)
+
+  def scalars(_, steps_per_sec: float) -> dict[str, float]:
+    achieved = flops_per_step * steps_per_sec / jax.device_count()
+    out = {'tflops_per_device': achieved / 1e12}
+    if peak:
+      out['mfu'] = achieved / peak
+    return out
+  return scalars
+
+
+def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
+  """Trains (or resumes) the transformer in `workdir` on tokens of a frozen tokenizer."""
+  from magvit_jax.data import pipeline  # TF is imported only here.
+
+  validate_config(config, stage='transformer')
+  os.makedirs(workdir, exist_ok=True)
+  ckpt_lib.write_workdir_config(workdir, config)
+
+  # Mesh.
+  mesh = parallel.make_mesh(config.mesh)
+  local_batch = parallel.check_batch_size(int(config.batch_size), mesh)
+
+  # Frozen tokenizer, replicated on the mesh.
+  tokenizer, tokenizer_params, tok_cfg_dict = tokenizer_trainer.load_tokenizer(
+      config.tokenizer_workdir, mesh)
+  tok_cfg = config_from_dict(tok_cfg_dict)
+  check_tokenizer_matches(config, tok_cfg)
+  tokenizer_params = jax.device_put(tokenizer_params, parallel.replicated(mesh))
+  h, w = token_grid(tok_cfg)
+
+  # Model and optimizer.
+  model = build_model(config, seq_len=h * w)
+  tx = ts.make_optimizer(config.optimizer)
+
+  def init_params(rng):
+    return model.init(rng, jnp.zeros((1, h * w), jnp.int32), jnp.zeros((1,), jnp.int32))['params']
+
+  # Sharded state: restored from the latest checkpoint, or fresh.
+  init_fn, shardings, abstract = ts.state_layout(init_params, tx, mesh, config.logical_axis_rules)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.to_dict(),
+                                       int(config.max_checkpoints))
+  start_step = checkpointer.latest_step() or 0
+  if start_step:
+    state = checkpointer.restore(abstract)
+    print(f'[transformer] resumed from {checkpointer.directory}/{start_step}', flush=True)
+  else:
+    state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(int(config.seed)))
+
+  # Data, positioned after the last completed step.
+  batches = pipeline.create_dataset(config.data, split=config.data.train_split,
+                                    batch_size=local_batch, train=True, seed=int(config.seed),
+                                    start_step=start_step)
+
+  # Step.
+  step = make_train_step(model, make_tokenize_fn(tokenizer), tokenizer_params, tx, config)
+  step_fn = jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh)),
+                    out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
+
+  # Loop.
+  writer = mw.MetricsWriter(workdir, enabled=jax.process_index() == 0)
+  state = loop.run_loop(state=state, train_step=step_fn, batches=batches, mesh=mesh,
+                        checkpointer=checkpointer, writer=writer, config=config,
+                        start_step=start_step, stage='transformer', max_steps=max_steps,
+                        extra_scalars=mfu_scalars(model, int(config.batch_size)))
+  writer.close()
+  checkpointer.close()
+  return {'state': state}
+
+
+def load_transformer(workdir: str, mesh=None) -> tuple[Transformer, Any, dict]:
+  """Trained transformer from its workdir: (model, params, config dict)."""
+  config_dict = ckpt_lib.read_workdir_config(workdir)
+  if config_dict.get('stage') != 'transformer':
+    raise ValueError(f"{workdir} holds a {config_dict.get('stage')!r} run; expected a "
+                     f"'transformer' workdir")
+  config = config_from_dict(config_dict)
+  tok_cfg = config_from_dict(ckpt_lib.read_workdir_config(config.tokenizer_workdir))
+  h, w = token_grid(tok_cfg)
+  model = build_model(config, seq_len=h * w)
+  mesh = mesh or parallel.make_mesh({'data': -1})
+  tx = ts.make_optimizer(config.optimizer)
+  _, _, abstract = ts.state_layout(
+      lambda rng: model.init(rng, jnp.zeros((1, h * w), jnp.int32),
+                             jnp.zeros((1,), jnp.int32))['params'],
+      tx, mesh, config.logical_axis_rules)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config_dict)
+  if checkpointer.latest_step() is None:
+    raise FileNotFoundError(f'no transformer checkpoint in {workdir}/checkpoints')
+  state = checkpointer.restore(abstract)
+  checkpointer.close()
+  return model, state.params, config_dict
