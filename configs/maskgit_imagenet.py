@@ -45,10 +45,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         num_heads=4, mlp_dim=512, dropout_rate=0.1))
     c.masking.class_dropout = 0.1
     c.sampling.update(dict(num_steps=8, choice_temperature=4.5, guidance_scale=1.0))
-    c.optimizer.update(dict(lr=1e-3, weight_decay=0.01, warmup_steps=100, decay_steps=2000))
+    c.optimizer.update(dict(lr=1e-3, weight_decay=0.01, warmup_steps=50, decay_steps=600))
     c.batch_size = 64
     c.eval_batch_size = 128
-    c.num_train_steps = 2000
+    c.num_train_steps = 600
     c.log_every = 50
-    c.checkpoint_every = 500
+    c.checkpoint_every = 200
   return c

@@ -33,10 +33,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                        eval_split='test', num_classes=10, shuffle_buffer=2000))
     c.model.update(dict(filters=32, channel_multipliers=(1, 2, 2), num_res_blocks=1,
                         embedding_dim=32, codebook_size=256, num_groups=8))
-    c.optimizer.update(dict(lr=2e-3, warmup_steps=100, decay='cosine', decay_steps=1500))
+    c.optimizer.update(dict(lr=2e-3, warmup_steps=50, decay='cosine', decay_steps=400))
     c.batch_size = 64
     c.eval_batch_size = 128
-    c.num_train_steps = 1500
+    c.num_train_steps = 400
     c.log_every = 50
-    c.checkpoint_every = 500
+    c.checkpoint_every = 200
   return c

@@ -46,28 +46,28 @@ def run_loop(*, state: Any, train_step: Callable[[Any, dict], tuple[Any, dict]],
     for i, step in enumerate(pending_steps):
       writer.write(step, {k: v[i] for k, v in stacked.items()})
     shown = {k: float(np.mean(v)) for k, v in stacked.items()}
-    rate = progress.update(pending_steps[-1], shown)
+    rate = progress.rate(pending_steps[-1])
     if extra_scalars is not None:
       more = extra_scalars(shown, rate)
       writer.write(pending_steps[-1], more)
+      shown.update(more)
+    progress.show(pending_steps[-1], shown, rate)
     pending.clear()
     pending_steps.clear()
 
-  step = start_step
-  with mesh:
-    for step in range(start_step + 1, total + 1):
-      batch = parallel.shard_batch(next(batches), mesh)
-      state, metrics = train_step(state, batch)
-      pending.append(metrics)
-      pending_steps.append(step)
-      if step % log_every == 0 or step == total:
-        flush()
-      if max_steps is not None and step >= max_steps:
-        flush()
-        return state
-      if step % ckpt_every == 0 or step == total:
-        flush()
-        checkpointer.save(step, state)
-        last_ckpt = step
+  for step in range(start_step + 1, total + 1):
+    batch = parallel.shard_batch(next(batches), mesh)
+    state, metrics = train_step(state, batch)
+    pending.append(metrics)
+    pending_steps.append(step)
+    if step % log_every == 0 or step == total:
+      flush()
+    if max_steps is not None and step >= max_steps:
+      flush()
+      return state
+    if step % ckpt_every == 0 or step == total:
+      flush()
+      checkpointer.save(step, state)
+      last_ckpt = step
   flush()
   return state

@@ -86,16 +86,19 @@ class Progress:
     self._last_t = self._t0
     self._last_step = start_step
 
-  def update(self, step: int, scalars: dict[str, float]) -> float:
+  def rate(self, step: int) -> float:
+    """Steps per second since the previous call."""
     now = time.perf_counter()
     rate = (step - self._last_step) / max(now - self._last_t, 1e-9)
-    overall = (step - self._step0) / max(now - self._t0, 1e-9)
     self._last_t, self._last_step = now, step
+    return rate
+
+  def show(self, step: int, scalars: dict[str, float], rate: float) -> None:
+    overall = (step - self._step0) / max(time.perf_counter() - self._t0, 1e-9)
     eta = (self.total - step) / max(overall, 1e-9)
     shown = ' '.join(f'{k} {v:.4g}' for k, v in scalars.items())
     print(f'[{self.stage}] step {step}/{self.total} {shown} | {rate:.2f} it/s | '
           f'ETA {_format_duration(eta)}', file=self.stream, flush=True)
-    return rate
 
 
 def check_finite(steps: Iterable[int], losses: Iterable[float], last_checkpoint: int | None,
