@@ -71,9 +71,10 @@ def main(argv):
   t_mg = time.perf_counter() - t0 - t_tok
 
   labels = [c for c in range(10) for _ in range(_SAMPLES_PER_CLASS.value)]
-  result = sampling.generate(mg_dir, labels, seed=0)
+  sampler = sampling.Sampler(mg_dir)
+  result = sampler.generate(labels, seed=0)
   sample_dir = os.path.join(workdir, 'samples')
-  sampling.write_samples(sample_dir, result, ncols=_SAMPLES_PER_CLASS.value)
+  sampling.write_samples(sample_dir, result, sampler, ncols=_SAMPLES_PER_CLASS.value)
 
   classifier = DigitsClassifier()
   agreement = classifier.agreement(result['images'], result['labels'])

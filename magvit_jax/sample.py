@@ -24,7 +24,9 @@ from magvit_jax.checkpoint import read_workdir_config
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a trained transformer run.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Directory for grid.png and samples.npz.')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 100, 'Number of images to generate.')
-_CLASSES = flags.DEFINE_list('classes', [], 'Classes to generate; the samples are split evenly over them in order (default: all).')
+_CLASSES = flags.DEFINE_list(
+    'classes', [], 'Classes to generate; the samples are split evenly over them in order '
+    '(default: all classes).')
 _STEPS = flags.DEFINE_integer('steps', None, 'Decoding steps T (default: config.sampling).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 _BATCH = flags.DEFINE_integer('batch_size', 50, 'Images decoded per jitted call.')
@@ -48,10 +50,11 @@ def main(argv):
   # Sample i gets class classes[i // per_class] so the grid has one row per class.
   per_class = max(1, _NUM_SAMPLES.value // len(classes))
   labels = [classes[min(i // per_class, len(classes) - 1)] for i in range(_NUM_SAMPLES.value)]
-  result = sampling.generate(_WORKDIR.value, labels, seed=_SEED.value, num_steps=_STEPS.value,
-                             guidance_scale=_GUIDANCE.value, choice_temperature=_CHOICE_T.value,
-                             temperature=_TEMPERATURE.value, batch_size=_BATCH.value)
-  sampling.write_samples(_OUTPUT.value, result, ncols=per_class)
+  sampler = sampling.Sampler(_WORKDIR.value)
+  result = sampler.generate(labels, seed=_SEED.value, num_steps=_STEPS.value,
+                            guidance_scale=_GUIDANCE.value, choice_temperature=_CHOICE_T.value,
+                            temperature=_TEMPERATURE.value, batch_size=_BATCH.value)
+  sampling.write_samples(_OUTPUT.value, result, sampler, ncols=per_class)
   print(f'[sample] wrote {_OUTPUT.value}/grid.png, samples.npz, decoding_steps.png', flush=True)
 
 

@@ -1,8 +1,9 @@
 """Class-conditional generation from a trained transformer workdir (library side of sample.py).
 
-`generate` loads the transformer and its frozen tokenizer, decodes images with
-the jitted iterative decoder, and returns pixels plus the per-step token
-history; `write_samples` writes the PNG grid, `samples.npz` and a picture of
+`Sampler` loads the transformer and its frozen tokenizer and decodes images
+with the jitted iterative decoder (class-conditional generation from
+all-[MASK], or editing from a partial token map), returning pixels plus the
+per-step token history; `write_samples` writes the PNG grid, `samples.npz` and a picture of
 the decoding steps.
 """
 from __future__ import annotations
@@ -22,87 +23,143 @@ from magvit_jax.trainers import tokenizer as tokenizer_trainer
 from magvit_jax.trainers import transformer as transformer_trainer
 
 
-def generate(workdir: str, labels: Sequence[int], *, seed: int = 0, num_steps: int | None = None,
-             guidance_scale: float | None = None, choice_temperature: float | None = None,
-             temperature: float | None = None, batch_size: int = 50) -> dict[str, np.ndarray]:
-  """Generates one image per label.
+class Sampler:
+  """A trained transformer and its frozen tokenizer, ready to decode.
 
-  Returns {'images': uint8 [N, H, W, 3], 'labels': int32 [N], 'history': int32 [T, N, n]}.
+  Args:
+    workdir: a transformer run's workdir (its config names the tokenizer workdir).
   """
-  model, params, config = transformer_trainer.load_transformer(workdir)
-  tokenizer, tok_params, tok_cfg = tokenizer_trainer.load_tokenizer(config['tokenizer_workdir'])
-  s = config['sampling']
-  num_steps = int(num_steps or s['num_steps'])
-  guidance_scale = float(s['guidance_scale'] if guidance_scale is None else guidance_scale)
-  choice_temperature = float(s['choice_temperature'] if choice_temperature is None
-                             else choice_temperature)
-  temperature = float(s['temperature'] if temperature is None else temperature)
-  labels = np.asarray(labels, np.int32)
-  bad = labels[(labels < 0) | (labels >= model.num_classes)]
-  if bad.size:
-    raise ValueError(f'--classes: {bad.tolist()} out of range [0, {model.num_classes})')
-  f = 2 ** (len(tok_cfg['model']['channel_multipliers']) - 1)
-  side = int(tok_cfg['data']['image_size']) // f
 
-  def apply_fn(p, tokens, y):
-    return model.apply({'params': p}, tokens, y, deterministic=True)
+  def __init__(self, workdir: str):
+    self.model, self.params, self.config = transformer_trainer.load_transformer(workdir)
+    self.tokenizer, self.tok_params, tok_cfg = tokenizer_trainer.load_tokenizer(
+        self.config['tokenizer_workdir'])
+    f = 2 ** (len(tok_cfg['model']['channel_multipliers']) - 1)
+    self.image_size = int(tok_cfg['data']['image_size'])
+    self.token_side = self.image_size // f
+    model, tokenizer, tok_params, side = self.model, self.tokenizer, self.tok_params, self.token_side
 
-  @jax.jit
-  def to_pixels(tokens):
-    imgs = tokenizer.apply({'params': tok_params}, tokens.reshape(-1, side, side),
-                           method=VQGAN.decode_tokens)
-    return tokenizer_trainer.to_uint8(imgs)
+    def apply_fn(p, tokens, y):
+      return model.apply({'params': p}, tokens, y, deterministic=True)
+    self._apply_fn = apply_fn  # One object, so decode compiles once per setting.
 
-  images, histories = [], []
-  rng = jax.random.PRNGKey(seed)
-  t0 = time.perf_counter()
-  for start in range(0, len(labels), batch_size):
-    chunk = labels[start:start + batch_size]
-    padded = np.pad(chunk, (0, batch_size - len(chunk)))
-    init = jnp.full((batch_size, model.seq_len), model.mask_token_id, jnp.int32)
-    out = maskgit.decode(apply_fn, params, jax.random.fold_in(rng, start), init,
-                         jnp.asarray(padded), mask_token_id=model.mask_token_id,
-                         num_steps=num_steps, schedule=s['schedule'],
-                         choice_temperature=choice_temperature, temperature=temperature,
-                         guidance_scale=guidance_scale, null_label=model.null_label)
-    images.append(np.asarray(to_pixels(out.tokens))[:len(chunk)])
-    histories.append(np.asarray(out.history)[:, :len(chunk)])
-    done = min(start + batch_size, len(labels))
-    print(f'[sample] {done}/{len(labels)} images, {done / (time.perf_counter() - t0):.1f} img/s',
-          flush=True)
-  return {'images': np.concatenate(images), 'labels': labels,
-          'history': np.concatenate(histories, axis=1), 'mask_token_id': model.mask_token_id,
-          'token_side': side, 'tokenizer': (tokenizer, tok_params)}
+    @jax.jit
+    def to_pixels(tokens):
+      imgs = tokenizer.apply({'params': tok_params}, tokens.reshape(-1, side, side),
+                             method=VQGAN.decode_tokens)
+      return tokenizer_trainer.to_uint8(imgs)
+    self.to_pixels = to_pixels
+
+    @jax.jit
+    def to_tokens(images_uint8):
+      _, aux = tokenizer.apply({'params': tok_params}, tokenizer_trainer.to_float(images_uint8),
+                               method=VQGAN.encode)
+      return aux['tokens']
+    self.to_tokens = to_tokens
+
+  def _settings(self, num_steps, guidance_scale, choice_temperature, temperature) -> dict:
+    s = self.config['sampling']
+    pick = lambda v, k: s[k] if v is None else v  # pylint: disable=g-long-lambda
+    return dict(num_steps=int(pick(num_steps, 'num_steps')), schedule=s['schedule'],
+                guidance_scale=float(pick(guidance_scale, 'guidance_scale')),
+                choice_temperature=float(pick(choice_temperature, 'choice_temperature')),
+                temperature=float(pick(temperature, 'temperature')))
+
+  def _check_labels(self, labels) -> np.ndarray:
+    labels = np.asarray(labels, np.int32)
+    bad = labels[(labels < 0) | (labels >= self.model.num_classes)]
+    if bad.size:
+      raise ValueError(f'classes {bad.tolist()} out of range [0, {self.model.num_classes})')
+    return labels
+
+  def decode_tokens(self, init_tokens: np.ndarray, labels: Sequence[int], *, seed: int = 0,
+                    batch_size: int = 50, num_steps: int | None = None,
+                    guidance_scale: float | None = None, choice_temperature: float | None = None,
+                    temperature: float | None = None) -> dict[str, np.ndarray]:
+    """Iterative decoding from token maps in which mask ids mark the unknown positions.
+
+    init_tokens: int32 [N, n]; labels: [N]. Returns {'images': uint8 [N, H, W, 3],
+    'tokens': int32 [N, n], 'labels': int32 [N], 'history': int32 [T, N, n]}.
+    """
+    labels = self._check_labels(labels)
+    init_tokens = np.asarray(init_tokens, np.int32)
+    if init_tokens.shape != (len(labels), self.model.seq_len):
+      raise ValueError(f'init_tokens must be [{len(labels)}, {self.model.seq_len}], '
+                       f'got {init_tokens.shape}')
+    settings = self._settings(num_steps, guidance_scale, choice_temperature, temperature)
+    images, tokens, histories = [], [], []
+    rng = jax.random.PRNGKey(seed)
+    t0 = time.perf_counter()
+    for start in range(0, len(labels), batch_size):
+      n = len(labels[start:start + batch_size])
+      pad = ((0, batch_size - n), (0, 0))
+      out = maskgit.decode(
+          self._apply_fn, self.params, jax.random.fold_in(rng, start),
+          jnp.asarray(np.pad(init_tokens[start:start + n], pad)),
+          jnp.asarray(np.pad(labels[start:start + n], pad[0])),
+          mask_token_id=self.model.mask_token_id, null_label=self.model.null_label, **settings)
+      images.append(np.asarray(self.to_pixels(out.tokens))[:n])
+      tokens.append(np.asarray(out.tokens)[:n])
+      histories.append(np.asarray(out.history)[:, :n])
+      done = start + n
+      print(f'[sample] {done}/{len(labels)} images, {done / (time.perf_counter() - t0):.1f} img/s',
+            flush=True)
+    return {'images': np.concatenate(images), 'tokens': np.concatenate(tokens), 'labels': labels,
+            'history': np.concatenate(histories, axis=1)}
+
+  def generate(self, labels: Sequence[int], **kwargs) -> dict[str, np.ndarray]:
+    """Class-conditional generation from all-[MASK]: one image per label (see decode_tokens)."""
+    init = np.full((len(labels), self.model.seq_len), self.model.mask_token_id, np.int32)
+    return self.decode_tokens(init, labels, **kwargs)
+
+  def edit(self, images: np.ndarray, region: np.ndarray, labels: Sequence[int],
+           **kwargs) -> dict[str, np.ndarray]:
+    """Inpainting / outpainting / class-conditional editing.
+
+    images: uint8 [N, H, W, 3]; region: bool [h, w] or [N, h, w] on the token grid, True where
+    tokens are regenerated (inpainting: the hole; outpainting: everything outside the kept
+    area); labels: [N] class to edit towards. Tokens outside `region` are kept exactly.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
+      raise ValueError(f'images must be uint8 [N, {self.image_size}, {self.image_size}, 3], '
+                       f'got {images.shape}')
+    region = np.asarray(region, bool)
+    if region.shape[-2:] != (self.token_side, self.token_side):
+      raise ValueError(f'region must be bool [..., {self.token_side}, {self.token_side}] on the '
+                       f'token grid, got {region.shape}')
+    tokens = self.to_tokens(images)
+    init = maskgit.mask_region(tokens, jnp.asarray(region), self.model.mask_token_id)
+    out = self.decode_tokens(np.asarray(init), labels, **kwargs)
+    out['original_tokens'] = np.asarray(tokens).reshape(len(images), -1)
+    return out
 
 
-def steps_picture(history: np.ndarray, mask_token_id: int, side: int, tokenizer, tok_params,
-                  rows: Sequence[int]) -> np.ndarray:
-  """Pixels of the token map after each step for the given sample indices: [len(rows)*T, H, W, 3].
+def steps_picture(history: np.ndarray, sampler: Sampler, rows: Sequence[int]) -> np.ndarray:
+  """Pixels of the token map after each decoding step for the samples `rows`.
 
-  Still-masked tokens are shown as the decoded token 0 dimmed to grey.
+  history: int32 [T, N, n]. Returns uint8 [len(rows) * T, H, W, 3] (row-major: one sample's
+  T steps after another); still-masked token cells are drawn grey.
   """
-  t = history.shape[0]
+  t, side = history.shape[0], sampler.token_side
   sel = history[:, list(rows)]  # [T, r, n]
-  masked = sel == mask_token_id
-  tokens = np.where(masked, 0, sel).reshape(-1, side, side)
-  imgs = np.asarray(tokenizer_trainer.to_uint8(
-      tokenizer.apply({'params': tok_params}, jnp.asarray(tokens), method=VQGAN.decode_tokens)))
-  h = imgs.shape[1] // side
-  m = np.repeat(np.repeat(masked.reshape(-1, side, side), h, 1), h, 2)[..., None]
+  masked = sel == sampler.model.mask_token_id
+  imgs = np.asarray(sampler.to_pixels(jnp.asarray(np.where(masked, 0, sel))))
+  cell = imgs.shape[1] // side
+  m = np.repeat(np.repeat(masked.reshape(-1, side, side), cell, 1), cell, 2)[..., None]
   imgs = np.where(m, 128, imgs).astype(np.uint8)
   return imgs.reshape(t, len(rows), *imgs.shape[1:]).transpose(1, 0, 2, 3, 4).reshape(
       -1, *imgs.shape[1:])
 
 
-def write_samples(output: str, result: dict, ncols: int) -> None:
+def write_samples(output: str, result: dict, sampler: Sampler, ncols: int) -> None:
+  """grid.png, samples.npz (images uint8 [N, H, W, 3], labels int32 [N]) and decoding_steps.png."""
   os.makedirs(output, exist_ok=True)
   np.savez(os.path.join(output, 'samples.npz'), images=result['images'], labels=result['labels'])
   visualize.save_png(os.path.join(output, 'grid.png'),
                      visualize.image_grid(result['images'], ncols=ncols), scale=2)
   labels = result['labels']
   firsts = [int(np.argmax(labels == c)) for c in np.unique(labels)]
-  tokenizer, tok_params = result['tokenizer']
-  pic = steps_picture(result['history'], result['mask_token_id'], result['token_side'],
-                      tokenizer, tok_params, firsts)
+  pic = steps_picture(result['history'], sampler, firsts)
   visualize.save_png(os.path.join(output, 'decoding_steps.png'),
                      visualize.image_grid(pic, ncols=result['history'].shape[0]), scale=2)

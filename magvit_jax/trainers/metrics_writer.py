@@ -3,8 +3,8 @@
 Each logged step appends one JSON line `{"step": s, "<name>": value, ...}` to
 `<workdir>/metrics.jsonl` and the same scalars to TensorBoard event files in
 `<workdir>/tensorboard` (written by tensorboardX, no TensorFlow needed). A
-resumed run re-logs the steps after its last checkpoint; readers keep the
-last entry of a step (`read_metrics`).
+resumed run re-logs the steps after its last checkpoint; readers merge the
+rows of a step, later values winning (`read_metrics`).
 """
 from __future__ import annotations
 
@@ -63,14 +63,14 @@ class MetricsWriter:
 
 
 def read_metrics(workdir: str) -> dict[int, dict[str, float]]:
-  """step -> metrics, the last entry of each step winning (resumed runs re-log)."""
+  """step -> metrics; rows of the same step are merged, later values winning (resumed runs re-log)."""
   out: dict[int, dict[str, float]] = {}
   path = os.path.join(workdir, 'metrics.jsonl')
   if os.path.exists(path):
     with open(path) as f:
       for line in f:
         row = json.loads(line)
-        out[row['step']] = row
+        out.setdefault(row['step'], {}).update(row)
   return out
 
 
