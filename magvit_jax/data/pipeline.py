@@ -5,11 +5,15 @@ This is the only module (with `magvit_jax.data.builders`) that imports TensorFlo
 Output of `create_dataset`: an iterator of dicts
   image: uint8 [batch_size, image_size, image_size, 3]
   label: int32 [batch_size]
+for image datasets, or, for video datasets (a `video` feature, e.g. `magvit_moving_digits`),
+  video: uint8 [batch_size, num_frames, image_size, image_size, 3]
+  label: int32 [batch_size]
 where `batch_size` is the per-process batch.
 
 Training streams are a pure function of (dataset, split, seed, process_index, process_count,
 batch_size): the per-process shard is shuffled with a fixed seed and repeated forever, and every
-random augmentation is a stateless function of (seed, process_index, position in the stream). So
+random augmentation (incl. the temporal crop of videos) is a stateless function of (seed,
+process_index, position in the stream). So
 `start_step=k` reproduces batches k, k+1, ... of a fresh iterator exactly, by skipping
 `k * batch_size` raw (still encoded) records before any decoding.
 """
@@ -30,7 +34,7 @@ try:
 except (RuntimeError, ValueError):  # Already initialised, or no such device type.
     pass
 
-EMBEDDED_DATASETS = ("magvit_digits",)
+EMBEDDED_DATASETS = ("magvit_digits", "magvit_moving_digits")
 _DATA_DIR_ENV = "MAGVIT_DATA_DIR"
 
 # Per-dataset preparation commands for the error message; `{data_dir}` is filled in.
@@ -79,26 +83,34 @@ def _not_prepared(name: str, data_dir: str, detail: str = "") -> DatasetNotPrepa
         f"else ${_DATA_DIR_ENV}, else ~/.cache/magvit_jax/tensorflow_datasets.)")
 
 
+def _embedded_builder_cls(name: str) -> type[tfds.core.DatasetBuilder]:
+    """The builder class of embedded dataset `name` (imports `magvit_jax.data.builders`)."""
+    from magvit_jax.data import builders  # pylint: disable=g-import-not-at-top
+    return {"magvit_digits": builders.MagvitDigits,
+            "magvit_moving_digits": builders.MagvitMovingDigits}[name]
+
+
 def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
     """Returns the prepared TFDS builder `name` in `data_dir` (default: `default_data_dir()`).
 
-    The embedded `magvit_digits` is built offline on first use (under a file lock, so concurrent
-    processes build it once). Any other dataset must already be prepared in `data_dir`, else
-    `DatasetNotPreparedError` says how to prepare it. Never downloads anything.
+    The embedded datasets (`EMBEDDED_DATASETS`: `magvit_digits`, `magvit_moving_digits`) are built
+    offline on first use (under a file lock, so concurrent processes build each once). Any other
+    dataset must already be prepared in `data_dir`, else `DatasetNotPreparedError` says how to
+    prepare it. Never downloads anything.
     """
     data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
     if name in EMBEDDED_DATASETS:
-        from magvit_jax.data.builders import digits  # pylint: disable=g-import-not-at-top
-        builder = digits.MagvitDigits(data_dir=data_dir)
+        builder_cls = _embedded_builder_cls(name)
+        builder = builder_cls(data_dir=data_dir)
         if not builder.is_prepared():
             os.makedirs(data_dir, exist_ok=True)
             with _file_lock(os.path.join(data_dir, f".{name}.lock")):
                 # Re-check: another process may have built it while we waited.
-                builder = digits.MagvitDigits(data_dir=data_dir)
+                builder = builder_cls(data_dir=data_dir)
                 if not builder.is_prepared():
                     builder.download_and_prepare(
                         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-                    builder = digits.MagvitDigits(data_dir=data_dir)
+                    builder = builder_cls(data_dir=data_dir)
         return builder
     try:
         builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
@@ -127,8 +139,9 @@ def _maybe_resize(image: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def _center_square_crop(image: tf.Tensor) -> tf.Tensor:
+    """Center square crop of an image [h, w, c] or a video [t, h, w, c]."""
     shape = tf.shape(image)
-    h, w = shape[0], shape[1]
+    h, w = shape[-3], shape[-2]
     side = tf.minimum(h, w)
     return tf.image.crop_to_bounding_box(image, (h - side) // 2, (w - side) // 2, side, side)
 
@@ -137,11 +150,12 @@ def _random_square_crop_flip(image: tf.Tensor, seed: tf.Tensor,
                              min_scale: float = 0.8) -> tf.Tensor:
     """Random square crop (side in [min_scale, 1] * min(h, w)) + random horizontal flip.
 
-    `seed` is an int64 [2] stateless seed, so the result is a pure function of (image, seed).
+    `image` is [h, w, c], or a video [t, h, w, c] (one crop/flip for all frames). `seed` is an
+    int64 [2] stateless seed, so the result is a pure function of (image, seed).
     """
     seeds = tf.random.experimental.stateless_split(seed, num=4)
     shape = tf.shape(image)
-    h, w = shape[0], shape[1]
+    h, w = shape[-3], shape[-2]
     short = tf.cast(tf.minimum(h, w), tf.float32)
     scale = tf.random.stateless_uniform([], seeds[0], minval=min_scale, maxval=1.0)
     side = tf.maximum(1, tf.cast(tf.round(short * scale), tf.int32))
@@ -180,6 +194,60 @@ def _make_preprocess(name: str, builder: tfds.core.DatasetBuilder, image_size: i
     return preprocess
 
 
+def _temporal_crop(frames: tf.Tensor, num_frames: int, seed: tf.Tensor | None) -> tf.Tensor:
+    """`num_frames` consecutive entries of `frames` [n, ...] (encoded frames, before decoding).
+
+    seed None -> the first `num_frames`; else a stateless uniform start in [0, n - num_frames].
+    Videos shorter than `num_frames` are padded by repeating their last frame.
+    """
+    n = tf.shape(frames)[0]
+    short = tf.maximum(num_frames - n, 0)
+    frames = tf.concat([frames, tf.repeat(frames[-1:], short, axis=0)], axis=0)
+    if seed is None:
+        start = tf.constant(0, tf.int32)
+    else:
+        start = tf.random.stateless_uniform([], seed, minval=0,
+                                            maxval=tf.shape(frames)[0] - num_frames + 1,
+                                            dtype=tf.int32)
+    return frames[start:start + num_frames]
+
+
+def _make_video_preprocess(name: str, builder: tfds.core.DatasetBuilder, image_size: int,
+                           num_frames: int, train: bool):
+    """Returns fn(example with encoded video frames, stateless seed [2]) -> {'video', 'label'}.
+
+    Temporal: train -> a seeded random window of `num_frames` consecutive frames; eval -> the
+    first `num_frames`. Only the kept frames are decoded. Spatial: as for images (one crop/flip
+    per video), and none for embedded datasets (resize only).
+    """
+    features = builder.info.features
+    if "label" not in features:
+        raise ValueError(f"Dataset {name!r} has no 'label' feature; the video pipeline needs "
+                         f"'video' and 'label' (it has {sorted(features.keys())}).")
+    frame_feature = features["video"].feature  # The per-frame tfds.features.Image.
+    embedded = name in EMBEDDED_DATASETS
+
+    def preprocess(example: dict[str, tf.Tensor], seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        time_seed, space_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+        encoded = _temporal_crop(example["video"], num_frames, time_seed if train else None)
+        video = tf.map_fn(frame_feature.decode_example, encoded,
+                          fn_output_signature=tf.TensorSpec(frame_feature.shape, tf.uint8))
+        if video.shape.rank == 4 and video.shape[-1] == 1:
+            video = tf.image.grayscale_to_rgb(video)
+        if embedded:
+            if video.shape[1] != image_size or video.shape[2] != image_size:
+                video = _resize_uint8(video, image_size, antialias=False)
+        elif train:
+            video = _resize_uint8(_random_square_crop_flip(video, space_seed), image_size,
+                                  antialias=True)
+        else:
+            video = _resize_uint8(_center_square_crop(video), image_size, antialias=True)
+        video = tf.ensure_shape(tf.cast(video, tf.uint8), (num_frames, image_size, image_size, 3))
+        return {"video": video, "label": tf.cast(example["label"], tf.int32)}
+
+    return preprocess
+
+
 # ----------------------------------------------------------------------------- datasets
 
 
@@ -202,12 +270,14 @@ def create_dataset(data_config: Any, *, split: str, batch_size: int, train: bool
 
     Args:
       data_config: ConfigDict with `name` (str), `data_dir` (str or None -> `default_data_dir()`),
-        `image_size` (int > 0), `shuffle_buffer` (int, train only).
+        `image_size` (int > 0), `shuffle_buffer` (int, train only), `num_frames` (int > 0 or
+        None/absent; video datasets only: frames per clip, None -> the dataset's fixed length).
       split: TFDS split expression, e.g. 'train', 'test', 'train[:90%]'.
       batch_size: per-process batch size.
-      train: True -> this process's shard, shuffled (seeded), repeated forever, augmented (seeded),
-        always `drop_remainder`. False -> this process's shard, one pass in file order, no
-        shuffle, no augmentation, `drop_remainder` as given.
+      train: True -> this process's shard, shuffled (seeded), repeated forever, augmented (seeded;
+        for videos also a seeded random temporal window), always `drop_remainder`.
+        False -> this process's shard, one pass in file order, no shuffle, no augmentation
+        (videos: the first `num_frames` frames), `drop_remainder` as given.
       seed: shuffle/augmentation seed; same seed -> identical stream.
       start_step: (train) resume: the first batch yielded is batch `start_step` of a fresh stream.
       process_index, process_count: shard selection, default `jax.process_index()` /
@@ -215,7 +285,10 @@ def create_dataset(data_config: Any, *, split: str, batch_size: int, train: bool
       drop_remainder: (eval) drop a final partial batch.
 
     Yields:
-      {'image': uint8 [batch_size, image_size, image_size, 3], 'label': int32 [batch_size]}
+      {'image': uint8 [batch_size, image_size, image_size, 3], 'label': int32 [batch_size]}, or
+      for a dataset with a `video` feature
+      {'video': uint8 [batch_size, num_frames, image_size, image_size, 3],
+       'label': int32 [batch_size]}
       (the last eval batch may be smaller if `drop_remainder=False`).
     """
     name = str(_cfg_get(data_config, "name", ""))
@@ -226,6 +299,10 @@ def create_dataset(data_config: Any, *, split: str, batch_size: int, train: bool
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}.")
+    num_frames = _cfg_get(data_config, "num_frames", None)
+    if num_frames is not None and (not isinstance(num_frames, (int, np.integer)) or
+                                   isinstance(num_frames, bool) or num_frames <= 0):
+        raise ValueError(f"data.num_frames must be a positive int or None, got {num_frames!r}.")
     if process_index is None or process_count is None:
         import jax  # pylint: disable=g-import-not-at-top
         process_index = jax.process_index() if process_index is None else process_index
@@ -246,10 +323,25 @@ def create_dataset(data_config: Any, *, split: str, batch_size: int, train: bool
     options.deterministic = True
     read_config = tfds.ReadConfig(options=options, shuffle_seed=seed, interleave_cycle_length=1,
                                   try_autocache=False)
+    features = builder.info.features
+    is_video = "video" in features
+    if is_video:
+        if num_frames is None:
+            num_frames = features["video"].shape[0]
+            if num_frames is None:
+                raise ValueError(f"Dataset {name!r} has variable-length videos: set "
+                                 f"data.num_frames.")
+        preprocess = _make_video_preprocess(name, builder, int(image_size), int(num_frames),
+                                            train)
+    elif num_frames is not None:
+        raise ValueError(f"data.num_frames={num_frames} is set but dataset {name!r} has no 'video' "
+                         f"feature (it has {sorted(features.keys())}); unset it for images.")
+    else:
+        preprocess = _make_preprocess(name, builder, int(image_size), train)
     # Read encoded records; decoding happens in `preprocess`, after any resume skip.
+    key = "video" if is_video else "image"
     ds = builder.as_dataset(split=shard, shuffle_files=False, read_config=read_config,
-                            decoders={"image": tfds.decode.SkipDecoding()})
-    preprocess = _make_preprocess(name, builder, int(image_size), train)
+                            decoders={key: tfds.decode.SkipDecoding()})
     # Stateless seed per element: (seed, process) x position in this process's stream.
     base = tf.constant(int(seed) * 1_000_003 + int(process_index), tf.int64)
 
