@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tokenizer_workdir = ml_collections.config_dict.placeholder(str)
   c.model = ml_collections.ConfigDict(dict(
       codebook_size=1024, num_classes=1000, hidden_size=768, num_layers=24, num_heads=16,
-      mlp_dim=3072, dropout_rate=0.1, dtype='float32'))
+      mlp_dim=3072, dropout_rate=0.1, num_sub_tokens=1, dtype='float32'))
   c.masking = ml_collections.ConfigDict(dict(
       schedule='cosine', label_smoothing=0.1, class_dropout=0.0))
   c.sampling = ml_collections.ConfigDict(dict(

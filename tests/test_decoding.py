@@ -244,3 +244,26 @@ def test_num_masked_after_step_helper():
   np.testing.assert_array_equal(m_last, 0)
   m0 = maskgit.num_masked_after_step(jnp.int32(0), 4, n_start, n_start, "linear")
   np.testing.assert_array_equal(m0, [0, 0, 3, 48])
+
+
+def test_factorised_logits_decode_whole_tokens():
+  """[b, n, s, k_sub] logits: token = sum_j sub_j * k_sub^j, log-probs add over sub-tokens."""
+  b, n, s, k_sub = 2, 6, 2, 4
+  table = jnp.asarray(np.random.default_rng(3).normal(size=(n, s, k_sub)) * 3.0, jnp.float32)
+
+  def factorised_apply(params, tokens, labels):
+    return jnp.broadcast_to(params[None], (tokens.shape[0], n, s, k_sub))
+
+  mask = k_sub ** s
+  init = jnp.full((b, n), mask, jnp.int32).at[:, 0].set(5)
+  out = maskgit.decode(factorised_apply, table, jax.random.PRNGKey(0), init,
+                       jnp.zeros((b,), jnp.int32), mask_token_id=mask, num_steps=3,
+                       temperature=0.0, choice_temperature=0.0)
+  best = np.argmax(np.asarray(table), axis=-1)  # [n, s]
+  expected = best[:, 0] + k_sub * best[:, 1]
+  np.testing.assert_array_equal(np.asarray(out.tokens)[:, 1:], np.broadcast_to(expected[1:], (b, n - 1)))
+  np.testing.assert_array_equal(np.asarray(out.tokens)[:, 0], [5, 5])  # known token kept
+  # Sampled (temperature 1) tokens stay inside the factorised vocabulary.
+  out = maskgit.decode(factorised_apply, table, jax.random.PRNGKey(1), init,
+                       jnp.zeros((b,), jnp.int32), mask_token_id=mask, num_steps=3)
+  assert int(out.tokens.max()) < mask and int(out.tokens.min()) >= 0

@@ -246,3 +246,29 @@ def test_vqgan_imagenet_token_shape():
   assert aux['tokens'].dtype == jnp.int32
   assert recon.shape == (1, 256, 256, 3)
   assert nn.unbox(variables)['params']['quantizer']['codebook'].shape == (1024, 256)
+
+
+def test_factorised_transformer_sub_token_heads():
+  """num_sub_tokens=2 over a 64-code vocabulary: two 8-way heads, one table each, mask row."""
+  model = Transformer(**dict(TINY_TF, codebook_size=64, num_sub_tokens=2))
+  tokens = jnp.array([[0, 9, 63, 64] * 4], jnp.int32)  # 64 is [MASK]
+  labels = jnp.array([1], jnp.int32)
+  variables = _numpy_params(jax.eval_shape(model.init, jax.random.PRNGKey(1), tokens, labels))
+  params = variables['params']
+  assert params['token_embedding_0'].shape == (8, 32)
+  assert params['token_embedding_1'].shape == (8, 32)
+  assert params['mask_embedding'].shape == (1, 32)
+  assert 'token_embedding' not in params
+  logits = model.apply(variables, tokens, labels)
+  assert logits.shape == (1, 16, 2, 8)
+  # Tokens 1 and 9 share sub-token 0 (= 1) and differ in sub-token 1 (0 vs 1): with table 1
+  # rows 0 and 1 made equal they embed identically, otherwise not.
+  t1, t9 = tokens.at[0, 0].set(1), tokens.at[0, 0].set(9)
+  assert not np.allclose(model.apply(variables, t1, labels), model.apply(variables, t9, labels))
+  tied = jax.tree_util.tree_map(lambda x: x, variables)
+  tied['params']['token_embedding_1'] = params['token_embedding_1'].at[1].set(
+      params['token_embedding_1'][0])
+  np.testing.assert_allclose(model.apply(tied, t1, labels), model.apply(tied, t9, labels),
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='not a power'):
+    Transformer(**dict(TINY_TF, codebook_size=60, num_sub_tokens=2)).sub_codebook_size

@@ -153,3 +153,20 @@ def test_unmasked_positions_get_zero_gradient():
   m = np.asarray(mask)
   assert np.all(grad[~m] == 0.0)
   assert np.all(np.abs(grad[m]).sum(-1) > 0.0)
+
+
+def test_factorised_loss_is_the_sum_of_sub_token_losses():
+  """[b, n, s, k_sub] logits: loss = sum over sub-tokens of the masked CE, i.e. the token NLL."""
+  rng = np.random.default_rng(0)
+  b, n, s, k_sub = 2, 5, 2, 4
+  logits = rng.normal(size=(b, n, s, k_sub)).astype(np.float32)
+  targets = rng.integers(0, k_sub ** s, size=(b, n)).astype(np.int32)
+  mask = rng.random((b, n)) < 0.6
+  mask[0, 0] = True
+  loss, _ = mvtm.masked_token_loss(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask))
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  subs = np.stack([targets % k_sub, targets // k_sub], -1)
+  nll = -np.take_along_axis(logp, subs[..., None], -1)[..., 0].sum(-1)  # [b, n]
+  np.testing.assert_allclose(float(loss), nll[mask].mean(), rtol=1e-5)
+  np.testing.assert_array_equal(
+      np.asarray(mvtm.split_sub_tokens(jnp.asarray(targets), s, k_sub)), subs)

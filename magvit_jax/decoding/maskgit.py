@@ -19,6 +19,7 @@ map (see ``mask_region``).
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable
 
 from flax import struct
@@ -92,25 +93,49 @@ def _logits(apply_fn, params, tokens, labels, mask_token_id, guidance_scale, nul
   else:
     logits = apply_fn(params, tokens, labels).astype(jnp.float32)
   k = logits.shape[-1]
-  if mask_token_id < k:
+  if logits.ndim == 3 and mask_token_id < k:
     # The model's vocabulary includes the mask id: never sample it.
     logits = logits.at[..., mask_token_id].set(-jnp.inf)
   return logits
 
 
-def _step_noise(rng: jax.Array, b: int, n: int, k: int, sample: bool, choose: bool):
-  """Gumbel noise for one step: ([b, n, k] for sampling or None, [b, n] for choice or None).
+def _step_noise(rng: jax.Array, sample_shape: tuple[int, ...] | None,
+                choice_shape: tuple[int, ...] | None):
+  """Gumbel noise for one step: (sample_shape noise or None, choice_shape noise or None).
 
   Both are cut from one flat draw: on CPU, XLA takes about a second to compile random
   bits of a rank-3 shape but milliseconds for one rank-1 draw.
   """
-  size = (b * n * k if sample else 0) + (b * n if choose else 0)
-  if size == 0:
+  n_sample = math.prod(sample_shape) if sample_shape else 0
+  n_choice = math.prod(choice_shape) if choice_shape else 0
+  if n_sample + n_choice == 0:
     return None, None
-  flat = jax.random.gumbel(rng, (size,), jnp.float32)
-  sample_noise = flat[:b * n * k].reshape(b, n, k) if sample else None
-  choice_noise = flat[size - b * n:].reshape(b, n) if choose else None
+  flat = jax.random.gumbel(rng, (n_sample + n_choice,), jnp.float32)
+  sample_noise = flat[:n_sample].reshape(sample_shape) if sample_shape else None
+  choice_noise = flat[n_sample:].reshape(choice_shape) if choice_shape else None
   return sample_noise, choice_noise
+
+
+def _sample_with_logp(logits: jax.Array, noise: jax.Array | None, temperature: float):
+  """Samples one token per position and returns it with its log-probability.
+
+  logits: [b, n, k] (one distribution per token) or [b, n, s, k_sub] (factorised: token =
+  sum_j sub_j * k_sub^j, the sub-tokens independent given the context, as MAGVIT-v2 does for
+  large LFQ vocabularies). Returns (tokens [b, n] int32, log-prob [b, n] float32 of the whole
+  token, before temperature).
+  """
+  if temperature == 0.0:
+    sub = jnp.argmax(logits, axis=-1)
+  else:
+    scaled = logits if temperature == 1.0 else logits / temperature
+    sub = jnp.argmax(scaled + noise, axis=-1)  # Gumbel-max sampling.
+  sub = sub.astype(jnp.int32)
+  logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), sub[..., None], axis=-1)[..., 0]
+  if logits.ndim == 4:
+    k_sub = logits.shape[-1]
+    weights = k_sub ** jnp.arange(logits.shape[2], dtype=jnp.int32)
+    return jnp.sum(sub * weights, axis=-1), jnp.sum(logp, axis=-1)
+  return sub, logp
 
 
 @functools.partial(
@@ -139,7 +164,8 @@ def decode(
 
   Args:
     apply_fn: ``apply_fn(params, tokens [b, n] int32, labels [b] int32) -> logits
-      [b, n, k] float`` with ``k`` the codebook size.
+      [b, n, k] float`` with ``k`` the codebook size, or factorised logits
+      ``[b, n, s, k_sub]`` (codebook ``k_sub ** s``; token = sum_j sub_j * k_sub ** j).
     params: model parameters (any pytree), passed through to ``apply_fn``.
     rng: PRNG key.
     init_tokens: [b, n] int32; positions equal to ``mask_token_id`` are unknown, the others
@@ -181,17 +207,10 @@ def decode(
     logits = _logits(apply_fn, params, tokens, labels, mask_token_id, guidance_scale,
                      null_label)
     sample_noise, choice_noise = _step_noise(
-        jax.random.fold_in(rng, t), b, n, logits.shape[-1],
-        sample=temperature != 0.0, choose=choice_temperature != 0.0)
-    if temperature == 0.0:
-      sampled = jnp.argmax(logits, axis=-1)
-    else:
-      # Gumbel-max sampling from softmax(logits / temperature).
-      scaled = logits if temperature == 1.0 else logits / temperature
-      sampled = jnp.argmax(scaled + sample_noise, axis=-1)
-    sampled = jnp.where(unknown, sampled.astype(jnp.int32), tokens)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    confidence = jnp.take_along_axis(logp, sampled[..., None], axis=-1)[..., 0]
+        jax.random.fold_in(rng, t), logits.shape if temperature != 0.0 else None,
+        (b, n) if choice_temperature != 0.0 else None)
+    sampled, confidence = _sample_with_logp(logits, sample_noise, temperature)
+    sampled = jnp.where(unknown, sampled, tokens)
     if choice_temperature != 0.0:
       noise_scale = choice_temperature * (1.0 - (t + 1.0) / num_steps)
       confidence = confidence + noise_scale * choice_noise

@@ -119,3 +119,32 @@ def masked_cross_entropy(
   num_masked = weights.sum(axis=-1).mean()
   metrics = {"loss": loss, "accuracy": accuracy, "num_masked": num_masked}
   return loss, metrics
+
+
+def split_sub_tokens(tokens: jax.Array, num_sub_tokens: int, sub_codebook_size: int) -> jax.Array:
+  """tokens [b, n] int32 -> sub-tokens [b, n, s] int32, token = sum_j sub_j * k_sub^j."""
+  powers = sub_codebook_size ** jnp.arange(num_sub_tokens, dtype=jnp.int32)
+  return (tokens[..., None] // powers) % sub_codebook_size
+
+
+def masked_token_loss(
+    logits: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    label_smoothing: float = 0.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """`masked_cross_entropy` for plain [b, n, k] or factorised [b, n, s, k_sub] logits.
+
+  Factorised: the sub-tokens are independent given the context, so the token's negative
+  log-likelihood is the sum over its s sub-tokens; the loss is that sum averaged over masked
+  tokens, and 'accuracy' is per sub-token.
+  """
+  if logits.ndim == 3:
+    return masked_cross_entropy(logits, targets, mask, label_smoothing)
+  b, n, s, k_sub = logits.shape
+  sub_targets = split_sub_tokens(targets, s, k_sub).reshape(b, n * s)
+  sub_mask = jnp.repeat(mask, s, axis=1)
+  loss, metrics = masked_cross_entropy(logits.reshape(b, n * s, k_sub), sub_targets, sub_mask,
+                                       label_smoothing)
+  metrics = dict(metrics, loss=loss * s, num_masked=metrics["num_masked"] / s)
+  return loss * s, metrics

@@ -103,6 +103,9 @@ class Transformer(nn.Module):
     num_classes: C; label C is the null class (classifier-free guidance).
     seq_len: n, number of image tokens (h * w, or t * h * w).
     hidden_size, num_layers, num_heads, mlp_dim, dropout_rate: as in BERT.
+    num_sub_tokens: s > 1 factorises each token into s sub-tokens of k_sub = K^(1/s) values
+      (MAGVIT-v2: 2^18 -> 2 x 2^9), each with its own embedding table (summed) and output
+      head; the output is then [b, n, s, k_sub] and token = sum_j sub_j * k_sub^j.
     dtype: activation dtype (parameters stay float32).
   """
   codebook_size: int
@@ -113,7 +116,17 @@ class Transformer(nn.Module):
   num_heads: int = 16
   mlp_dim: int = 3072
   dropout_rate: float = 0.1
+  num_sub_tokens: int = 1
   dtype: Dtype = jnp.float32
+
+  @property
+  def sub_codebook_size(self) -> int:
+    """k_sub with k_sub ** num_sub_tokens == codebook_size."""
+    k_sub = int(round(self.codebook_size ** (1.0 / self.num_sub_tokens)))
+    if k_sub ** self.num_sub_tokens != self.codebook_size:
+      raise ValueError(f'codebook_size={self.codebook_size} is not a power k_sub^s with '
+                       f's=num_sub_tokens={self.num_sub_tokens}')
+    return k_sub
 
   @property
   def mask_token_id(self) -> int:
@@ -125,24 +138,44 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens: jax.Array, labels: jax.Array, deterministic: bool = True) -> jax.Array:
-    """tokens: [b, n] int32 in [0, K]; labels: [b] int32 in [0, C]. Returns [b, n, K] float32."""
+    """tokens: [b, n] int32 in [0, K]; labels: [b] int32 in [0, C].
+
+    Returns logits [b, n, K] float32, or [b, n, s, k_sub] when num_sub_tokens = s > 1.
+    """
     if tokens.ndim != 2 or tokens.shape[1] != self.seq_len:
       raise ValueError(f'tokens must be [batch, {self.seq_len}], got shape {tokens.shape}')
     if labels.shape != tokens.shape[:1]:
       raise ValueError(f'labels must be [batch]={tokens.shape[:1]}, got shape {labels.shape}')
     d = self.hidden_size
     init = nn.initializers.truncated_normal(0.02)
-    token_table = self.param(
-        'token_embedding', nn.with_logical_partitioning(init, ('vocab', 'embed')),
-        (self.codebook_size + 1, d), jnp.float32)
     class_table = self.param(
         'class_embedding', nn.with_logical_partitioning(init, ('classes', 'embed')),
         (self.num_classes + 1, d), jnp.float32)
     pos_table = self.param(
         'position_embedding', nn.with_logical_partitioning(init, ('length', 'embed')),
         (self.seq_len + 1, d), jnp.float32)
+    # Output tables: [vocab, d] per head; the head logits are tied to them.
+    if self.num_sub_tokens == 1:
+      token_table = self.param(
+          'token_embedding', nn.with_logical_partitioning(init, ('vocab', 'embed')),
+          (self.codebook_size + 1, d), jnp.float32)
+      x_tokens = token_table[tokens]
+      heads = [(token_table[:self.codebook_size], 'head_bias')]
+    else:
+      k_sub = self.sub_codebook_size
+      mask_row = self.param('mask_embedding', nn.with_logical_partitioning(init, (None, 'embed')),
+                            (1, d), jnp.float32)
+      x_tokens = jnp.zeros(tokens.shape + (d,), jnp.float32)
+      heads = []
+      for j in range(self.num_sub_tokens):
+        table = self.param(f'token_embedding_{j}',
+                           nn.with_logical_partitioning(init, ('vocab', 'embed')),
+                           (k_sub, d), jnp.float32)
+        x_tokens = x_tokens + table[(tokens // k_sub ** j) % k_sub]
+        heads.append((table, f'head_bias_{j}'))
+      x_tokens = jnp.where((tokens == self.mask_token_id)[..., None], mask_row[0], x_tokens)
 
-    x = jnp.concatenate([class_table[labels][:, None], token_table[tokens]], axis=1)
+    x = jnp.concatenate([class_table[labels][:, None], x_tokens], axis=1)
     x = (x + pos_table[None]).astype(self.dtype)
     x = _layer_norm('ln_embed', self.dtype)(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
@@ -153,10 +186,15 @@ class Transformer(nn.Module):
     # MLM head.
     x = _dense(d, ('embed', 'embed_out'), 'head_dense', self.dtype)(x[:, 1:])
     x = _layer_norm('head_ln', self.dtype)(nn.gelu(x))
-    logits = jnp.einsum('bnd,vd->bnv', x, token_table[:self.codebook_size].astype(self.dtype))
-    bias = self.param('head_bias', nn.with_logical_partitioning(nn.initializers.zeros_init(), ('vocab',)),
-                      (self.codebook_size,), jnp.float32)
-    return (logits + bias).astype(jnp.float32)
+    logits = []
+    for table, bias_name in heads:
+      bias = self.param(bias_name, nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                                ('vocab',)),
+                        (table.shape[0],), jnp.float32)
+      logits.append(jnp.einsum('bnd,vd->bnv', x, table.astype(self.dtype)) + bias)
+    if self.num_sub_tokens == 1:
+      return logits[0].astype(jnp.float32)
+    return jnp.stack(logits, axis=2).astype(jnp.float32)
 
 
 def count_params(params) -> int:
@@ -171,7 +209,8 @@ def forward_flops(model: Transformer, batch: int) -> float:
   values 2 n d per token and layer, plus the MLM head.
   """
   n = model.seq_len + 1
-  d, m, L, K = model.hidden_size, model.mlp_dim, model.num_layers, model.codebook_size
+  d, m, L = model.hidden_size, model.mlp_dim, model.num_layers
+  K = model.num_sub_tokens * model.sub_codebook_size  # output units per position
   per_token_layer = 2 * (4 * d * d + 2 * d * m) + 2 * 2 * n * d
   head = 2 * (d * d + d * K)
   return float(batch * (n * L * per_token_layer + (n - 1) * head))

@@ -48,7 +48,8 @@ def build_model(config, seq_len: int) -> Transformer:
   return Transformer(
       codebook_size=int(m.codebook_size), num_classes=int(m.num_classes), seq_len=seq_len,
       hidden_size=int(m.hidden_size), num_layers=int(m.num_layers), num_heads=int(m.num_heads),
-      mlp_dim=int(m.mlp_dim), dropout_rate=float(m.dropout_rate), dtype=jnp.dtype(m.dtype))
+      mlp_dim=int(m.mlp_dim), dropout_rate=float(m.dropout_rate),
+      num_sub_tokens=int(m.get('num_sub_tokens', 1)), dtype=jnp.dtype(m.dtype))
 
 
 def check_tokenizer_matches(config, tokenizer_config) -> None:
@@ -90,7 +91,7 @@ def make_train_step(model: Transformer, tokenize, tokenizer_params, tx, config):
     def loss_fn(params):
       logits = model.apply({'params': params}, inputs, labels, deterministic=False,
                            rngs={'dropout': drop_rng})
-      return mvtm.masked_cross_entropy(logits, tokens, mask, masking.label_smoothing)
+      return mvtm.masked_token_loss(logits, tokens, mask, masking.label_smoothing)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = ts.apply_gradients(state, grads, tx)
