@@ -80,11 +80,22 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
   _require(config.data.image_size > 0, 'data.image_size', 'a positive integer', config.data.image_size)
   m = config.model
   if stage == 'tokenizer':
+    name = m.get('name', 'vqgan')
+    _require(name in ('vqgan', 'magvit2'), 'model.name', "'vqgan' or 'magvit2'", name)
     f = 2 ** (len(m.channel_multipliers) - 1)
     _require(config.data.image_size % f == 0, 'data.image_size',
              f'a multiple of the downsampling factor {f} (from model.channel_multipliers)',
              config.data.image_size)
-    _require(m.codebook_size > 1, 'model.codebook_size', 'an integer > 1', m.codebook_size)
+    if name == 'vqgan':
+      _require(m.codebook_size > 1, 'model.codebook_size', 'an integer > 1', m.codebook_size)
+    else:
+      _require(1 <= m.num_bits <= 30, 'model.num_bits', 'an integer in [1, 30]', m.num_bits)
+      _require(len(m.temporal_downsample) == len(m.channel_multipliers) - 1,
+               'model.temporal_downsample', f'{len(m.channel_multipliers) - 1} booleans '
+               '(one per downsampling level)', m.temporal_downsample)
+      ft = 2 ** sum(bool(t) for t in m.temporal_downsample)
+      frames = config.data.get('num_frames') or 1
+      _require((frames - 1) % ft == 0, 'data.num_frames', f'1 + {ft}*k', frames)
     for mult in m.channel_multipliers:
       _require((m.filters * mult) % m.num_groups == 0, 'model.num_groups',
                f'a divisor of every level width filters*mult (e.g. {m.filters * mult})', m.num_groups)

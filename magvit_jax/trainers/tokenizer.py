@@ -1,15 +1,22 @@
-"""Stage 1 trainer: the 2D VQGAN tokenizer.
+"""Stage 1 trainer: the tokenizers (2D VQGAN of MaskGIT, causal CNN + LFQ of MAGVIT-v2).
 
 Read top to bottom: config checks -> mesh -> data -> model + optimizer ->
 sharded state (fresh or restored) -> jitted step -> loop -> held-out eval.
 
-Loss = l2_weight * MSE + l1_weight * L1 + VQ loss (commitment + codebook).
+`config.model.name` picks the tokenizer: 'vqgan' (images [b, H, W, 3]) or
+'magvit2' (videos [b, T, H, W, 3]; images are 1-frame videos). With
+`config.image_data` set and `config.image_every = k`, every k-th step of a
+video tokenizer trains on an image batch instead (joint image-video training,
+one set of weights); which steps are image steps is fixed by the step number,
+so a resumed run replays exactly.
+
+Loss = l2_weight * MSE + l1_weight * L1 + quantizer loss (VQ: commitment +
+codebook; LFQ: commitment + entropy penalty).
 The adversarial and perceptual terms of the papers plug into
 `generator_loss_terms` (their own issue); the step sums whatever that returns.
 """
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
@@ -20,21 +27,66 @@ import numpy as np
 from magvit_jax import checkpoint as ckpt_lib
 from magvit_jax import parallel
 from magvit_jax.config_schema import config_from_dict, validate_config
+from magvit_jax.models.magvit2_tokenizer import Magvit2Tokenizer
 from magvit_jax.models.vqgan import VQGAN
 from magvit_jax.trainers import loop
 from magvit_jax.trainers import metrics_writer as mw
 from magvit_jax.trainers import train_state as ts
 
 
-def build_model(model_config) -> VQGAN:
-  return VQGAN(
-      filters=int(model_config.filters),
-      channel_multipliers=tuple(model_config.channel_multipliers),
-      num_res_blocks=int(model_config.num_res_blocks),
-      embedding_dim=int(model_config.embedding_dim),
-      codebook_size=int(model_config.codebook_size),
-      commitment_cost=float(model_config.commitment_cost),
-      num_groups=int(model_config.num_groups))
+TOKENIZERS = ('vqgan', 'magvit2')
+
+
+def build_model(model_config) -> VQGAN | Magvit2Tokenizer:
+  """The tokenizer named by `model_config.name` ('vqgan' when absent)."""
+  m = model_config
+  name = m.get('name', 'vqgan')
+  if name == 'vqgan':
+    return VQGAN(filters=int(m.filters), channel_multipliers=tuple(m.channel_multipliers),
+                 num_res_blocks=int(m.num_res_blocks), embedding_dim=int(m.embedding_dim),
+                 codebook_size=int(m.codebook_size), commitment_cost=float(m.commitment_cost),
+                 num_groups=int(m.num_groups))
+  if name == 'magvit2':
+    return Magvit2Tokenizer(
+        filters=int(m.filters), channel_multipliers=tuple(m.channel_multipliers),
+        num_res_blocks=int(m.num_res_blocks),
+        temporal_downsample=tuple(bool(t) for t in m.temporal_downsample),
+        num_bits=int(m.num_bits), num_groups=int(m.num_groups),
+        entropy_weight=float(m.entropy_weight), commitment_weight=float(m.commitment_weight),
+        entropy_temperature=float(m.entropy_temperature),
+        entropy_chunk_size=int(m.entropy_chunk_size),
+        entropy_groups=m.get('entropy_groups'))
+  raise ValueError(f'config.model.name={name!r}: expected one of {TOKENIZERS}')
+
+
+def codebook_size(model_config) -> int:
+  if model_config.get('name', 'vqgan') == 'magvit2':
+    return 2 ** int(model_config.num_bits)
+  return int(model_config.codebook_size)
+
+
+def input_shape(config) -> tuple[int, ...]:
+  """Per-example input of the tokenizer: (H, W, 3) for images, (T, H, W, 3) for videos."""
+  size = int(config.data.image_size)
+  frames = config.data.get('num_frames')
+  return (int(frames), size, size, 3) if frames else (size, size, 3)
+
+
+def token_shape(config) -> tuple[int, ...]:
+  """Token grid of one example: (h, w) for the VQGAN, (t, h, w) for MAGVIT-v2."""
+  m = config.model
+  f = 2 ** (len(m.channel_multipliers) - 1)
+  size = int(config.data.image_size) // f
+  if m.get('name', 'vqgan') == 'magvit2':
+    frames = int(config.data.get('num_frames') or 1)
+    ft = 2 ** sum(bool(t) for t in m.temporal_downsample)
+    return (1 + (frames - 1) // ft, size, size)
+  return (size, size)
+
+
+def model_input(batch: dict) -> jax.Array:
+  """The pixels of a data batch: 'video' [b, T, H, W, 3] or 'image' [b, H, W, 3] uint8."""
+  return batch['video'] if 'video' in batch else batch['image']
 
 
 def to_float(images: jax.Array) -> jax.Array:
@@ -66,7 +118,7 @@ def generator_loss_terms(images: jax.Array, recon: jax.Array, aux: dict, loss_co
 
 def make_train_step(model: VQGAN, tx, loss_config):
   def train_step(state: ts.TrainState, batch: dict) -> tuple[ts.TrainState, dict]:
-    images = to_float(batch['image'])
+    images = to_float(model_input(batch))
 
     def loss_fn(params):
       recon, aux = model.apply({'params': params}, images)
@@ -81,34 +133,58 @@ def make_train_step(model: VQGAN, tx, loss_config):
   return train_step
 
 
-def evaluate(model: VQGAN, params: Any, config, mesh) -> dict[str, float]:
-  """Held-out reconstruction: mean PSNR (dB) and codebook usage over the eval split."""
+def evaluate(model, params: Any, config, data_config=None, prefix: str = 'eval') -> dict[str, float]:
+  """Held-out reconstruction over the eval split of `data_config` (default config.data).
+
+  Returns {prefix_psnr: mean per-example PSNR in dB (a video's PSNR is over all its frames),
+  prefix_codebook_usage: distinct tokens used / codebook size, prefix_examples}.
+  """
   from magvit_jax.data import pipeline  # TF is imported only here.
+  data_config = data_config or config.data
 
   @jax.jit
-  def recon_fn(params, images):
-    images = to_float(images)
-    recon, aux = model.apply({'params': params}, images)
-    return psnr(images, recon), aux['tokens']
+  def recon_fn(params, pixels):
+    x = to_float(pixels)
+    recon, aux = model.apply({'params': params}, x)
+    return psnr(x, recon), aux['tokens']
 
   psnrs, tokens = [], []
-  for batch in pipeline.create_dataset(config.data, split=config.data.eval_split,
+  for batch in pipeline.create_dataset(data_config, split=data_config.eval_split,
                                        batch_size=int(config.eval_batch_size), train=False,
                                        drop_remainder=False):
-    p, t = recon_fn(params, batch['image'])
+    p, t = recon_fn(params, model_input(batch))
     psnrs.append(np.asarray(p))
     tokens.append(np.asarray(t))
   tokens_all = np.concatenate(tokens)
-  used = np.unique(tokens_all).size
-  return {'eval_psnr': float(np.mean(np.concatenate(psnrs))),
-          'eval_codebook_usage': used / int(config.model.codebook_size),
-          'eval_examples': float(tokens_all.shape[0])}
+  return {f'{prefix}_psnr': float(np.mean(np.concatenate(psnrs))),
+          f'{prefix}_codebook_usage': np.unique(tokens_all).size / codebook_size(config.model),
+          f'{prefix}_examples': float(tokens_all.shape[0])}
+
+
+def mixed_batches(config, local_batch: int, start_step: int):
+  """Training batches for steps start_step+1, ...: videos/images of config.data, and with
+  `config.image_every = k > 0` an image batch of `config.image_data` at every k-th step."""
+  from magvit_jax.data import pipeline  # TF is imported only here.
+  every = int(config.get('image_every') or 0)
+  seed = int(config.seed)
+
+  def stream(data_config, consumed):
+    return pipeline.create_dataset(data_config, split=data_config.train_split,
+                                   batch_size=local_batch, train=True, seed=seed,
+                                   start_step=consumed)
+  if not every:
+    yield from stream(config.data, start_step)
+    return
+  images = stream(config.image_data, start_step // every)
+  videos = stream(config.data, start_step - start_step // every)
+  step = start_step
+  while True:
+    step += 1
+    yield next(images) if step % every == 0 else next(videos)
 
 
 def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
   """Trains (or resumes) the tokenizer in `workdir`; returns final state and eval metrics."""
-  from magvit_jax.data import pipeline  # TF is imported only here.
-
   validate_config(config, stage='tokenizer')
   os.makedirs(workdir, exist_ok=True)
   ckpt_lib.write_workdir_config(workdir, config)
@@ -120,10 +196,9 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
   # Model and optimizer.
   model = build_model(config.model)
   tx = ts.make_optimizer(config.optimizer)
-  size = int(config.data.image_size)
 
   def init_params(rng):
-    return model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32))['params']
+    return model.init(rng, jnp.zeros((1,) + input_shape(config), jnp.float32))['params']
 
   # Sharded state: restored from the latest checkpoint, or fresh.
   init_fn, shardings, abstract = ts.state_layout(init_params, tx, mesh, config.logical_axis_rules)
@@ -137,9 +212,7 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
     state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(int(config.seed)))
 
   # Data, positioned after the last completed step.
-  batches = pipeline.create_dataset(config.data, split=config.data.train_split,
-                                    batch_size=local_batch, train=True, seed=int(config.seed),
-                                    start_step=start_step)
+  batches = mixed_batches(config, local_batch, start_step)
 
   # Step.
   step_fn = jax.jit(make_train_step(model, tx, config.losses),
@@ -154,27 +227,32 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
                         start_step=start_step, stage='tokenizer', max_steps=max_steps)
   result = {'state': state}
   if max_steps is None:
-    result.update(evaluate(model, state.params, config, mesh))
+    result.update(evaluate(model, state.params, config))
+    if config.get('image_data') is not None and config.get('image_every'):
+      result.update(evaluate(model, state.params, config, config.image_data, 'eval_image'))
     writer.write(int(config.num_train_steps), {k: v for k, v in result.items() if k != 'state'})
-    print(f"[tokenizer] held-out PSNR {result['eval_psnr']:.2f} dB, codebook usage "
-          f"{result['eval_codebook_usage']:.1%} on {int(result['eval_examples'])} images", flush=True)
+    for prefix in ('eval', 'eval_image'):
+      if f'{prefix}_psnr' in result:
+        print(f"[tokenizer] held-out PSNR {result[f'{prefix}_psnr']:.2f} dB, codebook usage "
+              f"{result[f'{prefix}_codebook_usage']:.1%} on {int(result[f'{prefix}_examples'])} "
+              f"{'images' if prefix == 'eval_image' or len(input_shape(config)) == 3 else 'videos'}",
+              flush=True)
   writer.close()
   checkpointer.close()
   return result
 
 
-def load_tokenizer(workdir: str, mesh=None) -> tuple[VQGAN, Any, dict]:
+def load_tokenizer(workdir: str, mesh=None) -> tuple[VQGAN | Magvit2Tokenizer, Any, dict]:
   """Frozen tokenizer from a tokenizer workdir: (model, params, config dict)."""
   config = ckpt_lib.read_workdir_config(workdir)
   if config.get('stage') != 'tokenizer':
     raise ValueError(f"{workdir} holds a {config.get('stage')!r} run; expected a 'tokenizer' workdir")
   cfg = config_from_dict(config)
   model = build_model(cfg.model)
-  size = int(cfg.data.image_size)
   mesh = mesh or parallel.make_mesh({'data': -1})
   tx = ts.make_optimizer(cfg.optimizer)
   _, _, abstract = ts.state_layout(
-      lambda rng: model.init(rng, jnp.zeros((1, size, size, 3), jnp.float32))['params'],
+      lambda rng: model.init(rng, jnp.zeros((1,) + input_shape(cfg), jnp.float32))['params'],
       tx, mesh, cfg.logical_axis_rules)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config)
   if checkpointer.latest_step() is None:
