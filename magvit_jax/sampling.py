@@ -18,7 +18,7 @@ import numpy as np
 
 from magvit_jax import visualize
 from magvit_jax.decoding import maskgit
-from magvit_jax.models.vqgan import VQGAN
+from magvit_jax.config_schema import config_from_dict
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
 from magvit_jax.trainers import transformer as transformer_trainer
 
@@ -34,10 +34,12 @@ class Sampler:
     self.model, self.params, self.config = transformer_trainer.load_transformer(workdir)
     self.tokenizer, self.tok_params, tok_cfg = tokenizer_trainer.load_tokenizer(
         self.config['tokenizer_workdir'])
-    f = 2 ** (len(tok_cfg['model']['channel_multipliers']) - 1)
-    self.image_size = int(tok_cfg['data']['image_size'])
-    self.token_side = self.image_size // f
-    model, tokenizer, tok_params, side = self.model, self.tokenizer, self.tok_params, self.token_side
+    tok_cfg = config_from_dict(tok_cfg)
+    self.input_shape = tokenizer_trainer.input_shape(tok_cfg)  # (H, W, 3) or (T, H, W, 3)
+    self.token_shape = tokenizer_trainer.token_shape(tok_cfg)  # (h, w) or (t, h, w)
+    self.is_video = len(self.input_shape) == 4
+    model, tokenizer, tok_params = self.model, self.tokenizer, self.tok_params
+    grid = self.token_shape
 
     def apply_fn(p, tokens, y):
       return model.apply({'params': p}, tokens, y, deterministic=True)
@@ -45,15 +47,17 @@ class Sampler:
 
     @jax.jit
     def to_pixels(tokens):
-      imgs = tokenizer.apply({'params': tok_params}, tokens.reshape(-1, side, side),
-                             method=VQGAN.decode_tokens)
-      return tokenizer_trainer.to_uint8(imgs)
+      """tokens [..., n] -> uint8 pixels [N, *input_shape]."""
+      pixels = tokenizer.apply({'params': tok_params}, tokens.reshape((-1,) + grid),
+                               method='decode_tokens')
+      return tokenizer_trainer.to_uint8(pixels)
     self.to_pixels = to_pixels
 
     @jax.jit
-    def to_tokens(images_uint8):
-      _, aux = tokenizer.apply({'params': tok_params}, tokenizer_trainer.to_float(images_uint8),
-                               method=VQGAN.encode)
+    def to_tokens(pixels_uint8):
+      """uint8 [N, *input_shape] -> tokens [N, *token_shape]."""
+      _, aux = tokenizer.apply({'params': tok_params}, tokenizer_trainer.to_float(pixels_uint8),
+                               method='encode')
       return aux['tokens']
     self.to_tokens = to_tokens
 
@@ -78,7 +82,8 @@ class Sampler:
                     temperature: float | None = None) -> dict[str, np.ndarray]:
     """Iterative decoding from token maps in which mask ids mark the unknown positions.
 
-    init_tokens: int32 [N, n]; labels: [N]. Returns {'images': uint8 [N, H, W, 3],
+    init_tokens: int32 [N, n]; labels: [N]. Returns {'images': uint8 [N, H, W, 3] (videos:
+    [N, T, H, W, 3]),
     'tokens': int32 [N, n], 'labels': int32 [N], 'history': int32 [T, N, n]}.
     """
     labels = self._check_labels(labels)
@@ -116,18 +121,19 @@ class Sampler:
            **kwargs) -> dict[str, np.ndarray]:
     """Inpainting / outpainting / class-conditional editing.
 
-    images: uint8 [N, H, W, 3]; region: bool [h, w] or [N, h, w] on the token grid, True where
+    images: uint8 [N, *input_shape]; region: bool on the token grid ([h, w] / [t, h, w], or with
+    a leading N), True where
     tokens are regenerated (inpainting: the hole; outpainting: everything outside the kept
     area); labels: [N] class to edit towards. Tokens outside `region` are kept exactly.
     """
     images = np.asarray(images)
-    if images.ndim != 4 or images.shape[1:] != (self.image_size, self.image_size, 3):
-      raise ValueError(f'images must be uint8 [N, {self.image_size}, {self.image_size}, 3], '
+    if images.shape[1:] != self.input_shape:
+      raise ValueError(f'images must be uint8 [N, {", ".join(map(str, self.input_shape))}], '
                        f'got {images.shape}')
     region = np.asarray(region, bool)
-    if region.shape[-2:] != (self.token_side, self.token_side):
-      raise ValueError(f'region must be bool [..., {self.token_side}, {self.token_side}] on the '
-                       f'token grid, got {region.shape}')
+    if region.shape[-len(self.token_shape):] != self.token_shape:
+      raise ValueError(f'region must be bool [..., {", ".join(map(str, self.token_shape))}] on '
+                       f'the token grid, got {region.shape}')
     tokens = self.to_tokens(images)
     init = maskgit.mask_region(tokens, jnp.asarray(region), self.model.mask_token_id)
     out = self.decode_tokens(np.asarray(init), labels, **kwargs)
@@ -139,26 +145,38 @@ def steps_picture(history: np.ndarray, sampler: Sampler, rows: Sequence[int]) ->
   """Pixels of the token map after each decoding step for the samples `rows`.
 
   history: int32 [T, N, n]. Returns uint8 [len(rows) * T, H, W, 3] (row-major: one sample's
-  T steps after another); still-masked token cells are drawn grey.
+  T steps after another; for videos the first frame); still-masked token cells are grey.
   """
-  t, side = history.shape[0], sampler.token_side
+  t = history.shape[0]
   sel = history[:, list(rows)]  # [T, r, n]
   masked = sel == sampler.model.mask_token_id
-  imgs = np.asarray(sampler.to_pixels(jnp.asarray(np.where(masked, 0, sel))))
-  cell = imgs.shape[1] // side
-  m = np.repeat(np.repeat(masked.reshape(-1, side, side), cell, 1), cell, 2)[..., None]
-  imgs = np.where(m, 128, imgs).astype(np.uint8)
-  return imgs.reshape(t, len(rows), *imgs.shape[1:]).transpose(1, 0, 2, 3, 4).reshape(
-      -1, *imgs.shape[1:])
+  pixels = np.asarray(sampler.to_pixels(jnp.asarray(np.where(masked, 0, sel))))
+  masked = masked.reshape((-1,) + sampler.token_shape)
+  if sampler.is_video:
+    pixels, masked = pixels[:, 0], masked[:, 0]
+  cell = pixels.shape[1] // masked.shape[1]
+  m = np.repeat(np.repeat(masked, cell, 1), cell, 2)[..., None]
+  pixels = np.where(m, 128, pixels).astype(np.uint8)
+  return pixels.reshape(t, len(rows), *pixels.shape[1:]).transpose(1, 0, 2, 3, 4).reshape(
+      -1, *pixels.shape[1:])
 
 
 def write_samples(output: str, result: dict, sampler: Sampler, ncols: int) -> None:
-  """grid.png, samples.npz (images uint8 [N, H, W, 3], labels int32 [N]) and decoding_steps.png."""
+  """samples.npz (images uint8 [N, (T,) H, W, 3], labels int32 [N]), grid.png (videos: one
+  row of frames per sample), samples.gif for videos, and decoding_steps.png."""
   os.makedirs(output, exist_ok=True)
-  np.savez(os.path.join(output, 'samples.npz'), images=result['images'], labels=result['labels'])
-  visualize.save_png(os.path.join(output, 'grid.png'),
-                     visualize.image_grid(result['images'], ncols=ncols), scale=2)
-  labels = result['labels']
+  images, labels = result['images'], result['labels']
+  np.savez(os.path.join(output, 'samples.npz'), images=images, labels=labels)
+  if images.ndim == 5:
+    n, t = images.shape[:2]
+    visualize.save_png(os.path.join(output, 'grid.png'),
+                       visualize.image_grid(images.reshape(n * t, *images.shape[2:]), ncols=t),
+                       scale=2)
+    frames = np.stack([visualize.image_grid(images[:, i], ncols=ncols) for i in range(t)])
+    visualize.save_gif(os.path.join(output, 'samples.gif'), frames, fps=4, scale=2)
+  else:
+    visualize.save_png(os.path.join(output, 'grid.png'),
+                       visualize.image_grid(images, ncols=ncols), scale=2)
   firsts = [int(np.argmax(labels == c)) for c in np.unique(labels)]
   pic = steps_picture(result['history'], sampler, firsts)
   visualize.save_png(os.path.join(output, 'decoding_steps.png'),

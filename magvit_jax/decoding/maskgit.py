@@ -230,23 +230,25 @@ def decode(
 
 
 def mask_region(tokens: jax.Array, region_mask: jax.Array, mask_token_id: int) -> jax.Array:
-  """Masks a spatial region of a token map, for inpainting / outpainting.
+  """Masks a region of a token map, for inpainting / outpainting (images or videos).
 
   Inpainting: ``region_mask`` True inside the hole. Outpainting: True outside the kept
   area (e.g. ``~inner``). Feed the result to ``decode`` as ``init_tokens``.
 
   Args:
-    tokens: [b, h, w] int32 token map.
-    region_mask: [h, w] or [b, h, w] bool, True = to be regenerated.
+    tokens: [b, h, w] (or [b, t, h, w]) int32 token map.
+    region_mask: bool of the grid shape ([h, w] / [t, h, w]) or of ``tokens.shape``;
+      True = to be regenerated.
     mask_token_id: the mask token id.
 
   Returns:
-    [b, h * w] int32, ``mask_token_id`` inside the region, the input tokens elsewhere.
+    [b, n] int32 with n = prod(grid), ``mask_token_id`` inside the region, the input
+    tokens elsewhere.
   """
-  if tokens.ndim != 3:
-    raise ValueError(f"tokens must be [batch, h, w], got shape {tokens.shape}.")
+  if tokens.ndim < 2:
+    raise ValueError(f"tokens must be [batch, *grid], got shape {tokens.shape}.")
   if region_mask.shape not in (tokens.shape[1:], tokens.shape):
-    raise ValueError(f"region_mask must be [h, w] or [b, h, w] matching tokens "
+    raise ValueError(f"region_mask must be the token grid {tokens.shape[1:]} or match tokens "
                      f"{tokens.shape}, got {region_mask.shape}.")
   region = jnp.broadcast_to(region_mask.astype(bool), tokens.shape)
   out = jnp.where(region, jnp.int32(mask_token_id), tokens.astype(jnp.int32))

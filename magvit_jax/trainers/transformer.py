@@ -11,6 +11,7 @@ rate, which enables classifier-free guidance at sampling time.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -22,7 +23,6 @@ from magvit_jax import parallel
 from magvit_jax.config_schema import config_from_dict, validate_config
 from magvit_jax.masking import mvtm
 from magvit_jax.models.transformer import Transformer, forward_flops
-from magvit_jax.models.vqgan import VQGAN
 from magvit_jax.trainers import loop
 from magvit_jax.trainers import metrics_writer as mw
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
@@ -36,11 +36,9 @@ PEAK_FLOPS = {
 }
 
 
-def token_grid(tokenizer_config) -> tuple[int, int]:
-  """(h, w) of the token map the tokenizer produces for its image size."""
-  f = 2 ** (len(tokenizer_config.model.channel_multipliers) - 1)
-  size = int(tokenizer_config.data.image_size)
-  return size // f, size // f
+def token_grid(tokenizer_config) -> tuple[int, ...]:
+  """Token grid of one example for this tokenizer: (h, w) or (t, h, w)."""
+  return tokenizer_trainer.token_shape(tokenizer_config)
 
 
 def build_model(config, seq_len: int) -> Transformer:
@@ -53,23 +51,28 @@ def build_model(config, seq_len: int) -> Transformer:
 
 
 def check_tokenizer_matches(config, tokenizer_config) -> None:
-  """The transformer's vocabulary and image size must be the tokenizer's."""
-  if int(config.model.codebook_size) != int(tokenizer_config.model.codebook_size):
+  """The transformer's vocabulary and inputs must be the tokenizer's."""
+  vocab = tokenizer_trainer.codebook_size(tokenizer_config.model)
+  if int(config.model.codebook_size) != vocab:
     raise ValueError(
         f'config.model.codebook_size={config.model.codebook_size} but the tokenizer in '
-        f'{config.tokenizer_workdir} has codebook_size={tokenizer_config.model.codebook_size}')
+        f'{config.tokenizer_workdir} has codebook_size={vocab}')
   if int(config.data.image_size) != int(tokenizer_config.data.image_size):
     raise ValueError(
         f'config.data.image_size={config.data.image_size} but the tokenizer in '
         f'{config.tokenizer_workdir} was trained at image_size={tokenizer_config.data.image_size}')
+  frames, tok_frames = config.data.get('num_frames'), tokenizer_config.data.get('num_frames')
+  if frames != tok_frames:
+    raise ValueError(f'config.data.num_frames={frames} but the tokenizer in '
+                     f'{config.tokenizer_workdir} was trained with num_frames={tok_frames}')
 
 
-def make_tokenize_fn(tokenizer: VQGAN):
-  def tokenize(tokenizer_params, images_uint8: jax.Array) -> jax.Array:
-    """uint8 [b, H, W, 3] -> tokens [b, h*w] int32."""
-    _, aux = tokenizer.apply({'params': tokenizer_params}, tokenizer_trainer.to_float(images_uint8),
-                             method=VQGAN.encode)
-    return aux['tokens'].reshape(images_uint8.shape[0], -1)
+def make_tokenize_fn(tokenizer):
+  def tokenize(tokenizer_params, pixels_uint8: jax.Array) -> jax.Array:
+    """uint8 [b, H, W, 3] or [b, T, H, W, 3] -> tokens [b, n] int32 (n = prod(token grid))."""
+    _, aux = tokenizer.apply({'params': tokenizer_params}, tokenizer_trainer.to_float(pixels_uint8),
+                             method='encode')
+    return aux['tokens'].reshape(pixels_uint8.shape[0], -1)
   return tokenize
 
 
@@ -79,7 +82,8 @@ def make_train_step(model: Transformer, tokenize, tokenizer_params, tx, config):
   def train_step(state: ts.TrainState, batch: dict) -> tuple[ts.TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
     mask_rng, drop_rng, class_rng = jax.random.split(rng, 3)
-    tokens = jax.lax.stop_gradient(tokenize(tokenizer_params, batch['image']))
+    tokens = jax.lax.stop_gradient(
+        tokenize(tokenizer_params, tokenizer_trainer.model_input(batch)))
     b, n = tokens.shape
     mask = mvtm.sample_mask(mask_rng, b, n, masking.schedule)
     inputs = mvtm.apply_mask(tokens, mask, model.mask_token_id)
@@ -138,14 +142,15 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
   tok_cfg = config_from_dict(tok_cfg_dict)
   check_tokenizer_matches(config, tok_cfg)
   tokenizer_params = jax.device_put(tokenizer_params, parallel.replicated(mesh))
-  h, w = token_grid(tok_cfg)
+  seq_len = math.prod(token_grid(tok_cfg))
 
   # Model and optimizer.
-  model = build_model(config, seq_len=h * w)
+  model = build_model(config, seq_len=seq_len)
   tx = ts.make_optimizer(config.optimizer)
 
   def init_params(rng):
-    return model.init(rng, jnp.zeros((1, h * w), jnp.int32), jnp.zeros((1,), jnp.int32))['params']
+    return model.init(rng, jnp.zeros((1, seq_len), jnp.int32),
+                      jnp.zeros((1,), jnp.int32))['params']
 
   # Sharded state: restored from the latest checkpoint, or fresh.
   init_fn, shardings, abstract = ts.state_layout(init_params, tx, mesh, config.logical_axis_rules)
@@ -187,12 +192,12 @@ def load_transformer(workdir: str, mesh=None) -> tuple[Transformer, Any, dict]:
                      f"'transformer' workdir")
   config = config_from_dict(config_dict)
   tok_cfg = config_from_dict(ckpt_lib.read_workdir_config(config.tokenizer_workdir))
-  h, w = token_grid(tok_cfg)
-  model = build_model(config, seq_len=h * w)
+  seq_len = math.prod(token_grid(tok_cfg))
+  model = build_model(config, seq_len=seq_len)
   mesh = mesh or parallel.make_mesh({'data': -1})
   tx = ts.make_optimizer(config.optimizer)
   _, _, abstract = ts.state_layout(
-      lambda rng: model.init(rng, jnp.zeros((1, h * w), jnp.int32),
+      lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32),
                              jnp.zeros((1,), jnp.int32))['params'],
       tx, mesh, config.logical_axis_rules)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config_dict)
