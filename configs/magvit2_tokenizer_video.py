@@ -10,7 +10,7 @@ levels, entropy weight 0.1; needs a prepared video dataset, `data.name`) or `dig
 variant: 5-frame 32x32 clips of the embedded moving digits -> 2 x 8 x 8 tokens, 2^10 codes,
 jointly trained with the embedded digit images every 4th step).
 
-Parameter counts (printed by tests/test_magvit2_tokenizer.py): paper ~371M (encoder 145M,
+Parameter counts (printed by tests/test_magvit2_pipeline.py): paper 371.01M (encoder 145M,
 decoder 226M), digits 0.85M.
 """
 import ml_collections

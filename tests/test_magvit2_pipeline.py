@@ -106,13 +106,18 @@ def test_transformer_trains_and_decodes_videos_on_lfq_tokens(tokenizer_run, tmp_
   np.testing.assert_array_equal(edited['tokens'][:, :16], edited['original_tokens'][:, :16])
 
 
-@pytest.mark.parametrize('arg,expected_millions', [('kinetics', (360, 380)), ('digits', (0.5, 1.2))])
-def test_magvit2_tokenizer_config_parameter_counts(arg, expected_millions):
-  c = load_config('magvit2_tokenizer_video.py', arg)
+@pytest.mark.parametrize('filename,arg,expected_millions', [
+    ('magvit2_tokenizer_video.py', 'kinetics', (360, 380)),
+    ('magvit2_tokenizer_video.py', 'digits', (0.5, 1.2)),
+    ('magvit2_tokenizer_imagenet.py', 'imagenet', (370, 390)),
+    ('magvit2_tokenizer_imagenet.py', 'digits', (0.5, 1.2)),
+])
+def test_magvit2_tokenizer_config_parameter_counts(filename, arg, expected_millions):
+  c = load_config(filename, arg)
   model = tokenizer_trainer.build_model(c.model)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                           jnp.zeros((1,) + tokenizer_trainer.input_shape(c)))
   n = count_params(shapes['params']) / 1e6
-  print(f'magvit2_tokenizer_video.py:{arg}: {n:.2f}M parameters, tokens '
+  print(f'{filename}:{arg}: {n:.2f}M parameters, tokens '
         f'{tokenizer_trainer.token_shape(c)} of input {tokenizer_trainer.input_shape(c)}')
   assert expected_millions[0] < n < expected_millions[1]
