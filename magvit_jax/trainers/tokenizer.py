@@ -201,15 +201,10 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
     return model.init(rng, jnp.zeros((1,) + input_shape(config), jnp.float32))['params']
 
   # Sharded state: restored from the latest checkpoint, or fresh.
-  init_fn, shardings, abstract = ts.state_layout(init_params, tx, mesh, config.logical_axis_rules)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.to_dict(),
                                        int(config.max_checkpoints))
-  start_step = checkpointer.latest_step() or 0
-  if start_step:
-    state = checkpointer.restore(abstract)
-    print(f'[tokenizer] resumed from {checkpointer.directory}/{start_step}', flush=True)
-  else:
-    state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(int(config.seed)))
+  state, shardings, start_step = ts.init_or_restore(init_params, tx, config, mesh, checkpointer,
+                                                    'tokenizer')
 
   # Data, positioned after the last completed step.
   batches = mixed_batches(config, local_batch, start_step)
@@ -249,16 +244,9 @@ def load_tokenizer(workdir: str, mesh=None) -> tuple[VQGAN | Magvit2Tokenizer, A
     raise ValueError(f"{workdir} holds a {config.get('stage')!r} run; expected a 'tokenizer' workdir")
   cfg = config_from_dict(config)
   model = build_model(cfg.model)
-  mesh = mesh or parallel.make_mesh({'data': -1})
-  tx = ts.make_optimizer(cfg.optimizer)
-  _, _, abstract = ts.state_layout(
+  params = ts.restore_params(
+      workdir, config,
       lambda rng: model.init(rng, jnp.zeros((1,) + input_shape(cfg), jnp.float32))['params'],
-      tx, mesh, cfg.logical_axis_rules)
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config)
-  if checkpointer.latest_step() is None:
-    raise FileNotFoundError(f'no tokenizer checkpoint in {workdir}/checkpoints; train it first with '
-                            f'`python -m magvit_jax.train --config=configs/vqgan_imagenet.py:digits '
-                            f'--workdir={workdir}`')
-  state = checkpointer.restore(abstract)
-  checkpointer.close()
-  return model, state.params, config
+      mesh or parallel.make_mesh({'data': -1}),
+      f'python -m magvit_jax.train --config=configs/<tokenizer config>.py --workdir={workdir}')
+  return model, params, config

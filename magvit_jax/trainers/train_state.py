@@ -7,6 +7,7 @@ turns them into `NamedSharding`s, and the init function is jitted with those
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import flax
@@ -15,7 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from magvit_jax import checkpoint as ckpt_lib
 from magvit_jax import parallel
+from magvit_jax.config_schema import config_from_dict
 
 
 @flax.struct.dataclass
@@ -83,3 +86,38 @@ def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformat
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                        opt_state=opt_state)
+
+
+def init_or_restore(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
+                    config, mesh, checkpointer, stage: str) -> tuple[TrainState, Any, int]:
+  """The run's sharded state: restored from the latest checkpoint, or freshly initialised.
+
+  Returns (state, state_shardings, start_step); start_step is 0 for a fresh run.
+  """
+  init_fn, shardings, abstract = state_layout(init_params, tx, mesh, config.logical_axis_rules)
+  start_step = checkpointer.latest_step() or 0
+  if start_step:
+    state = checkpointer.restore(abstract)
+    print(f'[{stage}] resumed from {checkpointer.directory}/{start_step}', flush=True)
+  else:
+    state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(int(config.seed)))
+  return state, shardings, start_step
+
+
+def restore_params(workdir: str, config_dict: dict, init_params: Callable[[jax.Array], Any],
+                   mesh, train_command: str) -> Any:
+  """Parameters of the latest checkpoint in `<workdir>/checkpoints` (frozen use, sampling).
+
+  train_command: what to run when there is no checkpoint (named in the error).
+  """
+  config = config_from_dict(config_dict)
+  _, _, abstract = state_layout(init_params, make_optimizer(config.optimizer), mesh,
+                                config.logical_axis_rules)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config_dict)
+  try:
+    if checkpointer.latest_step() is None:
+      raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints; train it first with '
+                              f'`{train_command}`')
+    return checkpointer.restore(abstract).params
+  finally:
+    checkpointer.close()

@@ -153,15 +153,10 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
                       jnp.zeros((1,), jnp.int32))['params']
 
   # Sharded state: restored from the latest checkpoint, or fresh.
-  init_fn, shardings, abstract = ts.state_layout(init_params, tx, mesh, config.logical_axis_rules)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.to_dict(),
                                        int(config.max_checkpoints))
-  start_step = checkpointer.latest_step() or 0
-  if start_step:
-    state = checkpointer.restore(abstract)
-    print(f'[transformer] resumed from {checkpointer.directory}/{start_step}', flush=True)
-  else:
-    state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(int(config.seed)))
+  state, shardings, start_step = ts.init_or_restore(init_params, tx, config, mesh, checkpointer,
+                                                    'transformer')
 
   # Data, positioned after the last completed step.
   batches = pipeline.create_dataset(config.data, split=config.data.train_split,
@@ -194,15 +189,11 @@ def load_transformer(workdir: str, mesh=None) -> tuple[Transformer, Any, dict]:
   tok_cfg = config_from_dict(ckpt_lib.read_workdir_config(config.tokenizer_workdir))
   seq_len = math.prod(token_grid(tok_cfg))
   model = build_model(config, seq_len=seq_len)
-  mesh = mesh or parallel.make_mesh({'data': -1})
-  tx = ts.make_optimizer(config.optimizer)
-  _, _, abstract = ts.state_layout(
+  params = ts.restore_params(
+      workdir, config_dict,
       lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32),
                              jnp.zeros((1,), jnp.int32))['params'],
-      tx, mesh, config.logical_axis_rules)
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config_dict)
-  if checkpointer.latest_step() is None:
-    raise FileNotFoundError(f'no transformer checkpoint in {workdir}/checkpoints')
-  state = checkpointer.restore(abstract)
-  checkpointer.close()
-  return model, state.params, config_dict
+      mesh or parallel.make_mesh({'data': -1}),
+      f'python -m magvit_jax.train --config=configs/<transformer config>.py '
+      f'--config.tokenizer_workdir={config.tokenizer_workdir} --workdir={workdir}')
+  return model, params, config_dict
