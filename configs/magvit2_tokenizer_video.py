@@ -33,7 +33,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       temporal_downsample=(False, True, True), num_bits=18, num_groups=32,
       entropy_weight=0.1, commitment_weight=0.25, entropy_temperature=1.0,
       entropy_chunk_size=1024, entropy_groups=ml_collections.config_dict.placeholder(int)))
-  c.losses = ml_collections.ConfigDict(dict(l2_weight=1.0, l1_weight=0.0))
+  c.losses.update(dict(  # MAGVIT: non-saturating, 0.1, R1 10; MAGVIT-v2 adds LeCAM (check).
+      gan_weight=0.1, gan_loss='non_saturating', r1_gamma=10.0, lecam_weight=0.001,
+      disc_start_step=20_000, perceptual_weight=0.1))
+  c.ema_decay = 0.999
   # Joint image-video training: every `image_every`-th step is an image batch (0 = off).
   c.image_data = ml_collections.ConfigDict(dict(
       name='imagenet2012', data_dir=ml_collections.config_dict.placeholder(str), image_size=128,
@@ -44,6 +47,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_train_steps = 500_000
 
   if variant == 'digits':
+    # Adversarial training is off by default here (turn on with --config.losses.gan_weight=0.1).
+    c.losses.update(dict(gan_weight=0.0, perceptual_weight=0.0, disc_start_step=200, r1_gamma=0.0))
+    c.ema_decay = 0.0
+    c.discriminator.update(dict(filters=16, channel_multipliers=(1, 2, 2)))
     c.data.update(dict(name='magvit_moving_digits', image_size=32, eval_split='test',
                        num_classes=10, shuffle_buffer=2000))
     c.data.num_frames = 5

@@ -58,6 +58,17 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(
       lr=1e-4, b1=0.9, b2=0.99, weight_decay=0.0, warmup_steps=5000, decay='constant',
       decay_steps=100_000, grad_clip_norm=1.0))
+  if stage == 'tokenizer':
+    # Reconstruction, adversarial and perceptual terms (see magvit_jax/trainers/adversarial.py).
+    c.losses = ml_collections.ConfigDict(dict(
+        l2_weight=1.0, l1_weight=0.0, gan_weight=0.0, gan_loss='hinge', disc_start_step=0,
+        lecam_weight=0.0, r1_gamma=0.0, perceptual_weight=0.0,
+        perceptual_weights=ml_collections.config_dict.placeholder(str),
+        perceptual_required=False))
+    c.discriminator = ml_collections.ConfigDict(dict(filters=64,
+                                                     channel_multipliers=(2, 4, 4, 4, 4)))
+    c.disc_optimizer = ml_collections.ConfigDict(dict(lr=1e-4, b1=0.0, b2=0.99))
+    c.ema_decay = 0.0  # EMA of the generator (0 = off); used for eval and sampling.
   return c
 
 
@@ -86,6 +97,9 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
     _require(config.data.image_size % f == 0, 'data.image_size',
              f'a multiple of the downsampling factor {f} (from model.channel_multipliers)',
              config.data.image_size)
+    _require(config.losses.gan_loss in ('hinge', 'non_saturating'), 'losses.gan_loss',
+             "'hinge' or 'non_saturating'", config.losses.gan_loss)
+    _require(0.0 <= config.ema_decay < 1.0, 'ema_decay', 'a float in [0, 1)', config.ema_decay)
     if name == 'vqgan':
       _require(m.codebook_size > 1, 'model.codebook_size', 'an integer > 1', m.codebook_size)
     else:

@@ -4,10 +4,18 @@ Sharding is declared once: modules annotate parameters with logical axis names
 (`nn.with_logical_partitioning`); the config's `logical_axis_rules` table maps
 each logical name to mesh axes ('data', 'fsdp', 'tensor'). The same code runs
 on one CPU, 8 fake CPU devices, one GPU and a TPU pod.
+
+Multi-host: `initialize_distributed` starts `jax.distributed` when the launch
+asks for it (`--multihost` or `MAGVIT_MULTIHOST=1`); every process then runs
+the same program on its own slice of the global batch. `describe_runtime`
+is the line each process logs at the start of training, and
+`any_process` is how the processes agree on a host-side flag (preemption).
 """
 from __future__ import annotations
 
 import math
+import os
+import socket
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -98,3 +106,75 @@ def check_batch_size(global_batch: int, mesh: Mesh, field: str = 'config.batch_s
     raise ValueError(f'{field}={global_batch} must be divisible by the process count '
                      f'{jax.process_count()}')
   return global_batch // jax.process_count()
+
+
+MULTIHOST_ENV = 'MAGVIT_MULTIHOST'
+
+
+def multihost_requested(flag: bool = False) -> bool:
+  """True when `flag` is set or the environment has `MAGVIT_MULTIHOST` = 1/true/yes."""
+  env = os.environ.get(MULTIHOST_ENV, '').strip().lower()
+  return bool(flag) or env in ('1', 'true', 'yes')
+
+
+def initialize_distributed(multihost: bool = False, coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> bool:
+  """Joins this process to a multi-process JAX job when asked to; a no-op otherwise.
+
+  Must run before anything touches a JAX backend (first device query or
+  computation). With `multihost` false and `MAGVIT_MULTIHOST` unset nothing
+  happens (one machine). Otherwise `jax.distributed.initialize` is called with
+  the arguments that were given; the missing ones are auto-detected by JAX
+  (TPU VM pod slices, SLURM, Open MPI; or the `JAX_COORDINATOR_ADDRESS` env).
+  JAX's own SIGTERM preemption service is turned off: the training loop
+  handles SIGTERM itself (see `magvit_jax.trainers.loop`).
+
+  Args:
+    multihost: the `--multihost` flag.
+    coordinator_address: 'host:port' of process 0's coordinator, or None.
+    num_processes: total number of processes, or None.
+    process_id: this process's index in [0, num_processes), or None.
+
+  Returns:
+    True when `jax.distributed` is (now) initialized, False on one machine.
+  """
+  if not multihost_requested(multihost):
+    return False
+  if jax.distributed.is_initialized():
+    return True
+  if (num_processes is None) != (process_id is None):
+    raise ValueError('--num_processes and --process_id must be given together '
+                     f'(got num_processes={num_processes}, process_id={process_id})')
+  if process_id is not None and not 0 <= process_id < num_processes:
+    raise ValueError(f'--process_id={process_id} not in [0, --num_processes={num_processes})')
+  jax.config.update('jax_enable_preemption_service', False)
+  jax.distributed.initialize(coordinator_address=coordinator_address or None,
+                             num_processes=num_processes, process_id=process_id)
+  return True
+
+
+def describe_runtime(mesh: Mesh) -> str:
+  """One line: process index/count, host, local/global devices and the mesh shape."""
+  devices = jax.devices()
+  local = jax.local_devices()
+  mesh_shape = ' '.join(f'{k}={v}' for k, v in mesh.shape.items())
+  local_ids = {d.id for d in local}
+  in_mesh = sum(1 for d in mesh.devices.flat if d.id in local_ids)
+  return (f'process {jax.process_index()}/{jax.process_count()} on {socket.gethostname()}: '
+          f'{len(local)} local / {len(devices)} global {devices[0].platform} devices '
+          f'({local[0].device_kind}); mesh {mesh_shape} ({mesh.devices.size} devices, '
+          f'{in_mesh} of them local); data-parallel size {data_parallel_size(mesh)}')
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process if `flag` is true on any process.
+
+  A collective: every process must call it at the same point of the program.
+  On one process it is just `flag` (no device work).
+  """
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  flags = multihost_utils.process_allgather(np.asarray([int(bool(flag))], np.int32))
+  return bool(np.asarray(flags).max())

@@ -5,11 +5,26 @@ asynchronously; metrics stay on device). Every `log_every` steps the buffered
 metrics are fetched once, checked for NaN/Inf, written and shown. Every
 `checkpoint_every` steps (and at the end) the state is saved -- only after the
 losses leading up to it were checked, so no checkpoint ever holds a NaN state.
+
+Preemption (TPU maintenance, spot VMs, `kill`): while the loop runs, SIGTERM
+only sets a flag (the previous handler is restored when the loop exits). At
+the next step boundary where the flag is looked at, the pending metrics are
+flushed and checked, the state of that step is saved, "preempted at step N,
+checkpoint saved" is logged and `Preempted` is raised; `magvit_jax.train`
+catches it and exits with status 0. Re-running the same command resumes from
+that checkpoint, and the resumed run's losses equal an uninterrupted run's.
+With several processes the flag is OR-ed over all processes (a tiny
+all-gather) every `preemption_sync_every` steps, so all of them stop -- and
+save -- at the same step; on one process it is looked at after every step.
 """
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 from typing import Any, Callable, Iterator
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -17,22 +32,87 @@ from magvit_jax import parallel
 from magvit_jax.checkpoint import Checkpointer
 from magvit_jax.trainers import metrics_writer as mw
 
+# Multi-process runs agree on the SIGTERM flag every this many steps (at most;
+# also at every log step). Each agreement is a blocking all-gather of one int.
+PREEMPTION_SYNC_EVERY = 10
+
+
+class Preempted(Exception):
+  """Raised by `run_loop` after a SIGTERM: the state of `step` was saved to `directory`."""
+
+  def __init__(self, step: int, directory: str):
+    super().__init__(f'preempted at step {step}, checkpoint saved in {directory}/{step}')
+    self.step = step
+    self.directory = directory
+
+
+class _SigtermFlag:
+  """Context manager: while active, SIGTERM sets `.requested` instead of killing the process.
+
+  The previous handler is restored on exit. Outside the main thread (where
+  Python cannot install signal handlers) it does nothing.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+    self._installed = False
+
+  def _handle(self, signum, frame) -> None:  # pylint: disable=unused-argument
+    self.requested = True
+
+  def __enter__(self) -> '_SigtermFlag':
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._installed = True
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._installed:
+      # None: the previous handler was not installed from Python; fall back to the default.
+      signal.signal(signal.SIGTERM,
+                    self._previous if self._previous is not None else signal.SIG_DFL)
+      self._installed = False
+
 
 def run_loop(*, state: Any, train_step: Callable[[Any, dict], tuple[Any, dict]],
              batches: Iterator[dict[str, np.ndarray]], mesh, checkpointer: Checkpointer,
              writer: mw.MetricsWriter, config, start_step: int, stage: str,
              max_steps: int | None = None,
-             extra_scalars: Callable[[dict[str, float], float], dict[str, float]] | None = None) -> Any:
+             extra_scalars: Callable[[dict[str, float], float], dict[str, float]] | None = None,
+             preemption_sync_every: int | None = None) -> Any:
   """Runs steps start_step+1 .. config.num_train_steps.
 
   max_steps: stop after this step *without* the final checkpoint, as a kill
     would (used by the resume tests).
   extra_scalars: (averaged metrics, steps/s) -> more scalars to log (e.g. MFU).
+  preemption_sync_every: with several processes, how often (in steps) they
+    agree on whether a SIGTERM arrived; default min(log_every,
+    PREEMPTION_SYNC_EVERY). Log steps always sync. Ignored on one process
+    (checked after every step).
   Returns the final state.
+  Raises:
+    Preempted: after a SIGTERM, once the current step's state is saved.
+    NonFiniteLossError: on a NaN/Inf loss (nothing is saved after it).
   """
+  print(f'[{stage}] {parallel.describe_runtime(mesh)}', flush=True)
+  with _SigtermFlag() as sigterm:
+    return _run_steps(state=state, train_step=train_step, batches=batches, mesh=mesh,
+                      checkpointer=checkpointer, writer=writer, config=config,
+                      start_step=start_step, stage=stage, max_steps=max_steps,
+                      extra_scalars=extra_scalars, sigterm=sigterm,
+                      sync_every=preemption_sync_every)
+
+
+def _run_steps(*, state, train_step, batches, mesh, checkpointer, writer, config, start_step,
+               stage, max_steps, extra_scalars, sigterm: _SigtermFlag,
+               sync_every: int | None) -> Any:
+  """The body of `run_loop`, with SIGTERM turned into `sigterm.requested`."""
   total = int(config.num_train_steps)
   log_every = int(config.log_every)
   ckpt_every = int(config.checkpoint_every)
+  multiprocess = jax.process_count() > 1
+  sync_every = max(1, int(sync_every or min(log_every, PREEMPTION_SYNC_EVERY)))
   progress = mw.Progress(total, start_step, stage)
   last_ckpt = checkpointer.latest_step()
   pending: list[dict[str, Any]] = []
@@ -69,5 +149,22 @@ def run_loop(*, state: Any, train_step: Callable[[Any, dict], tuple[Any, dict]],
       flush()
       checkpointer.save(step, state)
       last_ckpt = step
+    if multiprocess:
+      # Every process reaches the same steps, so they all take part in each all-gather.
+      stop = (step % sync_every == 0 or step % log_every == 0 or step == total) and \
+          parallel.any_process(sigterm.requested)
+    else:
+      stop = sigterm.requested
+    if stop:
+      flush()  # The NaN check comes first: never save a state whose losses were not finite.
+      if last_ckpt != step:
+        checkpointer.save(step, state)
+        last_ckpt = step
+      message = f'[{stage}] preempted at step {step}, checkpoint saved'
+      print(message, flush=True)
+      logging.warning('%s in %s/%d', message, checkpointer.directory, step)
+      writer.close()
+      sys.stdout.flush()
+      raise Preempted(step, checkpointer.directory)
   flush()
   return state

@@ -30,6 +30,7 @@ from magvit_jax.config_schema import config_from_dict, validate_config
 from magvit_jax.models.magvit2_tokenizer import Magvit2Tokenizer
 from magvit_jax.models.vqgan import VQGAN
 from magvit_jax.trainers import loop
+from magvit_jax.trainers.adversarial import Adversarial
 from magvit_jax.trainers import metrics_writer as mw
 from magvit_jax.trainers import train_state as ts
 
@@ -116,19 +117,28 @@ def generator_loss_terms(images: jax.Array, recon: jax.Array, aux: dict, loss_co
   return terms
 
 
-def make_train_step(model: VQGAN, tx, loss_config):
+def make_train_step(model, tx, loss_config, adv: Adversarial | None = None):
+  """The jitted-to-be step: generator update (+ EMA), then the discriminator's when adv has one."""
   def train_step(state: ts.TrainState, batch: dict) -> tuple[ts.TrainState, dict]:
-    images = to_float(model_input(batch))
+    x = to_float(model_input(batch))
 
     def loss_fn(params):
-      recon, aux = model.apply({'params': params}, images)
-      terms = generator_loss_terms(images, recon, aux, loss_config)
+      recon, aux = model.apply({'params': params}, x)
+      terms = generator_loss_terms(x, recon, aux, loss_config)
+      if adv is not None:
+        terms.update(adv.generator_terms(state.disc, state.step, x, recon))
       return sum(terms.values()), (recon, aux, terms)
 
     (loss, (recon, aux, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = ts.apply_gradients(state, grads, tx)
-    metrics = {'loss': loss, 'psnr': jnp.mean(psnr(images, recon)),
+    metrics = {'loss': loss, 'psnr': jnp.mean(psnr(x, recon)),
                'codebook_usage': aux['usage'], 'perplexity': aux['perplexity'], **terms}
+    if adv is not None and adv.ema_decay:
+      new_state = new_state.replace(ema_params=adv.update_ema(state.ema_params, new_state.params))
+    if adv is not None and adv.disc is not None:
+      disc, d_metrics = adv.discriminator_update(state.disc, state.step, x, recon)
+      new_state = new_state.replace(disc=disc)
+      metrics.update(d_metrics)
     return new_state, metrics
   return train_step
 
@@ -203,14 +213,15 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
   # Sharded state: restored from the latest checkpoint, or fresh.
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.to_dict(),
                                        int(config.max_checkpoints))
+  adv = Adversarial(config, input_shape(config))
   state, shardings, start_step = ts.init_or_restore(init_params, tx, config, mesh, checkpointer,
-                                                    'tokenizer')
+                                                    'tokenizer', adv.init_extra)
 
   # Data, positioned after the last completed step.
   batches = mixed_batches(config, local_batch, start_step)
 
   # Step.
-  step_fn = jax.jit(make_train_step(model, tx, config.losses),
+  step_fn = jax.jit(make_train_step(model, tx, config.losses, adv),
                     in_shardings=(shardings, parallel.batch_sharding(mesh)),
                     out_shardings=(shardings, parallel.replicated(mesh)),
                     donate_argnums=(0,))
@@ -222,9 +233,9 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
                         start_step=start_step, stage='tokenizer', max_steps=max_steps)
   result = {'state': state}
   if max_steps is None:
-    result.update(evaluate(model, state.params, config))
+    result.update(evaluate(model, state.eval_params, config))
     if config.get('image_data') is not None and config.get('image_every'):
-      result.update(evaluate(model, state.params, config, config.image_data, 'eval_image'))
+      result.update(evaluate(model, state.eval_params, config, config.image_data, 'eval_image'))
     writer.write(int(config.num_train_steps), {k: v for k, v in result.items() if k != 'state'})
     for prefix in ('eval', 'eval_image'):
       if f'{prefix}_psnr' in result:
@@ -248,5 +259,6 @@ def load_tokenizer(workdir: str, mesh=None) -> tuple[VQGAN | Magvit2Tokenizer, A
       workdir, config,
       lambda rng: model.init(rng, jnp.zeros((1,) + input_shape(cfg), jnp.float32))['params'],
       mesh or parallel.make_mesh({'data': -1}),
-      f'python -m magvit_jax.train --config=configs/<tokenizer config>.py --workdir={workdir}')
+      f'python -m magvit_jax.train --config=configs/<tokenizer config>.py --workdir={workdir}',
+      Adversarial(cfg, input_shape(cfg), load_perceptual=False).init_extra)
   return model, params, config

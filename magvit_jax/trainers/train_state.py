@@ -23,11 +23,23 @@ from magvit_jax.config_schema import config_from_dict
 
 @flax.struct.dataclass
 class TrainState:
-  """step: int32 scalar; params/opt_state: pytrees; rng: uint32 [2] base key."""
+  """step: int32 scalar; params/opt_state: pytrees; rng: uint32 [2] base key.
+
+  ema_params: exponential moving average of `params` (None when disabled), used for
+  evaluation and sampling. disc: the discriminator's state of adversarial tokenizer training
+  ({'params', 'opt_state', 'lecam_real', 'lecam_fake'}), None otherwise.
+  """
   step: jax.Array
   params: Any
   opt_state: Any
   rng: jax.Array
+  ema_params: Any = None
+  disc: Any = None
+
+  @property
+  def eval_params(self) -> Any:
+    """The parameters to evaluate / sample with: the EMA when kept, else the live ones."""
+    return self.params if self.ema_params is None else self.ema_params
 
 
 def learning_rate_schedule(opt_config) -> optax.Schedule:
@@ -57,19 +69,22 @@ def make_optimizer(opt_config) -> optax.GradientTransformation:
 
 
 def state_layout(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                 mesh, rules) -> tuple[Callable[[jax.Array], TrainState], Any, Any]:
+                 mesh, rules, init_extra: Callable[[jax.Array, Any], dict] | None = None
+                 ) -> tuple[Callable[[jax.Array], TrainState], Any, Any]:
   """The state's init function, shardings and abstract (restore-target) tree.
 
   init_params: rng -> params, possibly boxed with `nn.LogicallyPartitioned`.
+  init_extra: (rng, params) -> extra TrainState fields ('ema_params', 'disc'), or None.
   Returns (init_fn, shardings, abstract): `jax.jit(init_fn, out_shardings=shardings)(rng)`
   creates the state already sharded; `abstract` holds ShapeDtypeStructs with
   those shardings (the target for a checkpoint restore).
   """
   def boxed_init(rng):
-    init_rng, state_rng = jax.random.split(rng)
+    init_rng, state_rng, extra_rng = jax.random.split(rng, 3)
     params = init_params(init_rng)
+    extra = init_extra(extra_rng, params) if init_extra is not None else {}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params), rng=state_rng)
+                      opt_state=tx.init(params), rng=state_rng, **extra)
 
   def init_fn(rng):
     return nn.unbox(boxed_init(rng))
@@ -89,12 +104,15 @@ def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformat
 
 
 def init_or_restore(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                    config, mesh, checkpointer, stage: str) -> tuple[TrainState, Any, int]:
+                    config, mesh, checkpointer, stage: str,
+                    init_extra: Callable[[jax.Array, Any], dict] | None = None
+                    ) -> tuple[TrainState, Any, int]:
   """The run's sharded state: restored from the latest checkpoint, or freshly initialised.
 
   Returns (state, state_shardings, start_step); start_step is 0 for a fresh run.
   """
-  init_fn, shardings, abstract = state_layout(init_params, tx, mesh, config.logical_axis_rules)
+  init_fn, shardings, abstract = state_layout(init_params, tx, mesh, config.logical_axis_rules,
+                                              init_extra)
   start_step = checkpointer.latest_step() or 0
   if start_step:
     state = checkpointer.restore(abstract)
@@ -105,19 +123,20 @@ def init_or_restore(init_params: Callable[[jax.Array], Any], tx: optax.GradientT
 
 
 def restore_params(workdir: str, config_dict: dict, init_params: Callable[[jax.Array], Any],
-                   mesh, train_command: str) -> Any:
-  """Parameters of the latest checkpoint in `<workdir>/checkpoints` (frozen use, sampling).
+                   mesh, train_command: str,
+                   init_extra: Callable[[jax.Array, Any], dict] | None = None) -> Any:
+  """Evaluation parameters (EMA when kept) of the latest checkpoint in `<workdir>/checkpoints`.
 
   train_command: what to run when there is no checkpoint (named in the error).
   """
   config = config_from_dict(config_dict)
   _, _, abstract = state_layout(init_params, make_optimizer(config.optimizer), mesh,
-                                config.logical_axis_rules)
+                                config.logical_axis_rules, init_extra)
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config_dict)
   try:
     if checkpointer.latest_step() is None:
       raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints; train it first with '
                               f'`{train_command}`')
-    return checkpointer.restore(abstract).params
+    return checkpointer.restore(abstract).eval_params
   finally:
     checkpointer.close()
