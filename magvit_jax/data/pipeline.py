@@ -10,10 +10,11 @@ for image datasets, or, for video datasets (a `video` feature, e.g. `magvit_movi
   label: int32 [batch_size]
 where `batch_size` is the per-process batch.
 
-Training streams are a pure function of (dataset, split, seed, process_index, process_count,
-batch_size): the per-process shard is shuffled with a fixed seed and repeated forever, and every
-random augmentation (incl. the temporal crop of videos) is a stateless function of (seed,
-process_index, position in the stream). So
+Training streams are a pure function of (dataset, split, seed, global batch): every process
+reads the whole split, shuffled with a fixed seed and repeated forever, and keeps its rows of each
+global batch (process p: rows [p * batch_size, (p + 1) * batch_size)), so the global batch order
+is the same for any number of processes; every random augmentation (incl. the temporal crop of
+videos) is a stateless function of (seed, position in the global stream). So
 `start_step=k` reproduces batches k, k+1, ... of a fresh iterator exactly, by skipping
 `k * batch_size` raw (still encoded) records before any decoding.
 """
@@ -274,14 +275,16 @@ def create_dataset(data_config: Any, *, split: str, batch_size: int, train: bool
         None/absent; video datasets only: frames per clip, None -> the dataset's fixed length).
       split: TFDS split expression, e.g. 'train', 'test', 'train[:90%]'.
       batch_size: per-process batch size.
-      train: True -> this process's shard, shuffled (seeded), repeated forever, augmented (seeded;
+      train: True -> this process's rows of the global stream, shuffled (seeded), repeated
+        forever, augmented (seeded;
         for videos also a seeded random temporal window), always `drop_remainder`.
         False -> this process's shard, one pass in file order, no shuffle, no augmentation
         (videos: the first `num_frames` frames), `drop_remainder` as given.
       seed: shuffle/augmentation seed; same seed -> identical stream.
       start_step: (train) resume: the first batch yielded is batch `start_step` of a fresh stream.
-      process_index, process_count: shard selection, default `jax.process_index()` /
-        `jax.process_count()`. Shards come from `tfds.even_splits` (sizes differ by at most 1).
+      process_index, process_count: default `jax.process_index()` / `jax.process_count()`.
+        Training: rows of each global batch (see above). Evaluation: shards from
+        `tfds.even_splits` (sizes differ by at most 1).
       drop_remainder: (eval) drop a final partial batch.
 
     Yields:
@@ -318,7 +321,11 @@ def create_dataset(data_config: Any, *, split: str, batch_size: int, train: bool
         raise ValueError(f"Unknown split {split!r} for dataset {name!r}: available splits are "
                          f"{available}.")
 
-    shard = tfds.even_splits(split, n=process_count)[process_index] if process_count > 1 else split
+    # Training reads the whole split on every process (one global shuffled stream, each process
+    # keeping its rows of every global batch), so the global batch order does not depend on the
+    # process count. Evaluation reads a per-process shard.
+    shard = (tfds.even_splits(split, n=process_count)[process_index]
+             if process_count > 1 and not train else split)
     options = tf.data.Options()
     options.deterministic = True
     read_config = tfds.ReadConfig(options=options, shuffle_seed=seed, interleave_cycle_length=1,
@@ -342,18 +349,23 @@ def create_dataset(data_config: Any, *, split: str, batch_size: int, train: bool
     key = "video" if is_video else "image"
     ds = builder.as_dataset(split=shard, shuffle_files=False, read_config=read_config,
                             decoders={key: tfds.decode.SkipDecoding()})
-    # Stateless seed per element: (seed, process) x position in this process's stream.
-    base = tf.constant(int(seed) * 1_000_003 + int(process_index), tf.int64)
-
     if train:
+        # Stateless seed per element: seed x position in the global stream.
+        base = tf.constant(int(seed) * 1_000_003, tf.int64)
+        global_batch = int(batch_size) * int(process_count)
         shuffle_buffer = int(_cfg_get(data_config, "shuffle_buffer", 1000) or 1)
         ds = ds.repeat()
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         ds = ds.enumerate()
         if start_step:
-            ds = ds.skip(int(start_step) * int(batch_size))  # Raw records: cheap.
+            ds = ds.skip(int(start_step) * global_batch)  # Raw records: cheap.
+        if process_count > 1:
+            # Rows [p * batch_size, (p + 1) * batch_size) of every global batch, chosen before
+            # decoding so that each process decodes only its own examples.
+            ds = ds.filter(lambda i, ex: (i % global_batch) // batch_size == process_index)
         drop_remainder = True
     else:
+        base = tf.constant(int(seed) * 1_000_003 + int(process_index), tf.int64)
         ds = ds.enumerate()
 
     ds = ds.map(lambda i, ex: preprocess(ex, tf.stack([base, i])),

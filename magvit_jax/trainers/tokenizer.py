@@ -158,17 +158,24 @@ def evaluate(model, params: Any, config, data_config=None, prefix: str = 'eval')
     recon, aux = model.apply({'params': params}, x)
     return psnr(x, recon), aux['tokens']
 
-  psnrs, tokens = [], []
+  vocab = codebook_size(config.model)
+  psnr_sum, count = 0.0, 0
+  histogram = np.zeros((vocab,), np.int64)
   for batch in pipeline.create_dataset(data_config, split=data_config.eval_split,
                                        batch_size=int(config.eval_batch_size), train=False,
                                        drop_remainder=False):
     p, t = recon_fn(params, model_input(batch))
-    psnrs.append(np.asarray(p))
-    tokens.append(np.asarray(t))
-  tokens_all = np.concatenate(tokens)
-  return {f'{prefix}_psnr': float(np.mean(np.concatenate(psnrs))),
-          f'{prefix}_codebook_usage': np.unique(tokens_all).size / codebook_size(config.model),
-          f'{prefix}_examples': float(tokens_all.shape[0])}
+    psnr_sum += float(np.sum(p))
+    count += int(p.shape[0])
+    histogram += np.bincount(np.asarray(t).reshape(-1), minlength=vocab)
+  totals = np.array([psnr_sum, count], np.float64)
+  if jax.process_count() > 1:  # Each process evaluated its own shard of the split.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    totals = np.asarray(multihost_utils.process_allgather(totals)).sum(0)
+    histogram = np.asarray(multihost_utils.process_allgather(histogram)).sum(0)
+  return {f'{prefix}_psnr': float(totals[0] / totals[1]),
+          f'{prefix}_codebook_usage': float(np.count_nonzero(histogram)) / vocab,
+          f'{prefix}_examples': float(totals[1])}
 
 
 def mixed_batches(config, local_batch: int, start_step: int):

@@ -1,0 +1,88 @@
+"""Tokenizer train-step time with and without the discriminator (and EMA), in one run.
+
+    python benchmarks/tokenizer_step.py [--config configs/vqgan_imagenet.py:digits --repeats 10]
+
+Builds the config's tokenizer step twice, (a) reconstruction + VQ losses only and (b) with the
+StyleGAN discriminator active (past its start step), LeCAM, R1 and the generator EMA; jits both,
+warms them up and prints the median step time over --repeats and the ratio b / a, plus the
+machine. Perceptual loss is off (its VGG weights are a user-supplied file).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from magvit_jax import parallel
+from magvit_jax.trainers import tokenizer as tokenizer_trainer
+from magvit_jax.trainers import train_state as ts
+from magvit_jax.trainers.adversarial import Adversarial
+
+
+def load_config(spec: str):
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('cfg', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def time_step(config, repeats: int) -> float:
+  model = tokenizer_trainer.build_model(config.model)
+  tx = ts.make_optimizer(config.optimizer)
+  shape = tokenizer_trainer.input_shape(config)
+  adv = Adversarial(config, shape)
+  mesh = parallel.make_mesh({'data': -1})
+  init_fn, shardings, _ = ts.state_layout(
+      lambda r: model.init(r, jnp.zeros((1,) + shape))['params'], tx, mesh,
+      config.logical_axis_rules, adv.init_extra)
+  state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(0))
+  state = state.replace(step=jnp.asarray(config.losses.disc_start_step, jnp.int32))
+  key = 'video' if len(shape) == 4 else 'image'
+  batch = parallel.shard_batch(
+      {key: np.random.RandomState(0).randint(0, 256, (config.batch_size,) + shape, np.uint8)},
+      mesh)
+  step = jax.jit(tokenizer_trainer.make_train_step(model, tx, config.losses, adv),
+                 in_shardings=(shardings, parallel.batch_sharding(mesh)),
+                 out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
+  state, m = step(state, batch)
+  jax.block_until_ready(m)
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    state, m = step(state, batch)
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--config', default='configs/vqgan_imagenet.py:digits')
+  p.add_argument('--repeats', type=int, default=10)
+  args = p.parse_args()
+  plain = load_config(args.config)
+  adversarial = load_config(args.config)
+  adversarial.losses.update(dict(gan_weight=0.1, lecam_weight=0.001, r1_gamma=10.0))
+  adversarial.ema_decay = 0.999
+  t_plain = time_step(plain, args.repeats)
+  t_adv = time_step(adversarial, args.repeats)
+  device = jax.devices()[0]
+  print(f'machine: {platform.machine()} {os.cpu_count()} CPUs, jax {jax.__version__}, '
+        f'device {device.platform}/{device.device_kind} x{jax.device_count()}')
+  print(f'config: {args.config}, batch {plain.batch_size}, median of {args.repeats} steps')
+  print('| step | ms/step | ratio |')
+  print('| --- | --- | --- |')
+  print(f'| reconstruction + VQ | {t_plain * 1e3:.1f} | 1.00 |')
+  print(f'| + discriminator (LeCAM, R1) + EMA | {t_adv * 1e3:.1f} | {t_adv / t_plain:.2f} |')
+
+
+if __name__ == '__main__':
+  main()

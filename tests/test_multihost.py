@@ -1,0 +1,162 @@
+"""Two CPU processes joined by `jax.distributed` train like one process.
+
+Each of the two processes (4 fake CPU devices each, gloo collectives over
+loopback) runs the tokenizer trainer on its half of every global batch; the
+mesh is data=2 x fsdp=4 over the 8 global devices, as the in-process
+reference on the 8 devices of tests/conftest.py.
+
+What is compared: the data pipeline reads one global shuffled stream and each
+process keeps its rows of every global batch, so the 2-process run sees exactly
+the global batches of a 1-process run; its losses equal the single-process
+ones, both processes see the same losses, and the checkpoint they wrote
+together restores in one process with the reference's parameters.
+"""
+import importlib.util
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from magvit_jax.trainers import metrics_writer as mw
+from magvit_jax.trainers import tokenizer as tokenizer_trainer
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 3
+
+DRIVER = textwrap.dedent('''\
+    """Process `pid` of 2: tiny tokenizer run on the real (global-order) data pipeline."""
+    import importlib.util
+    import os
+    import sys
+
+    pid, port, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    from magvit_jax import parallel
+    parallel.initialize_distributed(True, f'127.0.0.1:{port}', 2, pid)
+
+    import jax
+    from magvit_jax.trainers import metrics_writer as mw
+    from magvit_jax.trainers import tokenizer
+
+    # Every process logs its own metrics (normally only process 0 writes).
+    writer_cls = mw.MetricsWriter
+    tokenizer.mw.MetricsWriter = lambda wd, enabled=True: writer_cls(
+        os.path.join(wd, f'process{pid}'), True)
+
+    spec = importlib.util.spec_from_file_location('tiny', sys.argv[4])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tokenizer.train_and_evaluate(module.get_config(), workdir, max_steps=int(sys.argv[5]))
+    print('DONE', pid, flush=True)
+    ''')
+
+TINY_CONFIG = textwrap.dedent('''\
+    import importlib.util
+
+    def get_config(arg=None):
+      spec = importlib.util.spec_from_file_location('base', {base!r})
+      module = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(module)
+      c = module.get_config('digits')
+      c.data.image_size = 16
+      c.model.update(dict(filters=16, channel_multipliers=(1, 2, 2), num_res_blocks=1,
+                          embedding_dim=8, codebook_size=32, num_groups=4))
+      c.batch_size = 16
+      c.eval_batch_size = 100
+      c.num_train_steps = {steps}
+      c.log_every = 1
+      c.checkpoint_every = 2
+      c.optimizer.update(dict(warmup_steps=2, decay_steps={steps}))
+      c.mesh.data = 2
+      c.mesh.fsdp = 4
+      return c
+    ''')
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location('tiny', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _losses(workdir):
+  metrics = mw.read_metrics(str(workdir))
+  return np.asarray([metrics[s]['loss'] for s in sorted(metrics) if 'loss' in metrics[s]])
+
+
+def test_two_processes_match_one_process(tmp_path):
+  config_path = tmp_path / 'tiny_tokenizer.py'
+  config_path.write_text(TINY_CONFIG.format(
+      base=str(REPO / 'configs' / 'vqgan_imagenet.py'), steps=STEPS + 1))
+  driver = tmp_path / 'driver.py'
+  driver.write_text(DRIVER)
+  workdir = tmp_path / 'multi'
+  env = dict(os.environ, PYTHONPATH=str(REPO),
+             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, str(driver), str(pid), str(port), str(workdir), str(config_path),
+       str(STEPS)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True) for pid in (0, 1)]
+
+  # Meanwhile: the single-process reference on this process's 8 devices.
+  reference = tmp_path / 'single'
+  tokenizer_trainer.train_and_evaluate(_load(config_path), str(reference), max_steps=STEPS)
+
+  outputs = []
+  for p in procs:
+    try:
+      out, _ = p.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+      for q in procs:
+        q.kill()
+      raise
+    outputs.append(out)
+    assert p.returncode == 0, out[-4000:]
+  for pid, out in enumerate(outputs):
+    assert f'process {pid}/2' in out and '4 local / 8 global cpu devices' in out, out[-4000:]
+    assert 'mesh data=2 fsdp=4 tensor=1' in out, out[-4000:]
+
+  expected = _losses(reference)
+  assert len(expected) == STEPS and np.isfinite(expected).all()
+  per_process = [_losses(workdir / f'process{pid}') for pid in (0, 1)]
+  np.testing.assert_array_equal(per_process[0], per_process[1])  # one program, one result
+  np.testing.assert_allclose(per_process[0], expected, rtol=1e-5, atol=0)
+
+  # The checkpoint written by both processes (step 2) restores in one process.
+  _, params, _ = tokenizer_trainer.load_tokenizer(str(workdir))
+  _, ref_params, _ = tokenizer_trainer.load_tokenizer(str(reference))
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
+      params, ref_params)
+
+
+def test_global_batch_is_independent_of_process_count():
+  from magvit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = _load_default_data_config()
+  one = next(pipeline.create_dataset(config, split='train', batch_size=8, train=True, seed=0,
+                                     process_index=0, process_count=1))
+  halves = [next(pipeline.create_dataset(config, split='train', batch_size=4, train=True, seed=0,
+                                         process_index=i, process_count=2)) for i in (0, 1)]
+  np.testing.assert_array_equal(np.concatenate([h['image'] for h in halves]), one['image'])
+
+
+def _load_default_data_config():
+  spec = importlib.util.spec_from_file_location('base', REPO / 'configs' / 'vqgan_imagenet.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config('digits').data
+  config.image_size = 16
+  return config
