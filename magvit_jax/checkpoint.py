@@ -9,6 +9,7 @@ the differing keys named.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -23,6 +24,15 @@ ARCHITECTURE_KEYS = ('stage', 'model')
 
 class IncompatibleCheckpointError(ValueError):
   pass
+
+
+def _as_tree(state: Any) -> Any:
+  """A dataclass state as a dict of its non-None fields (optional parts such as an EMA or a
+  discriminator are simply absent), so runs with and without them share one layout."""
+  if dataclasses.is_dataclass(state):
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+            if getattr(state, f.name) is not None}
+  return state
 
 
 def _flatten(d: Any, prefix: str = '') -> dict[str, Any]:
@@ -80,7 +90,7 @@ class Checkpointer:
     self._manager.save(
         step,
         args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(self.config)),
+            state=ocp.args.StandardSave(_as_tree(state)), config=ocp.args.JsonSave(self.config)),
         force=True)
     self._manager.wait_until_finished()
 
@@ -104,8 +114,11 @@ class Checkpointer:
           f'checkpoint {self.directory}/{step} was written by a different architecture:\n  '
           + '\n  '.join(diff))
     restored = self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-    return restored['state']
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_as_tree(abstract_state))))
+    state = restored['state']
+    if dataclasses.is_dataclass(abstract_state):
+      state = type(abstract_state)(**state)
+    return state
 
   def close(self) -> None:
     self._manager.wait_until_finished()
