@@ -9,7 +9,9 @@ r"""The MaskGIT demo on the embedded digits: both stages, then samples, in one c
 3. samples 10 images of every digit class with 8-step iterative decoding and
    writes `<workdir>/samples/{grid.png,samples.npz,decoding_steps.png}`;
 4. scores the samples with an independent digit classifier (logistic
-   regression on the original 8x8 digits) and writes `<workdir>/results.json`.
+   regression on the original 8x8 digits) and with the project's digits feature
+   network (digits FID vs the test split, precision/recall), and writes
+   `<workdir>/results.json`.
 
 Re-running resumes whatever was left unfinished.
 """
@@ -78,11 +80,17 @@ def main(argv):
 
   classifier = DigitsClassifier()
   agreement = classifier.agreement(result['images'], result['labels'])
+  from magvit_jax import evaluation  # pylint: disable=g-import-not-at-top
+  gen_metrics = evaluation.evaluate(mg_dir, result['images'], result['labels'], network='digits')
   summary = {
       'tokenizer_eval_psnr_db': tok['eval_psnr'],
       'tokenizer_eval_codebook_usage': tok['eval_codebook_usage'],
       'classifier_test_accuracy': classifier.test_accuracy,
       'sample_class_agreement': agreement,
+      'digits_fid': gen_metrics['eval/digits_fid'],
+      'digits_net_accuracy_on_samples': gen_metrics['eval/classifier_accuracy'],
+      'precision': gen_metrics['eval/precision'],
+      'recall': gen_metrics['eval/recall'],
       'num_samples': len(labels),
       'decoding_steps': int(mg_config.sampling.num_steps),
       'guidance_scale': float(mg_config.sampling.guidance_scale),
@@ -97,6 +105,8 @@ def main(argv):
   print(f"tokenizer codebook usage     {summary['tokenizer_eval_codebook_usage']:.1%}")
   print(f"samples classified as asked  {agreement:.1%} of {len(labels)} "
         f"(classifier test accuracy {classifier.test_accuracy:.1%})")
+  print(f"digits FID (100 samples vs test split) {summary['digits_fid']:.2f}, precision "
+        f"{summary['precision']:.2f}, recall {summary['recall']:.2f}")
   print(f"time: tokenizer {t_tok / 60:.1f} min, transformer {t_mg / 60:.1f} min, "
         f"total {summary['seconds_total'] / 60:.1f} min")
   print(f'samples: {sample_dir}/grid.png, {sample_dir}/samples.npz')

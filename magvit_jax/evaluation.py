@@ -1,0 +1,157 @@
+"""Sample-quality metrics of a trained run (library side of `python -m magvit_jax.evaluate`).
+
+`evaluate(workdir, images, labels, network)` scores samples with the digits feature network
+(digits FID/FVD, IS, precision/recall, classifier accuracy) or with InceptionV3 / I3D weights
+supplied by the user (FID / FVD, IS); reference statistics are cached.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import numpy as np
+
+from magvit_jax.checkpoint import read_workdir_config
+from magvit_jax.metrics import frechet
+from magvit_jax.metrics import reference_stats
+from magvit_jax.metrics import scores
+
+PREFIX = 'eval/'
+
+
+def default_cache_dir() -> str:
+  return os.path.join(os.path.expanduser('~'), '.cache', 'magvit_jax', 'eval')
+
+
+def latest_step(workdir: str) -> int:
+  """The largest numeric checkpoint directory under `<workdir>/checkpoints`, else 0."""
+  path = os.path.join(workdir, 'checkpoints')
+  steps = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
+  return max(steps, default=0)
+
+
+def spread_labels(num_samples: int, num_classes: int) -> np.ndarray:
+  """int32 [num_samples]: classes in order, as evenly as possible (counts differ by <= 1)."""
+  return (np.arange(num_samples) * num_classes // num_samples).astype(np.int32)
+
+
+def load_samples(path: str) -> tuple[np.ndarray, np.ndarray | None]:
+  """(images uint8 [N, (T,) H, W, 3], labels int32 [N] or None) from a samples.npz."""
+  with np.load(path) as f:
+    if 'images' not in f.files:
+      raise ValueError(f'{path} has no `images` array (has {f.files}); expected the samples.npz '
+                       'of magvit_jax.sample')
+    images = f['images']
+    labels = f['labels'].astype(np.int32) if 'labels' in f.files else None
+  if images.dtype != np.uint8 or images.ndim not in (4, 5) or images.shape[-1] != 3:
+    raise ValueError(f'{path}: images must be uint8 [N, (T,) H, W, 3], got {images.dtype} '
+                     f'{images.shape}')
+  if labels is not None and labels.shape != (len(images),):
+    raise ValueError(f'{path}: labels must be [N={len(images)}], got {labels.shape}')
+  return images, labels
+
+
+def _file_id(path: str) -> str:
+  """Short content hash of a weights file (part of the reference-statistics cache key)."""
+  h = hashlib.sha1()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      h.update(block)
+  return h.hexdigest()[:12]
+
+
+def featurize(fn, images: np.ndarray, batch_size: int, what: str) -> tuple[np.ndarray, ...]:
+  """Applies fn (a batch -> tuple of [b, ...] arrays) in chunks with a progress line."""
+  outs, t0 = [], time.perf_counter()
+  for start in range(0, len(images), batch_size):
+    outs.append(fn(images[start:start + batch_size]))
+    done = min(start + batch_size, len(images))
+    print(f'[evaluate] {what}: {done}/{len(images)} samples, '
+          f'{done / (time.perf_counter() - t0):.1f}/s', flush=True)
+  return tuple(np.concatenate(parts) for parts in zip(*outs))
+
+
+def evaluate(workdir: str, images: np.ndarray, labels: np.ndarray | None, network: str | None,
+             weights: str | None = None, split: str | None = None,
+             cache_dir: str | None = None, batch_size: int = 50) -> dict[str, float]:
+  """Metrics of samples `images` uint8 [N, (T,) H, W, 3] of the run in `workdir` (see module doc).
+
+  Returns name -> value (names prefixed 'eval/', plus 'eval/num_samples').
+  """
+  from magvit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = read_workdir_config(workdir)
+  data = dict(config['data'])
+  name = data['name']
+  is_video = images.ndim == 5
+  network = network or ('digits' if name in pipeline.EMBEDDED_DATASETS
+                        else 'i3d' if is_video else 'inception')
+  split = split or data.get('eval_split') or 'test'
+  cache_dir = cache_dir or default_cache_dir()
+  data_config = {'name': name, 'data_dir': data.get('data_dir'),
+                 'image_size': int(data['image_size'])}
+  if is_video:
+    data_config['num_frames'] = int(data.get('num_frames') or images.shape[1])
+  n = len(images)
+  if n < 4:
+    raise ValueError(f'need at least 4 samples to estimate the metrics, got {n}')
+  metrics: dict[str, float] = {'num_samples': float(n)}
+
+  if network == 'digits':
+    from magvit_jax.metrics import digits_features as dfeat  # pylint: disable=g-import-not-at-top
+    params = dfeat.load_or_train_digits_features(cache_dir, data.get('data_dir'))
+    fn = lambda x: dfeat.digits_features(params, x)  # pylint: disable=unnecessary-lambda-assignment
+    _, _, real = reference_stats.reference_statistics(
+        name, lambda x: fn(x)[0], data_config, split, cache_dir, dfeat.network_id(),
+        return_features=True)
+    fake, probs = featurize(fn, images, max(batch_size, 500), 'digits features')
+    metrics['digits_fvd' if is_video else 'digits_fid'] = (
+        frechet.frechet_distance_from_features(real, fake))
+    metrics['inception_score'] = _inception_score(probs)
+    metrics['precision'], metrics['recall'] = scores.precision_recall(real, fake, k=3)
+    if labels is not None:
+      metrics['classifier_accuracy'] = float(np.mean(np.argmax(probs, axis=1) == labels))
+  elif network == 'inception':
+    from magvit_jax.metrics import inception  # pylint: disable=g-import-not-at-top
+    if is_video:
+      raise ValueError('--network=inception scores images; these samples are videos '
+                       f'{images.shape}: use --network=i3d')
+    variables = inception.load_inception_weights(weights)
+    fn = lambda x: inception.inception_features(variables, x, batch_size)  # pylint: disable=unnecessary-lambda-assignment
+    mu_r, sigma_r = reference_stats.reference_statistics(
+        name, lambda x: fn(x)[0], data_config, split, cache_dir,
+        f'inception_fid-{_file_id(weights)}', batch_size=batch_size)
+    fake, probs = featurize(fn, images, batch_size, 'inception features')
+    mu_f, sigma_f = frechet.feature_statistics(fake)
+    metrics['fid'] = frechet.frechet_distance(mu_r, sigma_r, mu_f, sigma_f)
+    metrics['inception_score'] = _inception_score(probs)
+  elif network == 'i3d':
+    from magvit_jax.metrics import i3d  # pylint: disable=g-import-not-at-top
+    if not is_video:
+      raise ValueError(f'--network=i3d scores videos; these samples are images {images.shape}: '
+                       'use --network=inception')
+    variables = i3d.load_i3d_weights(weights)
+    bs = max(1, min(batch_size, 8))
+    fn = lambda x: i3d.i3d_features(variables, x, bs)  # pylint: disable=unnecessary-lambda-assignment
+    mu_r, sigma_r = reference_stats.reference_statistics(
+        name, lambda x: fn(x)[2], data_config, split, cache_dir,
+        f'i3d_logits-{_file_id(weights)}', batch_size=bs)
+    _, probs, logits = featurize(fn, images, bs, 'i3d features')
+    mu_f, sigma_f = frechet.feature_statistics(logits)
+    metrics['fvd'] = frechet.frechet_distance(mu_r, sigma_r, mu_f, sigma_f)
+    metrics['i3d_score'] = _inception_score(probs)
+  else:
+    raise ValueError(f'unknown network {network!r}; expected digits, inception or i3d')
+  return {PREFIX + k: float(v) for k, v in metrics.items()}
+
+
+def _inception_score(probs: np.ndarray) -> float:
+  """IS of probs [n, k] in a fixed random order (samples often come sorted by class, and IS
+  splits are contiguous), with one split per 100 samples (1 to 10 splits)."""
+  order = np.random.default_rng(0).permutation(len(probs))
+  return scores.inception_score(probs[order], int(np.clip(len(probs) // 100, 1, 10)))[0]
+
+
+def format_table(metrics: dict[str, float]) -> str:
+  width = max(len(k) for k in metrics)
+  return '\n'.join(f'{k:<{width}}  {v:>10.4f}' for k, v in metrics.items())
