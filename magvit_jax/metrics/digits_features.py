@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from magvit_jax.metrics.batching import apply_in_batches
+
 VERSION = 'v1'
 IMAGE_SIZE = 32
 FEATURE_DIM = 64
@@ -184,16 +186,7 @@ def digits_features(params: Params, images: np.ndarray,
     resized = jax.image.resize(jnp.asarray(frames, jnp.float32),
                                (frames.shape[0], IMAGE_SIZE, IMAGE_SIZE, 3), 'bilinear')
     frames = np.asarray(jnp.clip(jnp.round(resized), 0, 255)).astype(np.uint8)
-  feats, probs = [], []
-  size = min(batch_size, max(len(frames), 1))
-  for start in range(0, len(frames), size):
-    chunk = frames[start:start + size]
-    pad = size - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    f, p = _apply(params, jnp.asarray(chunk))
-    feats.append(np.asarray(f)[:size - pad])
-    probs.append(np.asarray(p)[:size - pad])
-  feats = np.concatenate(feats).reshape(n, -1, FEATURE_DIM).mean(axis=1)
-  probs = np.concatenate(probs).reshape(n, -1, NUM_CLASSES).mean(axis=1)
+  feats, probs = apply_in_batches(lambda x: _apply(params, x), frames, batch_size)
+  feats = feats.reshape(n, -1, FEATURE_DIM).mean(axis=1)
+  probs = probs.reshape(n, -1, NUM_CLASSES).mean(axis=1)
   return feats.astype(np.float32), probs.astype(np.float32)

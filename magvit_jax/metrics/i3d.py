@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from magvit_jax.metrics import inception
+from magvit_jax.metrics.batching import apply_in_batches
 
 INPUT_SIZE = 224
 FEATURE_DIM = 1024
@@ -159,16 +160,8 @@ def i3d_features(variables: Variables, videos: np.ndarray,
   videos = np.asarray(videos)
   if videos.ndim != 5 or videos.shape[-1] != 3:
     raise ValueError(f'videos must be uint8 [N, T, H, W, 3], got {videos.shape}')
-  feats, logits = [], []
-  for start in range(0, len(videos), batch_size):
-    chunk = videos[start:start + batch_size]
-    n = len(chunk)
-    if n < batch_size:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
-    f, l = _apply(variables, jnp.asarray(chunk))
-    feats.append(np.asarray(f, np.float32)[:n])
-    logits.append(np.asarray(l, np.float32)[:n])
-  logits = np.concatenate(logits)
+  feats, logits = apply_in_batches(lambda x: _apply(variables, x), videos, batch_size)
+  feats, logits = feats.astype(np.float32), logits.astype(np.float32)
   probs = np.exp(logits - logits.max(axis=1, keepdims=True))
   probs /= probs.sum(axis=1, keepdims=True)
-  return np.concatenate(feats), probs.astype(np.float32), logits
+  return feats, probs.astype(np.float32), logits

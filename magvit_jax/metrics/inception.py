@@ -40,6 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from magvit_jax.metrics.batching import apply_in_batches
+
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
 NUM_CLASSES = 1008
@@ -293,13 +295,4 @@ def inception_features(variables: Variables, images: np.ndarray,
   images = np.asarray(images)
   if images.ndim != 4 or images.shape[-1] != 3:
     raise ValueError(f'images must be uint8 [N, H, W, 3], got {images.shape}')
-  feats, probs = [], []
-  for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
-    n = len(chunk)
-    if n < batch_size:
-      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
-    f, p = _apply(variables, jnp.asarray(chunk))
-    feats.append(np.asarray(f)[:n])
-    probs.append(np.asarray(p)[:n])
-  return np.concatenate(feats), np.concatenate(probs)
+  return apply_in_batches(lambda x: _apply(variables, x), images, batch_size)
