@@ -304,3 +304,17 @@ def test_ssim_errors():
     image.ssim(np.zeros((1, 8, 8, 3)), np.zeros((1, 8, 8, 3)))
   with pytest.raises(ValueError, match=r'\[b, h, w, c\]'):
     image.ssim(np.zeros((16, 16)), np.zeros((16, 16)))
+
+
+def test_apply_in_batches_drops_padding_and_keeps_order():
+  from magvit_jax.metrics.batching import apply_in_batches  # pylint: disable=g-import-not-at-top
+  x = np.arange(20, dtype=np.float32).reshape(10, 2)
+  calls = []
+
+  def fn(v):
+    calls.append(v.shape[0])
+    return v * 2, v.sum(axis=1)
+  doubled, sums = apply_in_batches(fn, x, 4)
+  np.testing.assert_array_equal(doubled, x * 2)
+  np.testing.assert_array_equal(sums, x.sum(axis=1))
+  assert calls == [4, 4, 4]  # the last batch of 2 is padded to 4: one compiled shape
