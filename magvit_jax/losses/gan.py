@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 # ---------------------------------------------------------------------------
@@ -131,10 +132,9 @@ def r1_penalty(disc_apply: Callable[[jax.Array], jax.Array], real_x: jax.Array) 
 
 
 def _global_norm(tree: Any) -> jax.Array:
-  leaves = jax.tree_util.tree_leaves(tree)
-  if not leaves:
+  if not jax.tree_util.tree_leaves(tree):
     raise ValueError('empty gradient tree passed to adaptive_generator_weight')
-  return jnp.sqrt(sum(jnp.sum(jnp.square(jnp.asarray(l, jnp.float32))) for l in leaves))
+  return optax.global_norm(jax.tree_util.tree_map(lambda l: jnp.asarray(l, jnp.float32), tree))
 
 
 def adaptive_generator_weight(nll_grads_last_layer: Any, g_grads_last_layer: Any,

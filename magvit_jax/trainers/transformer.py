@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from magvit_jax import checkpoint as ckpt_lib
 from magvit_jax import parallel
@@ -99,14 +100,10 @@ def make_train_step(model: Transformer, tokenize, tokenizer_params, tx, config):
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = ts.apply_gradients(state, grads, tx)
-    metrics = dict(metrics, loss=loss, grad_norm=_global_norm(grads),
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
                    lr=ts.learning_rate_schedule(config.optimizer)(state.step))
     return new_state, metrics
   return train_step
-
-
-def _global_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree_util.tree_leaves(tree)))
 
 
 def mfu_scalars(model: Transformer, global_batch: int):
