@@ -134,7 +134,7 @@ def r1_penalty(disc_apply: Callable[[jax.Array], jax.Array], real_x: jax.Array) 
 def _global_norm(tree: Any) -> jax.Array:
   if not jax.tree_util.tree_leaves(tree):
     raise ValueError('empty gradient tree passed to adaptive_generator_weight')
-  return optax.global_norm(jax.tree_util.tree_map(lambda l: jnp.asarray(l, jnp.float32), tree))
+  return optax.tree.norm(jax.tree_util.tree_map(lambda l: jnp.asarray(l, jnp.float32), tree))
 
 
 def adaptive_generator_weight(nll_grads_last_layer: Any, g_grads_last_layer: Any,

@@ -100,7 +100,7 @@ def make_train_step(model: Transformer, tokenize, tokenizer_params, tx, config):
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = ts.apply_gradients(state, grads, tx)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                    lr=ts.learning_rate_schedule(config.optimizer)(state.step))
     return new_state, metrics
   return train_step
