@@ -1,8 +1,10 @@
 """Orbax checkpoints of sharded train state plus the run's config.
 
-Layout: `<workdir>/checkpoints/<step>/{state,config}`. Orbax writes each step
-to a temporary directory and renames it when complete, so a run killed while
-saving never leaves a half-written checkpoint that looks valid. The config
+Layout: `<workdir>/checkpoints/<step>/{state,config}`; the workdir may be local
+or on an object store (`gs://bucket/run`, file I/O through `magvit_jax.fileio`).
+Orbax finalizes each step only when it is complete (a temporary directory
+renamed locally, a commit marker on GCS), so a run killed while saving never
+leaves a half-written checkpoint that looks valid. The config
 is stored beside the state; restoring checks that the model-defining parts of
 the config match, so a checkpoint from another architecture is refused with
 the differing keys named.
@@ -16,6 +18,8 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from magvit_jax import fileio
 
 # Config sections that define parameter shapes: a checkpoint is only
 # restorable into a run whose values here are identical.
@@ -72,7 +76,8 @@ class Checkpointer:
   """
 
   def __init__(self, directory: str, config: dict, max_to_keep: int = 3):
-    self.directory = os.path.abspath(directory)
+    # Local paths are made absolute (orbax wants that); 'gs://...' stays as it is.
+    self.directory = directory if fileio.is_remote(directory) else os.path.abspath(directory)
     self.config = config
     self._manager = ocp.CheckpointManager(
         self.directory,
@@ -126,22 +131,19 @@ class Checkpointer:
 
 
 def read_workdir_config(workdir: str) -> dict:
-  """The config.json a trainer wrote into its workdir."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  """The config.json a trainer wrote into its workdir (local or gs://)."""
+  path = fileio.join(workdir, 'config.json')
+  if not fileio.exists(path):
     raise FileNotFoundError(
         f'{path} not found: {workdir} is not a training workdir (train one with '
         f'`python -m magvit_jax.train --config=... --workdir={workdir}`)')
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(fileio.read_text(path))
 
 
 def write_workdir_config(workdir: str, config: Any) -> None:
-  """Writes the run's config as `<workdir>/config.json` (process 0 only)."""
+  """Writes the run's config as `<workdir>/config.json` (process 0 only; atomic locally)."""
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  tmp = os.path.join(workdir, 'config.json.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-  os.replace(tmp, os.path.join(workdir, 'config.json'))
+  fileio.makedirs(workdir)
+  fileio.write_text_atomic(fileio.join(workdir, 'config.json'),
+                           json.dumps(config.to_dict(), indent=2, sort_keys=True))

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from magvit_jax import fileio
 from magvit_jax.checkpoint import read_workdir_config
 from magvit_jax.metrics import frechet
 from magvit_jax.metrics import reference_stats
@@ -26,8 +27,8 @@ def default_cache_dir() -> str:
 
 def latest_step(workdir: str) -> int:
   """The largest numeric checkpoint directory under `<workdir>/checkpoints`, else 0."""
-  path = os.path.join(workdir, 'checkpoints')
-  steps = [int(d) for d in os.listdir(path) if d.isdigit()] if os.path.isdir(path) else []
+  path = fileio.as_path(fileio.join(workdir, 'checkpoints'))  # Local or gs://.
+  steps = [int(d.name) for d in path.iterdir() if d.name.isdigit()] if path.is_dir() else []
   return max(steps, default=0)
 
 

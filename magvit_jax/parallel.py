@@ -13,43 +13,121 @@ is the line each process logs at the start of training, and
 """
 from __future__ import annotations
 
+import collections
 import math
 import os
 import socket
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
+from jax.experimental import mesh_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
 
-def make_mesh(mesh_shape: dict[str, int] | Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """Builds a ('data', 'fsdp', 'tensor') mesh.
-
-  mesh_shape: mapping from axis name to size; at most one size may be -1,
-    meaning "all remaining devices".
-  """
-  devices = list(devices if devices is not None else jax.devices())
-  shape = dict(mesh_shape)
+def _resolve_sizes(shape: dict[str, int], num_devices: int) -> list[int]:
+  """Axis sizes in MESH_AXES order with a -1 replaced; validates against `num_devices`."""
   unknown = set(shape) - set(MESH_AXES)
   if unknown:
-    raise ValueError(f'config.mesh has unknown axes {sorted(unknown)}; expected {MESH_AXES}')
+    raise ValueError(f'config.mesh has unknown axes {sorted(unknown)}; expected {MESH_AXES} '
+                     '(and num_slices)')
   sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
   if sizes.count(-1) > 1:
     raise ValueError(f'config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}')
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
-    if len(devices) % known:
-      raise ValueError(f'config.mesh {dict(zip(MESH_AXES, sizes))}: {len(devices)} devices are '
+    if num_devices % known:
+      raise ValueError(f'config.mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are '
                        f'not divisible by {known}')
-    sizes[sizes.index(-1)] = len(devices) // known
-  if math.prod(sizes) != len(devices):
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
     raise ValueError(f'config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, '
-                     f'{len(devices)} are available')
-  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+                     f'{num_devices} are available')
+  return sizes
+
+
+class _SliceTagged:
+  """A device seen through `slice_of`: `.slice_index` from it, everything else forwarded."""
+
+  def __init__(self, device: Any, slice_index: int):
+    self.device = device
+    self.slice_index = slice_index
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(self.device, name)
+
+
+def multislice_device_array(devices: Sequence[Any], sizes: Sequence[int], num_slices: int,
+                            slice_of: Callable[[Any], int] | None = None) -> np.ndarray:
+  """Devices arranged [data, fsdp, tensor] with `data` across slices (DCN), the rest within.
+
+  Device `i` of axis `data` lies in slice `i // (data / num_slices)`; within a slice the
+  [data / num_slices, fsdp, tensor] block is laid out by
+  `jax.experimental.mesh_utils.create_hybrid_device_mesh` (topology-aware on TPU).
+
+  Args:
+    devices: every device of the job.
+    sizes: resolved (data, fsdp, tensor) sizes; their product is len(devices).
+    num_slices: `config.mesh.num_slices` (> 1).
+    slice_of: device -> slice id; default the device's `slice_index` (set on multislice TPU
+      jobs). Tests inject fake ids here; a multi-node GPU job could pass
+      `lambda d: d.process_index`.
+
+  Raises:
+    ValueError: naming the mesh.* fields when the shape does not fit the slices.
+  """
+  data, fsdp, tensor = sizes
+  if data % num_slices:
+    raise ValueError(f'config.mesh.data={data} must be a multiple of config.mesh.num_slices='
+                     f'{num_slices}: `data` is the axis that spans the slices (DCN)')
+  if slice_of is None and not all(hasattr(d, 'slice_index') for d in devices):
+    raise ValueError(
+        f'config.mesh.num_slices={num_slices} but the devices have no `slice_index` '
+        f'({devices[0].platform} {devices[0].device_kind}): not a multislice TPU job. '
+        'Set config.mesh.num_slices=1.')
+  ids = [int(d.slice_index if slice_of is None else slice_of(d)) for d in devices]
+  per_slice = collections.Counter(ids)
+  if len(per_slice) != num_slices or len(set(per_slice.values())) != 1:
+    found = ', '.join(f'slice {k}: {v}' for k, v in sorted(per_slice.items()))
+    raise ValueError(f'config.mesh.num_slices={num_slices}, but the {len(devices)} devices come '
+                     f'from {len(per_slice)} slice(s) of sizes ({found}); set '
+                     f'config.mesh.num_slices={len(per_slice)} (slices must be equal in size)')
+  ici_shape, dcn_shape = (data // num_slices, fsdp, tensor), (num_slices, 1, 1)
+  if slice_of is None:  # Real multislice devices: hand them over untouched.
+    return mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices)
+  tagged = [_SliceTagged(d, i) for d, i in zip(devices, ids)]
+  arranged = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, tagged)
+  return np.vectorize(lambda t: t.device, otypes=[object])(arranged)
+
+
+def make_mesh(mesh_shape: dict[str, int] | Any, devices: Sequence[jax.Device] | None = None,
+              slice_of: Callable[[Any], int] | None = None) -> Mesh:
+  """Builds a ('data', 'fsdp', 'tensor') mesh.
+
+  mesh_shape: mapping from axis name to size; at most one size may be -1,
+    meaning "all remaining devices". An optional `num_slices` (default 1;
+    absent in older configs) > 1 makes a multislice mesh: `data` spans the
+    slices over DCN, `fsdp` and `tensor` stay within a slice (ICI); see
+    `multislice_device_array`. With 1 the devices are reshaped in order.
+  slice_of: device -> slice id, only used with num_slices > 1 (default: the
+    device's `slice_index`).
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  shape = dict(mesh_shape)
+  num_slices = shape.pop('num_slices', 1)
+  num_slices = 1 if num_slices is None else int(num_slices)
+  if num_slices < 1:
+    raise ValueError(f'config.mesh.num_slices must be >= 1, got {num_slices}')
+  if len(devices) % num_slices:
+    raise ValueError(f'config.mesh.num_slices={num_slices}: {len(devices)} devices are not '
+                     f'divisible by {num_slices}')
+  sizes = _resolve_sizes(shape, len(devices))
+  if num_slices == 1:
+    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+  return Mesh(multislice_device_array(devices, sizes, num_slices, slice_of), MESH_AXES)
 
 
 def rules_tuple(rules: Any) -> tuple[tuple[str, Any], ...]:

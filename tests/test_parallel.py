@@ -70,6 +70,67 @@ def test_make_mesh_errors(shape, match):
   assert 'config.mesh' in str(e.value)
 
 
+def test_make_mesh_num_slices_one_is_unchanged():
+  """num_slices=1 (the default, absent in old configs) reshapes jax.devices() in order."""
+  for shape in ({'data': 2, 'fsdp': 2, 'tensor': 2}, {'data': -1, 'fsdp': 4}):
+    old = parallel.make_mesh(shape)
+    new = parallel.make_mesh({**shape, 'num_slices': 1})
+    assert new.shape == old.shape
+    assert [d.id for d in new.devices.flat] == [d.id for d in old.devices.flat]
+    assert [d.id for d in old.devices.flat] == list(range(8))
+
+
+def _interleaved_slice(device):
+  """Fake slice id: even ids in slice 0, odd in slice 1 (a plain reshape would mix slices)."""
+  return device.id % 2
+
+
+@pytest.mark.parametrize('shape', [
+    {'data': 2, 'fsdp': 4},
+    {'data': 4, 'fsdp': 2},
+    {'data': -1, 'fsdp': 2, 'tensor': 2},
+    {'data': 2, 'fsdp': -1},
+])
+def test_make_mesh_multislice_data_spans_slices(shape):
+  mesh = parallel.make_mesh({**shape, 'num_slices': 2}, slice_of=_interleaved_slice)
+  assert mesh.axis_names == ('data', 'fsdp', 'tensor') and mesh.devices.size == 8
+  assert sorted(d.id for d in mesh.devices.flat) == list(range(8))
+  per_slice = mesh.shape['data'] // 2
+  for i in range(mesh.shape['data']):
+    # Every fsdp x tensor block (and each run of data / num_slices rows) stays in one slice.
+    assert {_interleaved_slice(d) for d in mesh.devices[i].flat} == {i // per_slice}
+
+
+def test_make_mesh_multislice_four_slices():
+  slice_of = lambda d: 3 - d.id // 2  # Slices numbered against device order.
+  mesh = parallel.make_mesh({'data': 4, 'fsdp': 2, 'num_slices': 4}, slice_of=slice_of)
+  assert [[d.id for d in row.flat] for row in mesh.devices] == [[6, 7], [4, 5], [2, 3], [0, 1]]
+
+
+@pytest.mark.parametrize('shape, slice_of, match', [
+    ({'data': 1, 'fsdp': 8, 'num_slices': 2}, _interleaved_slice,
+     r'config\.mesh\.data=1 must be a multiple of config\.mesh\.num_slices=2'),
+    ({'data': -1, 'num_slices': 3}, _interleaved_slice,
+     r'config\.mesh\.num_slices=3: 8 devices are not divisible by 3'),
+    ({'data': 4, 'fsdp': 2, 'num_slices': 2}, lambda d: d.id % 4,
+     r'from 4 slice\(s\).*set config\.mesh\.num_slices=4'),
+    ({'data': 2, 'fsdp': 4, 'num_slices': 2}, lambda d: int(d.id < 5),
+     r'config\.mesh\.num_slices=2.*slice 0: 3, slice 1: 5'),
+    ({'data': 2, 'fsdp': 4, 'num_slices': 2}, None, r'no `slice_index`.*num_slices=1'),
+    ({'data': 2, 'fsdp': 4, 'num_slices': 0}, None, r'config\.mesh\.num_slices must be >= 1'),
+])
+def test_make_mesh_multislice_errors(shape, slice_of, match):
+  with pytest.raises(ValueError, match=match):
+    parallel.make_mesh(shape, slice_of=slice_of)
+
+
+def test_base_config_mesh_has_num_slices():
+  from magvit_jax import config_schema  # pylint: disable=g-import-not-at-top
+  mesh_config = config_schema.base_config('tokenizer').mesh
+  assert mesh_config.num_slices == 1
+  assert dict(parallel.make_mesh(mesh_config).shape) == {'data': 8, 'fsdp': 1, 'tensor': 1}
+
+
 def test_check_batch_size():
   mesh = parallel.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
   assert parallel.check_batch_size(16, mesh) == 16  # single process

@@ -97,11 +97,14 @@ def run_loop(*, state: Any, train_step: Callable[[Any, dict], tuple[Any, dict]],
   """
   print(f'[{stage}] {parallel.describe_runtime(mesh)}', flush=True)
   with _SigtermFlag() as sigterm:
-    return _run_steps(state=state, train_step=train_step, batches=batches, mesh=mesh,
-                      checkpointer=checkpointer, writer=writer, config=config,
-                      start_step=start_step, stage=stage, max_steps=max_steps,
-                      extra_scalars=extra_scalars, sigterm=sigterm,
-                      sync_every=preemption_sync_every)
+    try:
+      return _run_steps(state=state, train_step=train_step, batches=batches, mesh=mesh,
+                        checkpointer=checkpointer, writer=writer, config=config,
+                        start_step=start_step, stage=stage, max_steps=max_steps,
+                        extra_scalars=extra_scalars, sigterm=sigterm,
+                        sync_every=preemption_sync_every)
+    finally:
+      writer.flush(force=True)  # Buffered rows of object-store workdirs, even on errors.
 
 
 def _run_steps(*, state, train_step, batches, mesh, checkpointer, writer, config, start_step,
@@ -132,6 +135,7 @@ def _run_steps(*, state, train_step, batches, mesh, checkpointer, writer, config
       writer.write(pending_steps[-1], more)
       shown.update(more)
     progress.show(pending_steps[-1], shown, rate)
+    writer.flush()  # Object-store workdirs: a new metrics part, at most every part_every_s.
     pending.clear()
     pending_steps.clear()
 
@@ -147,6 +151,7 @@ def _run_steps(*, state, train_step, batches, mesh, checkpointer, writer, config
       return state
     if step % ckpt_every == 0 or step == total:
       flush()
+      writer.flush(force=True)  # The metrics up to a checkpoint are stored before it.
       checkpointer.save(step, state)
       last_ckpt = step
     if multiprocess:
@@ -157,6 +162,7 @@ def _run_steps(*, state, train_step, batches, mesh, checkpointer, writer, config
       stop = sigterm.requested
     if stop:
       flush()  # The NaN check comes first: never save a state whose losses were not finite.
+      writer.flush(force=True)
       if last_ckpt != step:
         checkpointer.save(step, state)
         last_ckpt = step
