@@ -30,5 +30,13 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["magvit_jax", "magvit_jax.*"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0"]},
+    extras_require={"test": [
+        "pytest==9.2.0",
+        # tests/test_notebooks.py runs notebooks/*.ipynb in a Jupyter kernel; they plot with
+        # matplotlib.
+        "nbclient==0.11.0",
+        "nbformat==5.11.1",
+        "ipykernel==7.4.0",
+        "matplotlib==3.11.2",
+    ]},
 )
