@@ -31,7 +31,7 @@ from magvit_jax.masking import schedules
 # Relative tolerance of the floor in num_masked_after_step (float32 rounding guard).
 _FLOOR_RTOL = 1e-5
 
-ApplyFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+ApplyFn = Callable[..., jax.Array]
 
 
 @struct.dataclass
@@ -81,17 +81,20 @@ def num_masked_after_step(
   return jnp.where(step >= num_steps - 1, 0, m).astype(jnp.int32)
 
 
-def _logits(apply_fn, params, tokens, labels, mask_token_id, guidance_scale, null_label):
+def _logits(apply_fn, params, tokens, labels, tasks, mask_token_id, guidance_scale, null_label):
   """Model logits [b, n, k] float32, guided when ``guidance_scale != 0``."""
+  extra = () if tasks is None else (tasks,)
   if guidance_scale != 0.0:
     b = tokens.shape[0]
+    extra2 = () if tasks is None else (jnp.concatenate([tasks, tasks], axis=0),)
     both = apply_fn(params, jnp.concatenate([tokens, tokens], axis=0),
-                    jnp.concatenate([labels, jnp.full_like(labels, null_label)], axis=0))
+                    jnp.concatenate([labels, jnp.full_like(labels, null_label)], axis=0),
+                    *extra2)
     both = both.astype(jnp.float32)
     cond, uncond = both[:b], both[b:]
     logits = cond + guidance_scale * (cond - uncond)
   else:
-    logits = apply_fn(params, tokens, labels).astype(jnp.float32)
+    logits = apply_fn(params, tokens, labels, *extra).astype(jnp.float32)
   k = logits.shape[-1]
   if logits.ndim == 3 and mask_token_id < k:
     # The model's vocabulary includes the mask id: never sample it.
@@ -156,6 +159,8 @@ def decode(
     temperature: float = 1.0,
     guidance_scale: float = 0.0,
     null_label: int | None = None,
+    tasks: jax.Array | None = None,
+    condition_tokens: jax.Array | None = None,
 ) -> DecodeOutput:
   """MaskGIT iterative decoding in ``num_steps`` steps (one jitted ``lax.fori_loop``).
 
@@ -181,6 +186,11 @@ def decode(
       where ``uncond`` uses ``null_label``; 0 disables it (one model call per step).
     null_label: the label id of the unconditional class; required when
       ``guidance_scale != 0``.
+    tasks: optional [b] int32 task ids (MAGVIT COMMIT); then ``apply_fn(params, tokens,
+      labels, tasks)`` is called.
+    condition_tokens: optional [b, n] int32 (COMMIT): where a position is still masked and
+      ``condition_tokens`` is not ``mask_token_id``, the model sees the condition token
+      instead of [MASK] (re-injected at every step); the output is sampled as usual.
 
   Returns:
     ``DecodeOutput(tokens [b, n] int32, history [T, b, n] int32)``.
@@ -194,6 +204,9 @@ def decode(
     raise ValueError("guidance_scale != 0 needs null_label (the unconditional class id).")
   if init_tokens.ndim != 2:
     raise ValueError(f"init_tokens must be [batch, n], got shape {init_tokens.shape}.")
+  if condition_tokens is not None and condition_tokens.shape != init_tokens.shape:
+    raise ValueError(f"condition_tokens must match init_tokens {init_tokens.shape}, got "
+                     f"{condition_tokens.shape}.")
   schedules.get_schedule(schedule)  # validate the name early
   init_tokens = init_tokens.astype(jnp.int32)
   labels = jnp.asarray(labels).astype(jnp.int32)
@@ -204,7 +217,11 @@ def decode(
   def body(t, carry):
     tokens, history = carry
     unknown = tokens == mask_token_id
-    logits = _logits(apply_fn, params, tokens, labels, mask_token_id, guidance_scale,
+    model_in = tokens
+    if condition_tokens is not None:
+      model_in = jnp.where(unknown & (condition_tokens != mask_token_id),
+                           condition_tokens.astype(jnp.int32), tokens)
+    logits = _logits(apply_fn, params, model_in, labels, tasks, mask_token_id, guidance_scale,
                      null_label)
     sample_noise, choice_noise = _step_noise(
         jax.random.fold_in(rng, t), logits.shape if temperature != 0.0 else None,

@@ -148,3 +148,33 @@ def masked_token_loss(
                                        label_smoothing)
   metrics = dict(metrics, loss=loss * s, num_masked=metrics["num_masked"] / s)
   return loss * s, metrics
+
+
+def token_cross_entropy(
+    logits: jax.Array,
+    targets: jax.Array,
+    label_smoothing: float = 0.0,
+) -> tuple[jax.Array, jax.Array]:
+  """Per-token label-smoothed cross-entropy for plain or factorised logits.
+
+  Args:
+    logits: [b, n, k] or factorised [b, n, s, k_sub] float.
+    targets: [b, n] int32 token ids.
+    label_smoothing: in [0, 1).
+
+  Returns:
+    ``(ce, correct)``, both float32 [b, n]: the token's cross-entropy (factorised: the sum over
+    its s sub-tokens) and the fraction of its (sub-)tokens predicted right by argmax.
+  """
+  logits = logits.astype(jnp.float32)
+  if logits.ndim == 4:
+    targets = split_sub_tokens(targets, logits.shape[2], logits.shape[3])
+  else:
+    targets = targets[..., None]
+    logits = logits[:, :, None]
+  labels = jax.nn.one_hot(targets, logits.shape[-1], dtype=jnp.float32)
+  if label_smoothing:
+    labels = optax.smooth_labels(labels, label_smoothing)
+  ce = optax.softmax_cross_entropy(logits, labels).sum(axis=-1)
+  correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32).mean(axis=-1)
+  return ce, correct

@@ -5,7 +5,9 @@ The input is a flat token sequence `tokens: [batch, n] int32` with values in
 label per example `labels: [batch] int32` in `[0, num_classes]`
 (`num_classes` itself is the "null" class used for classifier-free guidance).
 The class is embedded as one extra token prepended to the sequence, as in
-MaskGIT. Output: `logits: [batch, n, codebook_size] float32` (the mask id is
+MaskGIT. With `num_tasks > 0` (MAGVIT's COMMIT multi-task model) a task prompt
+token `tasks: [batch] int32` in `[0, num_tasks)` is prepended before the class
+token. Output: `logits: [batch, n, codebook_size] float32` (the mask id is
 never predicted).
 
 Layout follows BERT / the MaskGIT reference: token + learned position
@@ -103,6 +105,7 @@ class Transformer(nn.Module):
     num_classes: C; label C is the null class (classifier-free guidance).
     seq_len: n, number of image tokens (h * w, or t * h * w).
     hidden_size, num_layers, num_heads, mlp_dim, dropout_rate: as in BERT.
+    num_tasks: T > 0 adds a task prompt token (COMMIT); 0 = no task token (MaskGIT).
     num_sub_tokens: s > 1 factorises each token into s sub-tokens of k_sub = K^(1/s) values
       (MAGVIT-v2: 2^18 -> 2 x 2^9), each with its own embedding table (summed) and output
       head; the output is then [b, n, s, k_sub] and token = sum_j sub_j * k_sub^j.
@@ -117,7 +120,13 @@ class Transformer(nn.Module):
   mlp_dim: int = 3072
   dropout_rate: float = 0.1
   num_sub_tokens: int = 1
+  num_tasks: int = 0
   dtype: Dtype = jnp.float32
+
+  @property
+  def num_prefix(self) -> int:
+    """Prefix tokens before the visual tokens: [task,] class."""
+    return 2 if self.num_tasks else 1
 
   @property
   def sub_codebook_size(self) -> int:
@@ -137,8 +146,10 @@ class Transformer(nn.Module):
     return self.num_classes
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, labels: jax.Array, deterministic: bool = True) -> jax.Array:
-    """tokens: [b, n] int32 in [0, K]; labels: [b] int32 in [0, C].
+  def __call__(self, tokens: jax.Array, labels: jax.Array, tasks: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+    """tokens: [b, n] int32 in [0, K]; labels: [b] int32 in [0, C]; tasks: [b] int32 in
+    [0, num_tasks) when num_tasks > 0 (else None).
 
     Returns logits [b, n, K] float32, or [b, n, s, k_sub] when num_sub_tokens = s > 1.
     """
@@ -146,6 +157,12 @@ class Transformer(nn.Module):
       raise ValueError(f'tokens must be [batch, {self.seq_len}], got shape {tokens.shape}')
     if labels.shape != tokens.shape[:1]:
       raise ValueError(f'labels must be [batch]={tokens.shape[:1]}, got shape {labels.shape}')
+    if self.num_tasks and (tasks is None or tasks.shape != tokens.shape[:1]):
+      raise ValueError(f'this model has num_tasks={self.num_tasks}: tasks must be '
+                       f'[batch]={tokens.shape[:1]} int32, got '
+                       f'{None if tasks is None else tasks.shape}')
+    if not self.num_tasks and tasks is not None:
+      raise ValueError('tasks were given but the model has num_tasks=0 (no task token)')
     d = self.hidden_size
     init = nn.initializers.truncated_normal(0.02)
     class_table = self.param(
@@ -153,7 +170,7 @@ class Transformer(nn.Module):
         (self.num_classes + 1, d), jnp.float32)
     pos_table = self.param(
         'position_embedding', nn.with_logical_partitioning(init, ('length', 'embed')),
-        (self.seq_len + 1, d), jnp.float32)
+        (self.seq_len + self.num_prefix, d), jnp.float32)
     # Output tables: [vocab, d] per head; the head logits are tied to them.
     if self.num_sub_tokens == 1:
       token_table = self.param(
@@ -175,7 +192,13 @@ class Transformer(nn.Module):
         heads.append((table, f'head_bias_{j}'))
       x_tokens = jnp.where((tokens == self.mask_token_id)[..., None], mask_row[0], x_tokens)
 
-    x = jnp.concatenate([class_table[labels][:, None], x_tokens], axis=1)
+    prefix = [class_table[labels][:, None]]
+    if self.num_tasks:
+      task_table = self.param(
+          'task_embedding', nn.with_logical_partitioning(init, ('classes', 'embed')),
+          (self.num_tasks, d), jnp.float32)
+      prefix.insert(0, task_table[tasks][:, None])
+    x = jnp.concatenate(prefix + [x_tokens], axis=1)
     x = (x + pos_table[None]).astype(self.dtype)
     x = _layer_norm('ln_embed', self.dtype)(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
@@ -184,7 +207,7 @@ class Transformer(nn.Module):
                        name=f'block_{i}')(x, deterministic)
     x = _layer_norm('ln_final', self.dtype)(x)
     # MLM head.
-    x = _dense(d, ('embed', 'embed_out'), 'head_dense', self.dtype)(x[:, 1:])
+    x = _dense(d, ('embed', 'embed_out'), 'head_dense', self.dtype)(x[:, self.num_prefix:])
     x = _layer_norm('head_ln', self.dtype)(nn.gelu(x))
     logits = []
     for table, bias_name in heads:
@@ -208,9 +231,9 @@ def forward_flops(model: Transformer, batch: int) -> float:
   Counts 2 FLOPs per multiply-add: projections 4 d^2, MLP 2 d m, attention scores and
   values 2 n d per token and layer, plus the MLM head.
   """
-  n = model.seq_len + 1
+  n = model.seq_len + model.num_prefix
   d, m, L = model.hidden_size, model.mlp_dim, model.num_layers
   K = model.num_sub_tokens * model.sub_codebook_size  # output units per position
   per_token_layer = 2 * (4 * d * d + 2 * d * m) + 2 * 2 * n * d
   head = 2 * (d * d + d * K)
-  return float(batch * (n * L * per_token_layer + (n - 1) * head))
+  return float(batch * (n * L * per_token_layer + model.seq_len * head))
