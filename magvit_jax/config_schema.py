@@ -53,7 +53,7 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.log_every = 100
   c.checkpoint_every = 1000
   c.max_checkpoints = 3
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_slices=1))
   c.logical_axis_rules = [list(r) for r in LOGICAL_AXIS_RULES]
   c.optimizer = ml_collections.ConfigDict(dict(
       lr=1e-4, b1=0.9, b2=0.99, weight_decay=0.0, warmup_steps=5000, decay='constant',
@@ -69,6 +69,11 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
                                                      channel_multipliers=(2, 4, 4, 4, 4)))
     c.disc_optimizer = ml_collections.ConfigDict(dict(lr=1e-4, b1=0.0, b2=0.99))
     c.ema_decay = 0.0  # EMA of the generator (0 = off); used for eval and sampling.
+  else:
+    # MAGVIT COMMIT multi-task training (magvit_jax/masking/commit.py); no tasks = plain MVTM.
+    c.commit = ml_collections.ConfigDict(dict(
+        tasks=(), fp_frames=1, fi_frames=1, box_fraction=0.5, mask_weight=1.0,
+        refine_weight=1.0, recon_weight=1.0))
   return c
 
 
@@ -92,7 +97,8 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
   m = config.model
   if stage == 'tokenizer':
     name = m.get('name', 'vqgan')
-    _require(name in ('vqgan', 'magvit2'), 'model.name', "'vqgan' or 'magvit2'", name)
+    _require(name in ('vqgan', 'vqgan3d', 'magvit2'), 'model.name',
+             "'vqgan', 'vqgan3d' or 'magvit2'", name)
     f = 2 ** (len(m.channel_multipliers) - 1)
     _require(config.data.image_size % f == 0, 'data.image_size',
              f'a multiple of the downsampling factor {f} (from model.channel_multipliers)',
@@ -100,9 +106,19 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
     _require(config.losses.gan_loss in ('hinge', 'non_saturating'), 'losses.gan_loss',
              "'hinge' or 'non_saturating'", config.losses.gan_loss)
     _require(0.0 <= config.ema_decay < 1.0, 'ema_decay', 'a float in [0, 1)', config.ema_decay)
-    if name == 'vqgan':
+    if name in ('vqgan', 'vqgan3d'):
       _require(m.codebook_size > 1, 'model.codebook_size', 'an integer > 1', m.codebook_size)
-    else:
+    if name == 'vqgan3d':
+      _require(len(m.temporal_downsample) == len(m.channel_multipliers) - 1,
+               'model.temporal_downsample', f'{len(m.channel_multipliers) - 1} booleans '
+               '(one per downsampling level)', m.temporal_downsample)
+      ft = 2 ** sum(bool(t) for t in m.temporal_downsample)
+      frames = config.data.get('num_frames')
+      _require(bool(frames) and frames % ft == 0, 'data.num_frames',
+               f'a multiple of the temporal downsampling factor {ft}', frames)
+      _require(m.get('inflation', 'central') in ('central', 'average'), 'model.inflation',
+               "'central' or 'average'", m.get('inflation'))
+    elif name == 'magvit2':
       _require(1 <= m.num_bits <= 30, 'model.num_bits', 'an integer in [1, 30]', m.num_bits)
       _require(len(m.temporal_downsample) == len(m.channel_multipliers) - 1,
                'model.temporal_downsample', f'{len(m.channel_multipliers) - 1} booleans '
@@ -125,6 +141,16 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
              config.sampling.num_steps)
     _require(0.0 <= config.masking.label_smoothing < 1.0, 'masking.label_smoothing',
              'a float in [0, 1)', config.masking.label_smoothing)
+    cc = config.get('commit')
+    if cc is not None and cc.tasks:
+      from magvit_jax.masking import commit  # pylint: disable=g-import-not-at-top
+      bad = [t for t in cc.tasks if t not in commit.TASKS]
+      _require(not bad, 'commit.tasks', f'names from {commit.TASKS}', tuple(cc.tasks))
+      for key in ('mask_weight', 'refine_weight', 'recon_weight'):
+        _require(cc[key] >= 0, f'commit.{key}', 'a float >= 0', cc[key])
+      _require(cc.mask_weight + cc.refine_weight > 0, 'commit.mask_weight',
+               'mask_weight + refine_weight > 0 (the masked positions must be trained)',
+               cc.mask_weight)
     _require(bool(config.tokenizer_workdir), 'tokenizer_workdir',
              'the workdir of a trained tokenizer run (--config.tokenizer_workdir=DIR)',
              config.tokenizer_workdir)

@@ -20,7 +20,13 @@ Networks:
 Numbers are only comparable between runs evaluated with the same network,
 reference split and number of samples.
 
-The metrics are appended to `<workdir>/metrics.jsonl` (step: the run's latest
+MAGVIT video tasks: `--task=FP` (or FI, OPC, ...) conditions on the first
+--num_samples clips of the eval split and reports `<task>/psnr` over the
+generated pixels and, for FP/FI, `<task>/baseline_psnr` of copying the last
+known frame / blending the two known frames.
+
+The metrics are appended to `<workdir>/metrics.jsonl` (a new file under
+`<workdir>/metrics/` for gs:// workdirs; step: the run's latest
 checkpoint, else 0) and printed as a table. Reference statistics are cached in
 --cache_dir.
 """
@@ -35,6 +41,7 @@ from absl import flags
 from absl import logging
 
 from magvit_jax.checkpoint import read_workdir_config
+from magvit_jax.masking.commit import TASKS
 from magvit_jax.evaluation import evaluate, format_table, latest_step, load_samples, spread_labels
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a trained transformer run.')
@@ -50,6 +57,8 @@ _CACHE_DIR = flags.DEFINE_string('cache_dir', None, 'Cache of reference statisti
                                  'digits network (default: ~/.cache/magvit_jax/eval).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 _BATCH = flags.DEFINE_integer('batch_size', 50, 'Samples per decoding / featurizing call.')
+_TASK = flags.DEFINE_enum('task', None, list(TASKS), 'MAGVIT COMMIT task to score by PSNR on '
+                          'eval clips (vs a baseline for FP/FI) instead of sample quality.')
 flags.mark_flags_as_required(['workdir'])
 
 def main(argv):
@@ -61,7 +70,14 @@ def main(argv):
   if _NETWORK.value in ('inception', 'i3d') and not _WEIGHTS.value:
     raise app.UsageError(f'--network={_NETWORK.value} needs --weights=path/to/weights.npz '
                          '(see magvit_jax/metrics/convert_weights.py)')
-  if _SAMPLES.value:
+  if _TASK.value:
+    from magvit_jax import sampling, video_tasks  # pylint: disable=g-import-not-at-top
+    videos, labels = video_tasks.load_clips(config, _NUM_SAMPLES.value, _SPLIT.value)
+    print(f'[evaluate] {_TASK.value} on {len(videos)} clips', flush=True)
+    metrics, _ = video_tasks.evaluate_task(sampling.Sampler(workdir), _TASK.value, videos, labels,
+                                           seed=_SEED.value, batch_size=_BATCH.value)
+    metrics = {f'eval/{k}': v for k, v in metrics.items()}
+  elif _SAMPLES.value:
     images, labels = load_samples(_SAMPLES.value)
     print(f'[evaluate] {len(images)} samples from {_SAMPLES.value}', flush=True)
   else:
@@ -73,14 +89,15 @@ def main(argv):
     result = sampling.Sampler(workdir).generate(labels, seed=_SEED.value,
                                                 batch_size=_BATCH.value)
     images, labels = result['images'], result['labels']
-  metrics = evaluate(workdir, images, labels, _NETWORK.value, _WEIGHTS.value, _SPLIT.value,
-                     _CACHE_DIR.value, _BATCH.value)
+  if not _TASK.value:
+    metrics = evaluate(workdir, images, labels, _NETWORK.value, _WEIGHTS.value, _SPLIT.value,
+                       _CACHE_DIR.value, _BATCH.value)
   from magvit_jax.trainers.metrics_writer import MetricsWriter  # pylint: disable=g-import-not-at-top
   step = latest_step(workdir)
   writer = MetricsWriter(workdir)
   writer.write(step, metrics)
   writer.close()
-  print(f'[evaluate] step {step}, written to {os.path.join(workdir, "metrics.jsonl")}')
+  print(f'[evaluate] step {step}, written to {writer.path}')
   print(format_table(metrics), flush=True)
 
 

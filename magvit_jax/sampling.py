@@ -18,6 +18,7 @@ import numpy as np
 
 from magvit_jax import visualize
 from magvit_jax.decoding import maskgit
+from magvit_jax.masking import commit
 from magvit_jax.config_schema import config_from_dict
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
 from magvit_jax.trainers import transformer as transformer_trainer
@@ -41,8 +42,8 @@ class Sampler:
     model, tokenizer, tok_params = self.model, self.tokenizer, self.tok_params
     grid = self.token_shape
 
-    def apply_fn(p, tokens, y):
-      return model.apply({'params': p}, tokens, y, deterministic=True)
+    def apply_fn(p, tokens, y, tasks=None):
+      return model.apply({'params': p}, tokens, y, tasks, deterministic=True)
     self._apply_fn = apply_fn  # One object, so decode compiles once per setting.
 
     @jax.jit
@@ -69,28 +70,36 @@ class Sampler:
                 choice_temperature=float(pick(choice_temperature, 'choice_temperature')),
                 temperature=float(pick(temperature, 'temperature')))
 
-  def _check_labels(self, labels) -> np.ndarray:
+  def _check_labels(self, labels, allow_null: bool = False) -> np.ndarray:
     labels = np.asarray(labels, np.int32)
-    bad = labels[(labels < 0) | (labels >= self.model.num_classes)]
+    top = self.model.num_classes + int(allow_null)
+    bad = labels[(labels < 0) | (labels >= top)]
     if bad.size:
-      raise ValueError(f'classes {bad.tolist()} out of range [0, {self.model.num_classes})')
+      raise ValueError(f'classes {bad.tolist()} out of range [0, {top})')
     return labels
 
   def decode_tokens(self, init_tokens: np.ndarray, labels: Sequence[int], *, seed: int = 0,
                     batch_size: int = 50, num_steps: int | None = None,
                     guidance_scale: float | None = None, choice_temperature: float | None = None,
-                    temperature: float | None = None) -> dict[str, np.ndarray]:
+                    temperature: float | None = None, tasks: np.ndarray | None = None,
+                    condition_tokens: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Iterative decoding from token maps in which mask ids mark the unknown positions.
 
-    init_tokens: int32 [N, n]; labels: [N]. Returns {'images': uint8 [N, H, W, 3] (videos:
-    [N, T, H, W, 3]),
-    'tokens': int32 [N, n], 'labels': int32 [N], 'history': int32 [T, N, n]}.
+    init_tokens: int32 [N, n]; labels: [N] (the null class num_classes is allowed when `tasks`
+    are given: COMMIT's non-class tasks); tasks: int32 [N] COMMIT task ids for a multi-task
+    model; condition_tokens: int32 [N, n], the condition token where the model sees it instead
+    of [MASK] (mask id elsewhere; see `maskgit.decode`). Returns {'images': uint8 [N, H, W, 3]
+    (videos: [N, T, H, W, 3]), 'tokens': int32 [N, n], 'labels': int32 [N], 'history': int32
+    [T, N, n]}.
     """
-    labels = self._check_labels(labels)
+    labels = self._check_labels(labels, allow_null=tasks is not None)
     init_tokens = np.asarray(init_tokens, np.int32)
     if init_tokens.shape != (len(labels), self.model.seq_len):
       raise ValueError(f'init_tokens must be [{len(labels)}, {self.model.seq_len}], '
                        f'got {init_tokens.shape}')
+    if bool(self.model.num_tasks) != (tasks is not None):
+      raise ValueError(f'this transformer has num_tasks={self.model.num_tasks}: pass tasks '
+                       f'exactly when it is > 0 (use magvit_jax.video_tasks for COMMIT tasks)')
     settings = self._settings(num_steps, guidance_scale, choice_temperature, temperature)
     images, tokens, histories = [], [], []
     rng = jax.random.PRNGKey(seed)
@@ -98,11 +107,20 @@ class Sampler:
     for start in range(0, len(labels), batch_size):
       n = len(labels[start:start + batch_size])
       pad = ((0, batch_size - n), (0, 0))
+      rows = slice(start, start + n)
+      extra = {}
+      if tasks is not None:
+        extra['tasks'] = jnp.asarray(np.pad(np.asarray(tasks, np.int32)[rows], pad[0]))
+      if condition_tokens is not None:
+        extra['condition_tokens'] = jnp.asarray(
+            np.pad(np.asarray(condition_tokens, np.int32)[rows], pad,
+                   constant_values=self.model.mask_token_id))
       out = maskgit.decode(
           self._apply_fn, self.params, jax.random.fold_in(rng, start),
-          jnp.asarray(np.pad(init_tokens[start:start + n], pad)),
-          jnp.asarray(np.pad(labels[start:start + n], pad[0])),
-          mask_token_id=self.model.mask_token_id, null_label=self.model.null_label, **settings)
+          jnp.asarray(np.pad(init_tokens[rows], pad)),
+          jnp.asarray(np.pad(labels[rows], pad[0])),
+          mask_token_id=self.model.mask_token_id, null_label=self.model.null_label, **settings,
+          **extra)
       images.append(np.asarray(self.to_pixels(out.tokens))[:n])
       tokens.append(np.asarray(out.tokens)[:n])
       histories.append(np.asarray(out.history)[:, :n])
@@ -113,8 +131,11 @@ class Sampler:
             'history': np.concatenate(histories, axis=1)}
 
   def generate(self, labels: Sequence[int], **kwargs) -> dict[str, np.ndarray]:
-    """Class-conditional generation from all-[MASK]: one image per label (see decode_tokens)."""
+    """Class-conditional generation from all-[MASK]: one image per label (see decode_tokens).
+    A COMMIT multi-task model generates with its CG (class-conditional generation) task."""
     init = np.full((len(labels), self.model.seq_len), self.model.mask_token_id, np.int32)
+    if self.model.num_tasks:
+      kwargs['tasks'] = np.full((len(labels),), commit.TASKS.index('CG'), np.int32)
     return self.decode_tokens(init, labels, **kwargs)
 
   def edit(self, images: np.ndarray, region: np.ndarray, labels: Sequence[int],

@@ -1,10 +1,14 @@
-"""Stage 1 trainer: the tokenizers (2D VQGAN of MaskGIT, causal CNN + LFQ of MAGVIT-v2).
+"""Stage 1 trainer: the tokenizers (2D VQGAN of MaskGIT, 3D-VQ of MAGVIT, causal CNN + LFQ of
+MAGVIT-v2).
 
 Read top to bottom: config checks -> mesh -> data -> model + optimizer ->
 sharded state (fresh or restored) -> jitted step -> loop -> held-out eval.
 
-`config.model.name` picks the tokenizer: 'vqgan' (images [b, H, W, 3]) or
-'magvit2' (videos [b, T, H, W, 3]; images are 1-frame videos). With
+`config.model.name` picks the tokenizer: 'vqgan' (images [b, H, W, 3]),
+'vqgan3d' (MAGVIT's 3D-VQ, videos [b, T, H, W, 3]; with `model.inflate_from` set
+to a trained 2D VQGAN workdir a fresh run starts from its weights inflated to 3D
+by `model.inflation` = 'central' or 'average') or 'magvit2' (videos
+[b, T, H, W, 3]; images are 1-frame videos). With
 `config.image_data` set and `config.image_every = k`, every k-th step of a
 video tokenizer trains on an image batch instead (joint image-video training,
 one set of weights); which steps are image steps is fixed by the step number,
@@ -25,20 +29,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from magvit_jax import checkpoint as ckpt_lib
+from magvit_jax import fileio
 from magvit_jax import parallel
 from magvit_jax.config_schema import config_from_dict, validate_config
 from magvit_jax.models.magvit2_tokenizer import Magvit2Tokenizer
 from magvit_jax.models.vqgan import VQGAN
+from magvit_jax.models import vqgan3d
 from magvit_jax.trainers import loop
 from magvit_jax.trainers.adversarial import Adversarial
 from magvit_jax.trainers import metrics_writer as mw
 from magvit_jax.trainers import train_state as ts
 
 
-TOKENIZERS = ('vqgan', 'magvit2')
+TOKENIZERS = ('vqgan', 'vqgan3d', 'magvit2')
 
 
-def build_model(model_config) -> VQGAN | Magvit2Tokenizer:
+def build_model(model_config) -> VQGAN | vqgan3d.VQGAN3D | Magvit2Tokenizer:
   """The tokenizer named by `model_config.name` ('vqgan' when absent)."""
   m = model_config
   name = m.get('name', 'vqgan')
@@ -47,6 +53,14 @@ def build_model(model_config) -> VQGAN | Magvit2Tokenizer:
                  num_res_blocks=int(m.num_res_blocks), embedding_dim=int(m.embedding_dim),
                  codebook_size=int(m.codebook_size), commitment_cost=float(m.commitment_cost),
                  num_groups=int(m.num_groups))
+  if name == 'vqgan3d':
+    return vqgan3d.VQGAN3D(
+        filters=int(m.filters), channel_multipliers=tuple(m.channel_multipliers),
+        num_res_blocks=int(m.num_res_blocks), embedding_dim=int(m.embedding_dim),
+        codebook_size=int(m.codebook_size), commitment_cost=float(m.commitment_cost),
+        num_groups=int(m.num_groups),
+        temporal_downsample=tuple(bool(t) for t in m.temporal_downsample),
+        temporal_padding=str(m.get('temporal_padding', 'edge')))
   if name == 'magvit2':
     return Magvit2Tokenizer(
         filters=int(m.filters), channel_multipliers=tuple(m.channel_multipliers),
@@ -74,10 +88,13 @@ def input_shape(config) -> tuple[int, ...]:
 
 
 def token_shape(config) -> tuple[int, ...]:
-  """Token grid of one example: (h, w) for the VQGAN, (t, h, w) for MAGVIT-v2."""
+  """Token grid of one example: (h, w) for the VQGAN, (t, h, w) for the 3D-VQ and MAGVIT-v2."""
   m = config.model
   f = 2 ** (len(m.channel_multipliers) - 1)
   size = int(config.data.image_size) // f
+  if m.get('name', 'vqgan') == 'vqgan3d':
+    ft = 2 ** sum(bool(t) for t in m.temporal_downsample)
+    return (int(config.data.num_frames) // ft, size, size)
   if m.get('name', 'vqgan') == 'magvit2':
     frames = int(config.data.get('num_frames') or 1)
     ft = 2 ** sum(bool(t) for t in m.temporal_downsample)
@@ -200,10 +217,27 @@ def mixed_batches(config, local_batch: int, start_step: int):
     yield next(images) if step % every == 0 else next(videos)
 
 
+def inflated_init(init_params, model_config, mesh):
+  """init_params of a 3D-VQ whose weights come from the 2D VQGAN in `model.inflate_from`
+  (its EMA weights when it kept them), inflated by `model.inflation`."""
+  source = str(model_config.inflate_from)
+  source_config = config_from_dict(ckpt_lib.read_workdir_config(source))
+  if source_config.model.get('name', 'vqgan') != 'vqgan':
+    raise ValueError(f'config.model.inflate_from={source!r} holds a '
+                     f"{source_config.model.get('name')!r} tokenizer; expected a 2D 'vqgan' run")
+  _, params_2d, _ = load_tokenizer(source, mesh)
+  params_2d = jax.device_get(params_2d)
+  method = str(model_config.get('inflation', 'central'))
+
+  def init(rng):
+    return vqgan3d.inflate_params(params_2d, init_params(rng), method)
+  return init
+
+
 def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
   """Trains (or resumes) the tokenizer in `workdir`; returns final state and eval metrics."""
   validate_config(config, stage='tokenizer')
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)  # Local or gs://.
   ckpt_lib.write_workdir_config(workdir, config)
 
   # Mesh.
@@ -220,6 +254,8 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
   # Sharded state: restored from the latest checkpoint, or fresh.
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.to_dict(),
                                        int(config.max_checkpoints))
+  if config.model.get('name') == 'vqgan3d' and config.model.get('inflate_from'):
+    init_params = inflated_init(init_params, config.model, mesh)
   adv = Adversarial(config, input_shape(config))
   state, shardings, start_step = ts.init_or_restore(init_params, tx, config, mesh, checkpointer,
                                                     'tokenizer', adv.init_extra)

@@ -8,6 +8,13 @@ example r ~ U(0, 1), mask ceil(gamma(r) * N) tokens -> transformer ->
 label-smoothed cross-entropy on the masked positions. With
 `masking.class_dropout > 0` the class is replaced by the null class at that
 rate, which enables classifier-free guidance at sampling time.
+
+With `config.commit.tasks` set (MAGVIT's COMMIT, `magvit_jax/masking/commit.py`)
+the step is multi-task: per example a task is drawn from the list, its known
+pixels are padded to a condition video and tokenized too, the input mixes
+[MASK], condition tokens and original tokens, a task prompt token is
+prepended, and the loss weighs the three kinds of positions by
+`commit.{mask,refine,recon}_weight`.
 """
 from __future__ import annotations
 
@@ -20,8 +27,10 @@ import jax.numpy as jnp
 import optax
 
 from magvit_jax import checkpoint as ckpt_lib
+from magvit_jax import fileio
 from magvit_jax import parallel
 from magvit_jax.config_schema import config_from_dict, validate_config
+from magvit_jax.masking import commit
 from magvit_jax.masking import mvtm
 from magvit_jax.models.transformer import Transformer, forward_flops
 from magvit_jax.trainers import loop
@@ -48,7 +57,35 @@ def build_model(config, seq_len: int) -> Transformer:
       codebook_size=int(m.codebook_size), num_classes=int(m.num_classes), seq_len=seq_len,
       hidden_size=int(m.hidden_size), num_layers=int(m.num_layers), num_heads=int(m.num_heads),
       mlp_dim=int(m.mlp_dim), dropout_rate=float(m.dropout_rate),
-      num_sub_tokens=int(m.get('num_sub_tokens', 1)), dtype=jnp.dtype(m.dtype))
+      num_sub_tokens=int(m.get('num_sub_tokens', 1)), num_tasks=int(m.get('num_tasks', 0)),
+      dtype=jnp.dtype(m.dtype))
+
+
+def commit_tasks(config) -> tuple[str, ...]:
+  """The COMMIT tasks this run trains on (empty: plain MVTM)."""
+  c = config.get('commit')
+  return tuple(c.tasks) if c is not None and c.get('tasks') else ()
+
+
+def check_commit(config, tokenizer_config) -> None:
+  """COMMIT needs a video tokenizer and a model with one task token per COMMIT task."""
+  tasks = commit_tasks(config)
+  num_tasks = int(config.model.get('num_tasks', 0))
+  if not tasks:
+    if num_tasks:
+      raise ValueError(f'config.model.num_tasks={num_tasks} but config.commit.tasks is empty: '
+                       f'set commit.tasks or model.num_tasks=0')
+    return
+  commit.task_ids(tasks)
+  if num_tasks != len(commit.TASKS):
+    raise ValueError(f'config.model.num_tasks={num_tasks}: expected {len(commit.TASKS)} (one '
+                     f'task token per COMMIT task {commit.TASKS}) when commit.tasks is set')
+  if len(token_grid(tokenizer_config)) != 3 or not tokenizer_config.data.get('num_frames'):
+    raise ValueError(f'config.commit.tasks={tasks} needs a video tokenizer; the tokenizer in '
+                     f'{config.tokenizer_workdir} is an image tokenizer')
+  if any(t in commit.CLASS_TASKS for t in tasks) and int(config.data.num_classes) < 1:
+    raise ValueError(f'config.commit.tasks includes class-conditional tasks {commit.CLASS_TASKS} '
+                     f'but config.data.num_classes={config.data.num_classes}')
 
 
 def check_tokenizer_matches(config, tokenizer_config) -> None:
@@ -69,11 +106,13 @@ def check_tokenizer_matches(config, tokenizer_config) -> None:
 
 
 def make_tokenize_fn(tokenizer):
-  def tokenize(tokenizer_params, pixels_uint8: jax.Array) -> jax.Array:
-    """uint8 [b, H, W, 3] or [b, T, H, W, 3] -> tokens [b, n] int32 (n = prod(token grid))."""
-    _, aux = tokenizer.apply({'params': tokenizer_params}, tokenizer_trainer.to_float(pixels_uint8),
-                             method='encode')
-    return aux['tokens'].reshape(pixels_uint8.shape[0], -1)
+  def tokenize(tokenizer_params, pixels: jax.Array) -> jax.Array:
+    """uint8 pixels, or float in [-1, 1], [b, H, W, 3] or [b, T, H, W, 3] -> tokens [b, n]
+    int32 (n = prod(token grid))."""
+    if pixels.dtype == jnp.uint8:
+      pixels = tokenizer_trainer.to_float(pixels)
+    _, aux = tokenizer.apply({'params': tokenizer_params}, pixels, method='encode')
+    return aux['tokens'].reshape(pixels.shape[0], -1)
   return tokenize
 
 
@@ -106,6 +145,54 @@ def make_train_step(model: Transformer, tokenize, tokenizer_params, tx, config):
   return train_step
 
 
+def make_commit_train_step(model: Transformer, tokenize, tokenizer_params, tx, config,
+                           grid: tuple[int, int, int], causal: bool):
+  """COMMIT multi-task step on videos [b, T, H, W, 3] (see magvit_jax/masking/commit.py)."""
+  masking, cc = config.masking, config.commit
+  allowed = jnp.asarray(commit.task_ids(commit_tasks(config)), jnp.int32)
+  settings = commit.TaskSettings.from_config(cc)
+  weights = dict(mask_weight=float(cc.mask_weight), refine_weight=float(cc.refine_weight),
+                 recon_weight=float(cc.recon_weight))
+
+  def train_step(state: ts.TrainState, batch: dict) -> tuple[ts.TrainState, dict]:
+    rng = jax.random.fold_in(state.rng, state.step)
+    task_rng, box_rng, mask_rng, drop_rng, class_rng = jax.random.split(rng, 5)
+    videos = tokenizer_trainer.to_float(batch['video'])
+    b, t, h, w, _ = videos.shape
+    tasks = allowed[jax.random.randint(task_rng, (b,), 0, allowed.shape[0])]
+    known = commit.known_pixels(tasks, box_rng, t, h, w, settings)
+    tokens = jax.lax.stop_gradient(tokenize(tokenizer_params, videos))
+    cond_tokens = jax.lax.stop_gradient(
+        tokenize(tokenizer_params, commit.pad_condition(videos, known)))
+    region = commit.condition_region(known, grid, causal)
+    mask = mvtm.sample_mask(mask_rng, b, tokens.shape[1], masking.schedule)
+    inputs = commit.compose_inputs(tokens, cond_tokens, region, mask, model.mask_token_id)
+    labels = jnp.where(commit.uses_class(tasks), batch['label'].astype(jnp.int32),
+                       model.null_label)
+    if masking.class_dropout:
+      drop = jax.random.uniform(class_rng, labels.shape) < masking.class_dropout
+      labels = jnp.where(drop, model.null_label, labels)
+
+    def loss_fn(params):
+      logits = model.apply({'params': params}, inputs, labels, tasks, deterministic=False,
+                           rngs={'dropout': drop_rng})
+      return commit.commit_loss(logits, tokens, mask, region,
+                                label_smoothing=masking.label_smoothing, **weights)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state = ts.apply_gradients(state, grads, tx)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+                   lr=ts.learning_rate_schedule(config.optimizer)(state.step))
+    return new_state, metrics
+  return train_step
+
+
+def init_inputs(model: Transformer) -> tuple[jax.Array, ...]:
+  """Dummy (tokens, labels[, tasks]) for model.init."""
+  args = (jnp.zeros((1, model.seq_len), jnp.int32), jnp.zeros((1,), jnp.int32))
+  return args + ((jnp.zeros((1,), jnp.int32),) if model.num_tasks else ())
+
+
 def mfu_scalars(model: Transformer, global_batch: int):
   """Analytic training FLOPs (3x forward) -> achieved TFLOP/s and MFU where the peak is known."""
   flops_per_step = 3.0 * forward_flops(model, global_batch)
@@ -126,7 +213,7 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
   from magvit_jax.data import pipeline  # TF is imported only here.
 
   validate_config(config, stage='transformer')
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)  # Local or gs://.
   ckpt_lib.write_workdir_config(workdir, config)
 
   # Mesh.
@@ -138,6 +225,7 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
       config.tokenizer_workdir, mesh)
   tok_cfg = config_from_dict(tok_cfg_dict)
   check_tokenizer_matches(config, tok_cfg)
+  check_commit(config, tok_cfg)
   tokenizer_params = jax.device_put(tokenizer_params, parallel.replicated(mesh))
   seq_len = math.prod(token_grid(tok_cfg))
 
@@ -146,8 +234,7 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
   tx = ts.make_optimizer(config.optimizer)
 
   def init_params(rng):
-    return model.init(rng, jnp.zeros((1, seq_len), jnp.int32),
-                      jnp.zeros((1,), jnp.int32))['params']
+    return model.init(rng, *init_inputs(model))['params']
 
   # Sharded state: restored from the latest checkpoint, or fresh.
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.to_dict(),
@@ -161,7 +248,12 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
                                     start_step=start_step)
 
   # Step.
-  step = make_train_step(model, make_tokenize_fn(tokenizer), tokenizer_params, tx, config)
+  if commit_tasks(config):
+    step = make_commit_train_step(
+        model, make_tokenize_fn(tokenizer), tokenizer_params, tx, config, token_grid(tok_cfg),
+        causal=tok_cfg.model.get('name') == 'magvit2')
+  else:
+    step = make_train_step(model, make_tokenize_fn(tokenizer), tokenizer_params, tx, config)
   step_fn = jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh)),
                     out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
 
@@ -188,8 +280,7 @@ def load_transformer(workdir: str, mesh=None) -> tuple[Transformer, Any, dict]:
   model = build_model(config, seq_len=seq_len)
   params = ts.restore_params(
       workdir, config_dict,
-      lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32),
-                             jnp.zeros((1,), jnp.int32))['params'],
+      lambda rng: model.init(rng, *init_inputs(model))['params'],
       mesh or parallel.make_mesh({'data': -1}),
       f'python -m magvit_jax.train --config=configs/<transformer config>.py '
       f'--config.tokenizer_workdir={config.tokenizer_workdir} --workdir={workdir}')
