@@ -435,3 +435,26 @@ def test_npy_reads_only_the_kept_frames(tmp_path):
     np.save(path, video.astype(np.float32))
     with pytest.raises(ValueError, match="uint8"):
         pipeline._npy_num_frames(path.encode())
+
+
+def test_reference_statistics_of_a_video_folder(folder, tmp_path):
+    """FVD references work on a video folder; adding a clip invalidates the cache."""
+    from magvit_jax.metrics import reference_stats
+
+    def feature_fn(videos):
+        return videos.reshape(len(videos), -1)[:, :8].astype(np.float32)
+
+    config = _folder_config(folder, image_size=8)
+    args = ("video_folder", feature_fn, config, "train")
+    mu, _ = reference_stats.reference_statistics(*args, network_id="pix", cache_dir=str(tmp_path))
+    count = reference_stats.compute_count
+    reference_stats.reference_statistics(*args, network_id="pix", cache_dir=str(tmp_path))
+    assert reference_stats.compute_count == count  # cached
+    extra = os.path.join(folder, "train", "apple", "zz_extra.npy")
+    np.save(extra, np.zeros((FOLDER_T, 24, 32, 3), np.uint8))
+    try:
+        mu2, _ = reference_stats.reference_statistics(*args, network_id="pix",
+                                                      cache_dir=str(tmp_path))
+    finally:
+        os.remove(extra)
+    assert reference_stats.compute_count == count + 1 and mu.shape == mu2.shape == (8,)

@@ -10,6 +10,7 @@ rebuilt dataset or a retrained network never reuses stale statistics.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -31,9 +32,15 @@ def _cfg_get(config: Any, key: str, default: Any = None) -> Any:
   return getattr(config, key, default)
 
 
-def dataset_fingerprint(name: str, split: str, data_dir: str | None = None) -> str:
-  """'<builder version>:<number of examples of split>' of a prepared TFDS dataset."""
+def dataset_fingerprint(name: str, split: str, data_dir: str | None = None,
+                        folder: str | None = None) -> str:
+  """'<builder version>:<number of examples of split>' of a prepared TFDS dataset; for a video
+  folder (`data.name='video_folder'`) 'folder:<number of clips>:<hash of the clip paths>'."""
   from magvit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  if name == pipeline.VIDEO_FOLDER:
+    paths, _, _ = pipeline.scan_video_folder(folder, split)
+    digest = hashlib.sha1('\n'.join(paths).encode()).hexdigest()[:16]
+    return f'folder:{len(paths)}:{digest}'
   info = pipeline.get_builder(name, data_dir).info
   return f'{info.version}:{info.splits[split].num_examples}'
 
@@ -87,7 +94,9 @@ def reference_statistics(name: str, feature_fn: FeatureFn, data_config: Any, spl
   image_size = int(_cfg_get(data_config, 'image_size'))
   num_frames = _cfg_get(data_config, 'num_frames', None)
   data_dir = _cfg_get(data_config, 'data_dir', None)
-  fingerprint = dataset_fingerprint(name, split, data_dir)
+  folder = _cfg_get(data_config, 'folder', None)
+  video_key = _cfg_get(data_config, 'video_key', None)
+  fingerprint = dataset_fingerprint(name, split, data_dir, folder)
   path = cache_path(cache_dir, name, split, image_size, num_frames, network_id)
   if os.path.exists(path):
     with np.load(path) as f:
@@ -100,6 +109,10 @@ def reference_statistics(name: str, feature_fn: FeatureFn, data_config: Any, spl
     print(f'[reference] {path} is stale (dataset or network changed): recomputing', flush=True)
 
   config = {'name': name, 'data_dir': data_dir, 'image_size': image_size}
+  if folder:
+    config['folder'] = folder
+  if video_key:
+    config['video_key'] = video_key
   if num_frames is not None:
     config['num_frames'] = int(num_frames)
   features = _featurize(feature_fn, config, split, batch_size)
