@@ -36,7 +36,8 @@ def kernel_env(tmp_path, monkeypatch):
   monkeypatch.setenv('MAGVIT_NOTEBOOK_FAST', '1')
   monkeypatch.setenv('MAGVIT_NOTEBOOK_WORKDIR', str(tmp_path / 'runs'))
   for name in ('MAGVIT_NOTEBOOK_STEPS', 'MAGVIT_TOKENIZER_WORKDIR',
-               'MAGVIT_VIDEO_TOKENIZER_WORKDIR', 'MAGVIT_TRANSFORMER_WORKDIR'):
+               'MAGVIT_VIDEO_TOKENIZER_WORKDIR', 'MAGVIT_TRANSFORMER_WORKDIR',
+               'MAGVIT_VQGAN2D_WORKDIR', 'MAGVIT_TOKENIZER3D_WORKDIR', 'MAGVIT_COMMIT_WORKDIR'):
     monkeypatch.delenv(name, raising=False)
   return tmp_path
 
@@ -114,6 +115,63 @@ def test_maskgit_notebook_runs(kernel_env):
   assert displayed(nb, 'image/png') >= 5  # samples, steps, schedule plot, edits
 
 
+
+def test_magvit_notebook_runs(kernel_env):
+  nb, got, _ = run_notebook('magvit.ipynb', kernel_env, '''{
+      'max_abs_diff': inflation_max_abs_diff, 'tokens_equal': inflation_tokens_equal,
+      'recon': [list(clip_recon.shape), str(clip_recon.dtype)], 'tokens': list(clip_tokens.shape),
+      'psnr': tokenizer_psnr, 'known_all': list(known_all.shape),
+      'known_fraction': {t: float(k.mean()) for t, k in zip(commit.TASKS, known_all)},
+      'tasks': {t: [list(r['videos'].shape), str(r['videos'].dtype), list(r['known'].shape),
+                    bool(np.array_equal(r['videos'][r['known']], task_clips[r['known']])),
+                    bool(r['known'].any()), bool((~r['known']).any()),
+                    int((r['history'][-1] == sampler.model.mask_token_id).sum()),
+                    r['labels'].tolist()]
+                for t, r in task_results.items()},
+      'kept': kept, 'task_labels': task_labels.tolist(), 'null_label': sampler.model.null_label,
+      'table': psnr_table, 'eval_clips': list(eval_clips.shape),
+      'gifs': {t: os.path.getsize(p) for t, p in task_gifs.items()},
+      'recon_gif': os.path.getsize(recon_gif),
+      'written': sorted(os.listdir(os.path.join(WORKDIR, 'magvit_tasks', 'FP'))),
+      'dirs': [dir2d, dir3d, commit_dir]}''')
+  runs = kernel_env / 'runs'
+  assert got['dirs'] == [str(runs / d) for d in ('magvit_vqgan2d', 'magvit_tokenizer3d',
+                                                  'magvit_commit')]
+  # Inflation: on a static clip the inflated 3D-VQ reproduces the 2D VQGAN's reconstruction.
+  assert got['max_abs_diff'] < 1e-3 and got['tokens_equal']
+  # The 3D-VQ (tiny: 4 frames of 16x16 -> 2 x 8 x 8 tokens) on 8 held-out clips.
+  assert got['recon'] == [[8, 4, 16, 16, 3], 'uint8']
+  assert got['tokens'] == [8, 2, 8, 8]
+  assert 5.0 < got['psnr'] < 60.0
+  # The condition picture: the known pixels of the ten tasks (fp_frames 2, fi_frames 1, boxes
+  # half the height and width).
+  assert got['known_all'] == [10, 4, 16, 16]
+  assert got['known_fraction'] == {'FP': 0.5, 'FI': 0.5, 'OPC': 0.25, 'OPV': 0.5, 'OPH': 0.5,
+                                   'OPD': 0.25, 'IPC': 0.75, 'IPD': 0.75, 'CG': 0.0, 'CFP': 0.5}
+  # Every task on 2 clips: full videos, known pixels exactly the ground truth, nothing left
+  # masked, the class given to CG / CFP only.
+  assert sorted(got['tasks']) == sorted(got['known_fraction'])
+  for task, (shape, dtype, known, unchanged, some_known, some_unknown, left_masked,
+             labels) in got['tasks'].items():
+    assert shape == [2, 4, 16, 16, 3] and dtype == 'uint8' and known == [2, 4, 16, 16], task
+    assert unchanged and got['kept'][task], task
+    assert some_unknown and (some_known or task == 'CG'), task
+    assert left_masked == 0, task
+    assert labels == (got['task_labels'] if task in ('CG', 'CFP') else [got['null_label']] * 2)
+  # The PSNR table: FP and FI against their baselines, finite, on 8 clips.
+  assert got['eval_clips'] == [8, 4, 16, 16, 3]
+  assert sorted(got['table']) == ['FI', 'FP']
+  for task, row in got['table'].items():
+    assert row['clips'] == 8, task
+    assert 3.0 < row['model'] < 60.0 and 3.0 < row['baseline'] < 60.0, task
+  assert got['table']['FP']['baseline_name'] == 'copy the last known frame'
+  assert got['written'] == ['grid.png', 'samples.gif', 'samples.npz']
+  assert got['recon_gif'] > 0 and min(got['gifs'].values()) > 0
+  assert displayed(nb, 'image/gif') == 11  # reconstructions + one per task
+  assert displayed(nb, 'image/png') >= 4  # inflation, reconstructions, conditions, per frame
+  assert displayed(nb, 'text/markdown') == 1  # the PSNR table
+
+
 @pytest.mark.parametrize('path', sorted(NOTEBOOKS.glob('*.ipynb')), ids=lambda p: p.name)
 def test_committed_notebook_has_no_outputs(path):
   nb = nbformat.read(path, as_version=4)
@@ -126,4 +184,5 @@ def test_committed_notebook_has_no_outputs(path):
 
 
 def test_notebooks_exist():
-  assert {p.name for p in NOTEBOOKS.glob('*.ipynb')} >= {'tokenizer.ipynb', 'maskgit.ipynb'}
+  assert {p.name for p in NOTEBOOKS.glob('*.ipynb')} >= {'tokenizer.ipynb', 'maskgit.ipynb',
+                                                        'magvit.ipynb'}
