@@ -116,6 +116,22 @@ def make_tokenize_fn(tokenizer):
   return tokenize
 
 
+def drop_classes(labels: jax.Array, rng: jax.Array, rate: float, null_label: int) -> jax.Array:
+  """labels [b] int32 with each replaced by the null class with probability `rate` (CFG)."""
+  if not rate:
+    return labels
+  return jnp.where(jax.random.uniform(rng, labels.shape) < rate, null_label, labels)
+
+
+def gradient_step(state: ts.TrainState, loss_fn, tx, config) -> tuple[ts.TrainState, dict]:
+  """One optimizer update from loss_fn(params) -> (loss, metrics); adds loss, grad_norm, lr."""
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = ts.apply_gradients(state, grads, tx)
+  metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
+                 lr=ts.learning_rate_schedule(config.optimizer)(state.step))
+  return new_state, metrics
+
+
 def make_train_step(model: Transformer, tokenize, tokenizer_params, tx, config):
   masking = config.masking
 
@@ -128,20 +144,14 @@ def make_train_step(model: Transformer, tokenize, tokenizer_params, tx, config):
     mask = mvtm.sample_mask(mask_rng, b, n, masking.schedule)
     inputs = mvtm.apply_mask(tokens, mask, model.mask_token_id)
     labels = batch['label'].astype(jnp.int32)
-    if masking.class_dropout:
-      drop = jax.random.uniform(class_rng, labels.shape) < masking.class_dropout
-      labels = jnp.where(drop, model.null_label, labels)
+    labels = drop_classes(labels, class_rng, masking.class_dropout, model.null_label)
 
     def loss_fn(params):
       logits = model.apply({'params': params}, inputs, labels, deterministic=False,
                            rngs={'dropout': drop_rng})
       return mvtm.masked_token_loss(logits, tokens, mask, masking.label_smoothing)
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state = ts.apply_gradients(state, grads, tx)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
-                   lr=ts.learning_rate_schedule(config.optimizer)(state.step))
-    return new_state, metrics
+    return gradient_step(state, loss_fn, tx, config)
   return train_step
 
 
@@ -169,9 +179,7 @@ def make_commit_train_step(model: Transformer, tokenize, tokenizer_params, tx, c
     inputs = commit.compose_inputs(tokens, cond_tokens, region, mask, model.mask_token_id)
     labels = jnp.where(commit.uses_class(tasks), batch['label'].astype(jnp.int32),
                        model.null_label)
-    if masking.class_dropout:
-      drop = jax.random.uniform(class_rng, labels.shape) < masking.class_dropout
-      labels = jnp.where(drop, model.null_label, labels)
+    labels = drop_classes(labels, class_rng, masking.class_dropout, model.null_label)
 
     def loss_fn(params):
       logits = model.apply({'params': params}, inputs, labels, tasks, deterministic=False,
@@ -179,11 +187,7 @@ def make_commit_train_step(model: Transformer, tokenize, tokenizer_params, tx, c
       return commit.commit_loss(logits, tokens, mask, region,
                                 label_smoothing=masking.label_smoothing, **weights)
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    new_state = ts.apply_gradients(state, grads, tx)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
-                   lr=ts.learning_rate_schedule(config.optimizer)(state.step))
-    return new_state, metrics
+    return gradient_step(state, loss_fn, tx, config)
   return train_step
 
 
