@@ -25,6 +25,7 @@ import pytest
 
 from magvit_jax.trainers import metrics_writer as mw
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
+from tiny_config_file import write_tiny_tokenizer_config  # tests/tiny_config_file.py
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 3
@@ -55,29 +56,6 @@ DRIVER = textwrap.dedent('''\
     print('DONE', pid, flush=True)
     ''')
 
-TINY_CONFIG = textwrap.dedent('''\
-    import importlib.util
-
-    def get_config(arg=None):
-      spec = importlib.util.spec_from_file_location('base', {base!r})
-      module = importlib.util.module_from_spec(spec)
-      spec.loader.exec_module(module)
-      c = module.get_config('digits')
-      c.data.image_size = 16
-      c.model.update(dict(filters=16, channel_multipliers=(1, 2, 2), num_res_blocks=1,
-                          embedding_dim=8, codebook_size=32, num_groups=4))
-      c.batch_size = 16
-      c.eval_batch_size = 100
-      c.num_train_steps = {steps}
-      c.log_every = 1
-      c.checkpoint_every = 2
-      c.optimizer.update(dict(warmup_steps=2, decay_steps={steps}))
-      c.mesh.data = 2
-      c.mesh.fsdp = 4
-      return c
-    ''')
-
-
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
@@ -97,9 +75,8 @@ def _losses(workdir):
 
 
 def test_two_processes_match_one_process(tmp_path):
-  config_path = tmp_path / 'tiny_tokenizer.py'
-  config_path.write_text(TINY_CONFIG.format(
-      base=str(REPO / 'configs' / 'vqgan_imagenet.py'), steps=STEPS + 1))
+  config_path = write_tiny_tokenizer_config(tmp_path / 'tiny_tokenizer.py', STEPS + 1,
+                                            checkpoint_every=2)
   driver = tmp_path / 'driver.py'
   driver.write_text(DRIVER)
   workdir = tmp_path / 'multi'

@@ -20,32 +20,10 @@ import numpy as np
 from magvit_jax import checkpoint as ckpt_lib
 from magvit_jax.trainers import metrics_writer as mw
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
+from tiny_config_file import write_tiny_tokenizer_config  # tests/tiny_config_file.py
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 8
-
-# A tiny version of configs/vqgan_imagenet.py:digits (as in tests/test_trainers.py).
-TINY_CONFIG = textwrap.dedent('''\
-    import importlib.util
-
-    def get_config(arg=None):
-      spec = importlib.util.spec_from_file_location('base', {base!r})
-      module = importlib.util.module_from_spec(spec)
-      spec.loader.exec_module(module)
-      c = module.get_config('digits')
-      c.data.image_size = 16
-      c.model.update(dict(filters=16, channel_multipliers=(1, 2, 2), num_res_blocks=1,
-                          embedding_dim=8, codebook_size=32, num_groups=4))
-      c.batch_size = 16
-      c.eval_batch_size = 100
-      c.num_train_steps = {steps}
-      c.log_every = 1
-      c.checkpoint_every = 100  # the only checkpoints: at preemption and at the end
-      c.optimizer.update(dict(warmup_steps=2, decay_steps={steps}))
-      c.mesh.data = 2
-      c.mesh.fsdp = 4
-      return c
-    ''')
 
 # The CLI, with every training batch delayed by $STEP_DELAY seconds.
 DRIVER = textwrap.dedent('''\
@@ -72,9 +50,9 @@ DRIVER = textwrap.dedent('''\
 
 
 def _write_files(tmp_path):
-  config = tmp_path / 'tiny_tokenizer.py'
-  config.write_text(TINY_CONFIG.format(base=str(REPO / 'configs' / 'vqgan_imagenet.py'),
-                                       steps=STEPS))
+  # The only checkpoints: at preemption and at the end.
+  config = write_tiny_tokenizer_config(tmp_path / 'tiny_tokenizer.py', STEPS,
+                                       checkpoint_every=100)
   driver = tmp_path / 'driver.py'
   driver.write_text(DRIVER)
   return config, driver
