@@ -290,16 +290,8 @@ def _stream_shapes(module: nn.Module, x: jax.ShapeDtypeStruct, method: str) -> C
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-class CausalEncoder(nn.Module):
-  """Causal 3D CNN encoder: [b, 1 + F*k, H, W, c] -> [b, 1 + k, H/f, W/f, embedding_dim].
-
-  F = 2 ** sum(temporal_downsample), f = 2 ** (len(channel_multipliers) - 1).
-  Level i has `num_res_blocks` blocks of filters * channel_multipliers[i]
-  channels, then (except the last level) a strided causal conv with stride
-  (2 if temporal_downsample[i] else 1, 2, 2). The paper's video tokenizer:
-  filters 128, channel_multipliers (1, 2, 2, 4), num_res_blocks 4,
-  temporal_downsample (False, True, True), embedding_dim 18 (17 frames -> 5).
-  """
+class _CausalCNN(nn.Module):
+  """The attributes shared by `CausalEncoder` and `CausalDecoder`, and the factors they imply."""
   filters: int = 128
   channel_multipliers: Sequence[int] = (1, 2, 2, 4)
   num_res_blocks: int = 4
@@ -316,6 +308,18 @@ class CausalEncoder(nn.Module):
   @property
   def spatial_factor(self) -> int:
     return 2 ** (len(self.channel_multipliers) - 1)
+
+
+class CausalEncoder(_CausalCNN):
+  """Causal 3D CNN encoder: [b, 1 + F*k, H, W, c] -> [b, 1 + k, H/f, W/f, embedding_dim].
+
+  F = 2 ** sum(temporal_downsample), f = 2 ** (len(channel_multipliers) - 1).
+  Level i has `num_res_blocks` blocks of filters * channel_multipliers[i]
+  channels, then (except the last level) a strided causal conv with stride
+  (2 if temporal_downsample[i] else 1, 2, 2). The paper's video tokenizer:
+  filters 128, channel_multipliers (1, 2, 2, 4), num_res_blocks 4,
+  temporal_downsample (False, True, True), embedding_dim 18 (17 frames -> 5).
+  """
 
   def _validate(self, x: jax.Array, first: bool) -> None:
     f, ft = self.spatial_factor, self.temporal_factor
@@ -374,7 +378,7 @@ class CausalEncoder(nn.Module):
     return StreamState(_stream_shapes(self, x, 'forward'), started=False)
 
 
-class CausalDecoder(nn.Module):
+class CausalDecoder(_CausalCNN):
   """Causal 3D CNN decoder: [b, 1 + k, H/f, W/f, embedding_dim] -> [b, 1 + F*k, H, W, c].
 
   Mirror of `CausalEncoder` (same attributes): conv_in, mid blocks, then from the
@@ -382,22 +386,6 @@ class CausalDecoder(nn.Module):
   and (level > 0) a depth-to-space upsampling by (2 if temporal_downsample[level-1]
   else 1, 2, 2); all norms are AdaptiveGroupNorm conditioned on the input latent.
   """
-  filters: int = 128
-  channel_multipliers: Sequence[int] = (1, 2, 2, 4)
-  num_res_blocks: int = 4
-  temporal_downsample: Sequence[bool] = (False, True, True)
-  embedding_dim: int = 18
-  num_groups: int = 32
-  channels: int = 3
-  dtype: jnp.dtype = jnp.float32
-
-  @property
-  def temporal_factor(self) -> int:
-    return 2 ** sum(_check_temporal(self.channel_multipliers, self.temporal_downsample))
-
-  @property
-  def spatial_factor(self) -> int:
-    return 2 ** (len(self.channel_multipliers) - 1)
 
   def _validate(self, z: jax.Array, first: bool) -> None:
     if z.ndim != 5 or z.shape[-1] != self.embedding_dim:
