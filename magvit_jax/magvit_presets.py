@@ -141,7 +141,6 @@ def transformer_config(dataset: str, size: str) -> ml_collections.ConfigDict:
     # 4 middle frames from 2 + 2.
     c.commit.update(dict(tasks=TASKS if dataset == 'ucf101' else ('FP', 'FI'), fp_frames=4,
                          fi_frames=2))
-    c.masking.class_dropout = 0.1
     c.sampling.update(dict(num_steps=8))
     c.optimizer.update(dict(lr=1e-3, weight_decay=0.01, warmup_steps=50, decay_steps=1200))
     c.batch_size = 32

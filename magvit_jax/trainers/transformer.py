@@ -76,7 +76,6 @@ def check_commit(config, tokenizer_config) -> None:
       raise ValueError(f'config.model.num_tasks={num_tasks} but config.commit.tasks is empty: '
                        f'set commit.tasks or model.num_tasks=0')
     return
-  commit.task_ids(tasks)
   if num_tasks != len(commit.TASKS):
     raise ValueError(f'config.model.num_tasks={num_tasks}: expected {len(commit.TASKS)} (one '
                      f'task token per COMMIT task {commit.TASKS}) when commit.tasks is set')
