@@ -29,6 +29,7 @@ warm-up call that compiles. ``--dtype bfloat16`` sets the transformer's activati
 timed models (on GPU/TPU: ``python benchmarks/decode.py --dtype bfloat16``); the quality
 samples always use the trained model as configured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,7 @@ import os
 import platform
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF is imported for --workdir's metrics.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TF is imported for --workdir's metrics.
 
 import jax
 import jax.numpy as jnp
@@ -51,13 +52,13 @@ from magvit_jax.models.transformer import Transformer
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
 from magvit_jax.trainers import transformer as transformer_trainer
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 
 def _time(fn, repeats: int) -> float:
   """Minimum wall time of ``fn()`` in seconds over ``repeats`` runs (after one warm-up)."""
   jax.block_until_ready(fn())
-  best = float("inf")
+  best = float('inf')
   for _ in range(repeats):
     start = time.perf_counter()
     jax.block_until_ready(fn())
@@ -66,28 +67,35 @@ def _time(fn, repeats: int) -> float:
 
 
 def _print_rows(header: list[str], rows: list[list[str]]) -> None:
-  print("| " + " | ".join(header) + " |")
-  print("|" + "---|" * len(header))
+  print('| ' + ' | '.join(header) + ' |')
+  print('|' + '---|' * len(header))
   for r in rows:
-    print("| " + " | ".join(r) + " |")
+    print('| ' + ' | '.join(r) + ' |')
   print()
 
 
 def overhead_table(args) -> None:
   """T-step decode vs T forward passes (the original table of this script)."""
-  model = Transformer(codebook_size=args.codebook, num_classes=args.classes,
-                      seq_len=args.seq_len, hidden_size=args.hidden, num_layers=args.layers,
-                      num_heads=args.heads, mlp_dim=args.mlp, dropout_rate=0.0,
-                      dtype=jnp.dtype(args.dtype))
+  model = Transformer(
+    codebook_size=args.codebook,
+    num_classes=args.classes,
+    seq_len=args.seq_len,
+    hidden_size=args.hidden,
+    num_layers=args.layers,
+    num_heads=args.heads,
+    mlp_dim=args.mlp,
+    dropout_rate=0.0,
+    dtype=jnp.dtype(args.dtype),
+  )
   mask_id = args.codebook
   b, n = args.batch, args.seq_len
   init_rng, label_rng, decode_rng = jax.random.split(jax.random.PRNGKey(0), 3)
   tokens = jnp.full((b, n), mask_id, jnp.int32)
   labels = jax.random.randint(label_rng, (b,), 0, args.classes, jnp.int32)
-  params = nn.meta.unbox(jax.jit(model.init)(init_rng, tokens, labels)["params"])
+  params = nn.meta.unbox(jax.jit(model.init)(init_rng, tokens, labels)['params'])
 
   def apply_fn(params, tokens, labels):
-    return model.apply({"params": params}, tokens, labels, deterministic=True)
+    return model.apply({'params': params}, tokens, labels, deterministic=True)
 
   # The forward pass of one decoding step (with guidance: the doubled batch).
   fwd_tokens, fwd_labels = tokens, labels
@@ -97,35 +105,47 @@ def overhead_table(args) -> None:
   forward = jax.jit(apply_fn)
 
   def run_decode():
-    return maskgit.decode(apply_fn, params, decode_rng, tokens, labels,
-                          mask_token_id=mask_id, num_steps=args.steps,
-                          schedule=args.schedule, guidance_scale=args.guidance,
-                          null_label=args.classes if args.guidance else None)
+    return maskgit.decode(
+      apply_fn,
+      params,
+      decode_rng,
+      tokens,
+      labels,
+      mask_token_id=mask_id,
+      num_steps=args.steps,
+      schedule=args.schedule,
+      guidance_scale=args.guidance,
+      null_label=args.classes if args.guidance else None,
+    )
 
   fwd_s = _time(lambda: forward(params, fwd_tokens, fwd_labels), args.repeats)
   dec_s = _time(run_decode, args.repeats)
   out = run_decode()
-  assert not bool(jnp.any(out.tokens == mask_id)), "decode left mask tokens"
+  assert not bool(jnp.any(out.tokens == mask_id)), 'decode left mask tokens'
 
   dev = jax.devices()[0]
   ratio = dec_s / (args.steps * fwd_s)
-  config = (f"b={b} n={n} d={args.hidden} L={args.layers} heads={args.heads} "
-            f"mlp={args.mlp} K={args.codebook} cfg={args.guidance} dtype={args.dtype}")
+  config = (
+    f'b={b} n={n} d={args.hidden} L={args.layers} heads={args.heads} '
+    f'mlp={args.mlp} K={args.codebook} cfg={args.guidance} dtype={args.dtype}'
+  )
   rows = [
-      ("device", f"{dev.device_kind} ({dev.platform}, {jax.device_count()} device(s))"),
-      ("config", config),
-      ("forward ms", f"{fwd_s * 1e3:.2f}"),
-      ("decode ms", f"{dec_s * 1e3:.2f}"),
-      ("T", str(args.steps)),
-      ("ratio decode / (T * forward)", f"{ratio:.3f}  (goal <= 1.10: "
-                                       f"{'met' if ratio <= 1.10 else 'NOT met'})"),
+    ('device', f'{dev.device_kind} ({dev.platform}, {jax.device_count()} device(s))'),
+    ('config', config),
+    ('forward ms', f'{fwd_s * 1e3:.2f}'),
+    ('decode ms', f'{dec_s * 1e3:.2f}'),
+    ('T', str(args.steps)),
+    (
+      'ratio decode / (T * forward)',
+      f'{ratio:.3f}  (goal <= 1.10: {"met" if ratio <= 1.10 else "NOT met"})',
+    ),
   ]
   width = max(len(k) for k, _ in rows)
-  print("Decode overhead: T-step decode vs T forward passes")
-  print(f"| {'quantity'.ljust(width)} | value |")
-  print(f"|{'-' * (width + 2)}|-------|")
+  print('Decode overhead: T-step decode vs T forward passes')
+  print(f'| {"quantity".ljust(width)} | value |')
+  print(f'|{"-" * (width + 2)}|-------|')
   for k, v in rows:
-    print(f"| {k.ljust(width)} | {v} |")
+    print(f'| {k.ljust(width)} | {v} |')
   print()
 
 
@@ -148,38 +168,48 @@ class SweepModel:
     self.sampler = None
     if workdir:
       from magvit_jax import sampling  # pylint: disable=g-import-not-at-top
+
       self.sampler = sampling.Sampler(workdir)
       self.model, self.params = self.sampler.model, self.sampler.params
-      s = self.sampler.config["sampling"]
-      self.name = f"trained transformer of {workdir}"
+      s = self.sampler.config['sampling']
+      self.name = f'trained transformer of {workdir}'
     else:
-      config = _load_config("maskgit_imagenet.py", "digits")
-      tok_config = _load_config("vqgan_imagenet.py", "digits")
+      config = _load_config('maskgit_imagenet.py', 'digits')
+      tok_config = _load_config('vqgan_imagenet.py', 'digits')
       seq_len = math.prod(tokenizer_trainer.token_shape(tok_config))
       self.model = transformer_trainer.build_model(config, seq_len=seq_len)
-      self.params = nn.meta.unbox(jax.jit(self.model.init)(
-          jax.random.PRNGKey(0), *transformer_trainer.init_inputs(self.model))["params"])
+      self.params = nn.meta.unbox(
+        jax.jit(self.model.init)(
+          jax.random.PRNGKey(0), *transformer_trainer.init_inputs(self.model)
+        )['params']
+      )
       s = config.sampling.to_dict()
-      self.name = "configs/maskgit_imagenet.py:digits, random weights"
+      self.name = 'configs/maskgit_imagenet.py:digits, random weights'
     # Activation dtype of the timing runs (the quality samples use the sampler's own model).
     self.model = self.model.clone(dtype=jnp.dtype(dtype))
-    self.settings = dict(num_steps=int(s["num_steps"]), schedule=str(s["schedule"]),
-                         guidance_scale=float(s["guidance_scale"]),
-                         choice_temperature=float(s["choice_temperature"]),
-                         temperature=float(s["temperature"]))
+    self.settings = dict(
+      num_steps=int(s['num_steps']),
+      schedule=str(s['schedule']),
+      guidance_scale=float(s['guidance_scale']),
+      choice_temperature=float(s['choice_temperature']),
+      temperature=float(s['temperature']),
+    )
     model = self.model
 
     def apply_fn(p, tokens, labels, tasks=None):
-      return model.apply({"params": p}, tokens, labels, tasks, deterministic=True)
+      return model.apply({'params': p}, tokens, labels, tasks, deterministic=True)
+
     self.apply_fn = apply_fn  # One object: decode compiles once per setting.
 
   def describe(self) -> str:
     m, s = self.model, self.settings
-    return (f"{self.name}: n={m.seq_len} tokens, d={m.hidden_size}, L={m.num_layers}, "
-            f"K={m.codebook_size}, dtype={jnp.dtype(m.dtype).name}, schedule={s['schedule']}, "
-            f"guidance={s['guidance_scale']} "
-            f"(doubles each model call's batch when != 0), choice temperature "
-            f"{s['choice_temperature']}")
+    return (
+      f'{self.name}: n={m.seq_len} tokens, d={m.hidden_size}, L={m.num_layers}, '
+      f'K={m.codebook_size}, dtype={jnp.dtype(m.dtype).name}, schedule={s["schedule"]}, '
+      f'guidance={s["guidance_scale"]} '
+      f"(doubles each model call's batch when != 0), choice temperature "
+      f'{s["choice_temperature"]}'
+    )
 
   def decode_fn(self, batch: int, num_steps: int):
     """() -> DecodeOutput of one batch of class-conditional generation from all-[MASK]."""
@@ -188,134 +218,181 @@ class SweepModel:
     labels = jnp.asarray(np.arange(batch) % m.num_classes, jnp.int32)
     extra = {}
     if m.num_tasks:
-      extra["tasks"] = jnp.full((batch,), commit.TASKS.index("CG"), jnp.int32)
+      extra['tasks'] = jnp.full((batch,), commit.TASKS.index('CG'), jnp.int32)
     settings = dict(self.settings, num_steps=num_steps)
     rng = jax.random.PRNGKey(0)
-    return lambda: maskgit.decode(self.apply_fn, self.params, rng, init, labels,
-                                  mask_token_id=m.mask_token_id, null_label=m.null_label,
-                                  **settings, **extra)
+    return lambda: maskgit.decode(
+      self.apply_fn,
+      self.params,
+      rng,
+      init,
+      labels,
+      mask_token_id=m.mask_token_id,
+      null_label=m.null_label,
+      **settings,
+      **extra,
+    )
 
 
 def batch_table(sm: SweepModel, batches: list[int], repeats: int) -> None:
-  t = sm.settings["num_steps"]
-  print(f"Images/s vs batch size (T={t}; token decoding"
-        + (", and with the tokenizer's pixel decoder" if sm.sampler else "") + ")")
+  t = sm.settings['num_steps']
+  print(
+    f'Images/s vs batch size (T={t}; token decoding'
+    + (", and with the tokenizer's pixel decoder" if sm.sampler else '')
+    + ')'
+  )
   print(sm.describe())
-  header = ["batch", "decode ms / batch", "ms / image", "images/s (tokens)"]
+  header = ['batch', 'decode ms / batch', 'ms / image', 'images/s (tokens)']
   if sm.sampler:
-    header += ["+ pixel decode ms", "images/s (pixels)"]
+    header += ['+ pixel decode ms', 'images/s (pixels)']
   rows = []
   for b in batches:
     fn = sm.decode_fn(b, t)
     dec_s = _time(fn, repeats)
-    row = [str(b), f"{dec_s * 1e3:.1f}", f"{dec_s * 1e3 / b:.2f}", f"{b / dec_s:.1f}"]
+    row = [str(b), f'{dec_s * 1e3:.1f}', f'{dec_s * 1e3 / b:.2f}', f'{b / dec_s:.1f}']
     if sm.sampler:
       to_pixels, tokens = sm.sampler.to_pixels, fn().tokens
       pix_s = _time(lambda: to_pixels(tokens), repeats)  # pylint: disable=cell-var-from-loop
-      row += [f"{pix_s * 1e3:.1f}", f"{b / (dec_s + pix_s):.1f}"]
+      row += [f'{pix_s * 1e3:.1f}', f'{b / (dec_s + pix_s):.1f}']
     rows.append(row)
-    print(f"[decode] batch {b}: {dec_s * 1e3:.1f} ms", flush=True)
+    print(f'[decode] batch {b}: {dec_s * 1e3:.1f} ms', flush=True)
   _print_rows(header, rows)
 
 
-def steps_table(sm: SweepModel, steps: list[int], batch: int, repeats: int, workdir: str | None,
-                num_samples: int) -> None:
-  print(f"Decoding steps T vs time" + (" and sample quality" if workdir else "")
-        + f" (timing: batch {batch}, token decoding)")
+def steps_table(
+  sm: SweepModel, steps: list[int], batch: int, repeats: int, workdir: str | None, num_samples: int
+) -> None:
+  print(
+    'Decoding steps T vs time'
+    + (' and sample quality' if workdir else '')
+    + f' (timing: batch {batch}, token decoding)'
+  )
   print(sm.describe())
-  header = ["T", "decode ms / batch", "images/s"]
+  header = ['T', 'decode ms / batch', 'images/s']
   if workdir:
     from magvit_jax import evaluation  # pylint: disable=g-import-not-at-top
+
     labels = evaluation.spread_labels(num_samples, sm.model.num_classes)
     classifier = None
     if not sm.sampler.is_video:
       from magvit_jax.metrics import digits_classifier  # pylint: disable=g-import-not-at-top
+
       classifier = digits_classifier.DigitsClassifier()
-    fid = "digits FVD" if sm.sampler.is_video else "digits FID"
-    header += [f"{fid} (lower better)", "precision", "recall", "digits-net accuracy"]
+    fid = 'digits FVD' if sm.sampler.is_video else 'digits FID'
+    header += [f'{fid} (lower better)', 'precision', 'recall', 'digits-net accuracy']
     if classifier:
-      header += ["sklearn classifier agreement"]
-    print(f"quality: {num_samples} samples (classes spread evenly, seed 0) per T, digits "
-          f"network of magvit_jax.evaluation vs the test split")
+      header += ['sklearn classifier agreement']
+    print(
+      f'quality: {num_samples} samples (classes spread evenly, seed 0) per T, digits '
+      f'network of magvit_jax.evaluation vs the test split'
+    )
   else:
-    print("quality columns omitted: pass --workdir=<trained transformer workdir> (e.g. "
-          "runs/demo/transformer from `python -m magvit_jax.demo`)")
+    print(
+      'quality columns omitted: pass --workdir=<trained transformer workdir> (e.g. '
+      'runs/demo/transformer from `python -m magvit_jax.demo`)'
+    )
   rows = []
   for t in steps:
     dec_s = _time(sm.decode_fn(batch, t), repeats)
-    row = [str(t), f"{dec_s * 1e3:.1f}", f"{batch / dec_s:.1f}"]
+    row = [str(t), f'{dec_s * 1e3:.1f}', f'{batch / dec_s:.1f}']
     if workdir:
-      result = sm.sampler.generate(labels, seed=0, num_steps=t,
-                                   batch_size=min(num_samples, 100))
-      metrics = evaluation.evaluate(workdir, result["images"], result["labels"],
-                                    network="digits")
-      key = "eval/digits_fvd" if sm.sampler.is_video else "eval/digits_fid"
-      row += [f"{metrics[key]:.2f}", f"{metrics['eval/precision']:.2f}",
-              f"{metrics['eval/recall']:.2f}", f"{metrics['eval/classifier_accuracy']:.1%}"]
+      result = sm.sampler.generate(labels, seed=0, num_steps=t, batch_size=min(num_samples, 100))
+      metrics = evaluation.evaluate(workdir, result['images'], result['labels'], network='digits')
+      key = 'eval/digits_fvd' if sm.sampler.is_video else 'eval/digits_fid'
+      row += [
+        f'{metrics[key]:.2f}',
+        f'{metrics["eval/precision"]:.2f}',
+        f'{metrics["eval/recall"]:.2f}',
+        f'{metrics["eval/classifier_accuracy"]:.1%}',
+      ]
       if classifier:
-        row += [f"{classifier.agreement(result['images'], result['labels']):.1%}"]
+        row += [f'{classifier.agreement(result["images"], result["labels"]):.1%}']
     rows.append(row)
-    print(f"[decode] T={t}: {dec_s * 1e3:.1f} ms", flush=True)
+    print(f'[decode] T={t}: {dec_s * 1e3:.1f} ms', flush=True)
   _print_rows(header, rows)
 
 
 def _ints(s: str) -> list[int]:
-  return [int(v) for v in s.split(",") if v.strip()]
+  return [int(v) for v in s.split(',') if v.strip()]
 
 
 def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--tables", default="overhead,batch,steps",
-                 help="comma list of overhead, batch, steps")
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument(
+    '--tables', default='overhead,batch,steps', help='comma list of overhead, batch, steps'
+  )
   # Overhead table.
-  p.add_argument("--batch", type=int, default=32)
-  p.add_argument("--seq_len", type=int, default=256)
-  p.add_argument("--hidden", type=int, default=256)
-  p.add_argument("--layers", type=int, default=4)
-  p.add_argument("--heads", type=int, default=4)
-  p.add_argument("--mlp", type=int, default=1024)
-  p.add_argument("--codebook", type=int, default=1024)
-  p.add_argument("--classes", type=int, default=10)
-  p.add_argument("--steps", type=int, default=8)
-  p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--schedule", default="cosine")
-  p.add_argument("--guidance", type=float, default=0.0,
-                 help="classifier-free guidance scale (doubles the batch of each model call)")
-  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                 help="transformer activation dtype of the timed models (bfloat16 on GPU/TPU)")
+  p.add_argument('--batch', type=int, default=32)
+  p.add_argument('--seq_len', type=int, default=256)
+  p.add_argument('--hidden', type=int, default=256)
+  p.add_argument('--layers', type=int, default=4)
+  p.add_argument('--heads', type=int, default=4)
+  p.add_argument('--mlp', type=int, default=1024)
+  p.add_argument('--codebook', type=int, default=1024)
+  p.add_argument('--classes', type=int, default=10)
+  p.add_argument('--steps', type=int, default=8)
+  p.add_argument('--repeats', type=int, default=5)
+  p.add_argument('--schedule', default='cosine')
+  p.add_argument(
+    '--guidance',
+    type=float,
+    default=0.0,
+    help='classifier-free guidance scale (doubles the batch of each model call)',
+  )
+  p.add_argument(
+    '--dtype',
+    default='float32',
+    choices=('float32', 'bfloat16'),
+    help='transformer activation dtype of the timed models (bfloat16 on GPU/TPU)',
+  )
   # Batch and steps tables.
-  p.add_argument("--workdir", default=None,
-                 help="trained transformer workdir (e.g. runs/demo/transformer): batch/steps "
-                      "tables use it, and the steps table adds sample quality")
-  p.add_argument("--sweep_batches", default="1,8,32,64")
-  p.add_argument("--sweep_steps", default="1,2,4,8,12,16")
-  p.add_argument("--sweep_batch", type=int, default=32, help="batch of the steps table")
-  p.add_argument("--sweep_repeats", type=int, default=3)
-  p.add_argument("--num_samples", type=int, default=100,
-                 help="samples per T for the quality columns (needs --workdir)")
+  p.add_argument(
+    '--workdir',
+    default=None,
+    help='trained transformer workdir (e.g. runs/demo/transformer): batch/steps '
+    'tables use it, and the steps table adds sample quality',
+  )
+  p.add_argument('--sweep_batches', default='1,8,32,64')
+  p.add_argument('--sweep_steps', default='1,2,4,8,12,16')
+  p.add_argument('--sweep_batch', type=int, default=32, help='batch of the steps table')
+  p.add_argument('--sweep_repeats', type=int, default=3)
+  p.add_argument(
+    '--num_samples',
+    type=int,
+    default=100,
+    help='samples per T for the quality columns (needs --workdir)',
+  )
   args = p.parse_args()
-  tables = [t.strip() for t in args.tables.split(",") if t.strip()]
+  tables = [t.strip() for t in args.tables.split(',') if t.strip()]
   for t in tables:
-    if t not in ("overhead", "batch", "steps"):
-      p.error(f"--tables: {t!r} is not one of overhead, batch, steps")
+    if t not in ('overhead', 'batch', 'steps'):
+      p.error(f'--tables: {t!r} is not one of overhead, batch, steps')
 
   dev = jax.devices()[0]
   try:
     cpus = len(os.sched_getaffinity(0))
   except AttributeError:
     cpus = os.cpu_count()
-  print(f"machine: {jax.device_count()} x {dev.platform}/{dev.device_kind}, {cpus} CPUs "
-        f"({platform.processor() or platform.machine()}), jax {jax.__version__}\n")
-  if "overhead" in tables:
+  print(
+    f'machine: {jax.device_count()} x {dev.platform}/{dev.device_kind}, {cpus} CPUs '
+    f'({platform.processor() or platform.machine()}), jax {jax.__version__}\n'
+  )
+  if 'overhead' in tables:
     overhead_table(args)
-  if "batch" in tables or "steps" in tables:
+  if 'batch' in tables or 'steps' in tables:
     sm = SweepModel(args.workdir, args.dtype)
-    if "batch" in tables:
+    if 'batch' in tables:
       batch_table(sm, _ints(args.sweep_batches), args.sweep_repeats)
-    if "steps" in tables:
-      steps_table(sm, _ints(args.sweep_steps), args.sweep_batch, args.sweep_repeats,
-                  args.workdir, args.num_samples)
+    if 'steps' in tables:
+      steps_table(
+        sm,
+        _ints(args.sweep_steps),
+        args.sweep_batch,
+        args.sweep_repeats,
+        args.workdir,
+        args.num_samples,
+      )
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   main()

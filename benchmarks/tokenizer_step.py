@@ -7,6 +7,7 @@ StyleGAN discriminator active (past its start step), LeCAM, R1 and the generator
 warms them up and prints the median step time over --repeats and the ratio b / a, plus the
 machine. Perceptual loss is off (its VGG weights are a user-supplied file).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,17 +42,24 @@ def time_step(config, repeats: int) -> float:
   adv = Adversarial(config, shape)
   mesh = parallel.make_mesh({'data': -1})
   init_fn, shardings, _ = ts.state_layout(
-      lambda r: model.init(r, jnp.zeros((1,) + shape))['params'], tx, mesh,
-      config.logical_axis_rules, adv.init_extra)
+    lambda r: model.init(r, jnp.zeros((1,) + shape))['params'],
+    tx,
+    mesh,
+    config.logical_axis_rules,
+    adv.init_extra,
+  )
   state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(0))
   state = state.replace(step=jnp.asarray(config.losses.disc_start_step, jnp.int32))
   key = 'video' if len(shape) == 4 else 'image'
   batch = parallel.shard_batch(
-      {key: np.random.RandomState(0).randint(0, 256, (config.batch_size,) + shape, np.uint8)},
-      mesh)
-  step = jax.jit(tokenizer_trainer.make_train_step(model, tx, config.losses, adv),
-                 in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                 out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
+    {key: np.random.RandomState(0).randint(0, 256, (config.batch_size,) + shape, np.uint8)}, mesh
+  )
+  step = jax.jit(
+    tokenizer_trainer.make_train_step(model, tx, config.losses, adv),
+    in_shardings=(shardings, parallel.batch_sharding(mesh)),
+    out_shardings=(shardings, parallel.replicated(mesh)),
+    donate_argnums=(0,),
+  )
   state, m = step(state, batch)
   jax.block_until_ready(m)
   times = []
@@ -75,8 +83,10 @@ def main() -> None:
   t_plain = time_step(plain, args.repeats)
   t_adv = time_step(adversarial, args.repeats)
   device = jax.devices()[0]
-  print(f'machine: {platform.machine()} {os.cpu_count()} CPUs, jax {jax.__version__}, '
-        f'device {device.platform}/{device.device_kind} x{jax.device_count()}')
+  print(
+    f'machine: {platform.machine()} {os.cpu_count()} CPUs, jax {jax.__version__}, '
+    f'device {device.platform}/{device.device_kind} x{jax.device_count()}'
+  )
   print(f'config: {args.config}, batch {plain.batch_size}, median of {args.repeats} steps')
   print('| step | ms/step | ratio |')
   print('| --- | --- | --- |')

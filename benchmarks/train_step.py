@@ -41,6 +41,7 @@ On GPU/TPU: python benchmarks/train_step.py --paper --dtype=bfloat16 [--batch=32
 (--dtype sets the transformer's activation dtype, config.model.dtype; the tokenizers have no
 dtype option and always run float32; the table has a dtype column).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,17 +67,18 @@ from magvit_jax.trainers.adversarial import Adversarial
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 TINY = {
-    'transformer': ('maskgit_imagenet:digits', 'magvit_ucf101:digits',
-                    'magvit2_transformer:digits'),
-    'tokenizer': ('vqgan_imagenet:digits', 'magvit_ucf101:tokenizer_digits',
-                  'magvit2_tokenizer_video:digits'),
+  'transformer': ('maskgit_imagenet:digits', 'magvit_ucf101:digits', 'magvit2_transformer:digits'),
+  'tokenizer': (
+    'vqgan_imagenet:digits',
+    'magvit_ucf101:tokenizer_digits',
+    'magvit2_tokenizer_video:digits',
+  ),
 }
 PAPER = {
-    'transformer': ('maskgit_imagenet', 'magvit_ucf101:B', 'magvit_ucf101:L',
-                    'magvit2_transformer'),
-    'tokenizer': ('vqgan_imagenet', 'magvit_ucf101:tokenizer_B', 'magvit2_tokenizer_video'),
+  'transformer': ('maskgit_imagenet', 'magvit_ucf101:B', 'magvit_ucf101:L', 'magvit2_transformer'),
+  'tokenizer': ('vqgan_imagenet', 'magvit_ucf101:tokenizer_B', 'magvit2_tokenizer_video'),
 }
-GIB = 2.0 ** 30
+GIB = 2.0**30
 
 
 def load_config(name: str):
@@ -108,8 +110,12 @@ def one_device_mesh():
 def memory_plan_bytes(compiled) -> float | None:
   try:
     m = compiled.memory_analysis()
-    return float(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-                 - m.alias_size_in_bytes)
+    return float(
+      m.temp_size_in_bytes
+      + m.argument_size_in_bytes
+      + m.output_size_in_bytes
+      - m.alias_size_in_bytes
+    )
   except Exception:  # pylint: disable=broad-except
     return None
 
@@ -144,8 +150,11 @@ def build_transformer(name: str, batch: int | None, dtype: str):
   tx = ts.make_optimizer(config.optimizer)
   mesh = one_device_mesh()
   init_fn, shardings, _ = ts.state_layout(
-      lambda r: model.init(r, *transformer_trainer.init_inputs(model))['params'], tx, mesh,
-      config.logical_axis_rules)
+    lambda r: model.init(r, *transformer_trainer.init_inputs(model))['params'],
+    tx,
+    mesh,
+    config.logical_axis_rules,
+  )
   state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(0))
   rng = np.random.RandomState(0)
   tokens = rng.randint(0, model.codebook_size, (b, model.seq_len)).astype(np.int32)
@@ -157,8 +166,10 @@ def build_transformer(name: str, batch: int | None, dtype: str):
 
     def step(state, batch):
       inner = transformer_trainer.make_commit_train_step(
-          model, lambda _params, _pixels: batch['tokens'], None, tx, config, grid, causal)
+        model, lambda _params, _pixels: batch['tokens'], None, tx, config, grid, causal
+      )
       return inner(state, batch)
+
     num_tasks = len(transformer_trainer.commit_tasks(config))
     notes = f'COMMIT ({num_tasks} task{"s" if num_tasks > 1 else ""}), random tokens'
   else:
@@ -166,8 +177,12 @@ def build_transformer(name: str, batch: int | None, dtype: str):
     step = transformer_trainer.make_train_step(model, lambda _params, x: x, None, tx, config)
     notes = 'MVTM, random tokens'
   data = parallel.shard_batch(data, mesh)
-  jitted = jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                   out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
+  jitted = jax.jit(
+    step,
+    in_shardings=(shardings, parallel.batch_sharding(mesh)),
+    out_shardings=(shardings, parallel.replicated(mesh)),
+    donate_argnums=(0,),
+  )
   flops = 3.0 * forward_flops(model, b)
   return jitted, state, data, flops, count_params(state.params), b, notes
 
@@ -184,15 +199,23 @@ def build_tokenizer(name: str, batch: int | None):
     adv = Adversarial(config, shape)
   mesh = one_device_mesh()
   init_fn, shardings, _ = ts.state_layout(
-      lambda r: model.init(r, jnp.zeros((1,) + shape, jnp.float32))['params'], tx, mesh,
-      config.logical_axis_rules, adv.init_extra)
+    lambda r: model.init(r, jnp.zeros((1,) + shape, jnp.float32))['params'],
+    tx,
+    mesh,
+    config.logical_axis_rules,
+    adv.init_extra,
+  )
   state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(0))
   key = 'video' if len(shape) == 4 else 'image'
   data = parallel.shard_batch(
-      {key: np.random.RandomState(0).randint(0, 256, (b,) + shape, np.uint8)}, mesh)
-  jitted = jax.jit(tokenizer_trainer.make_train_step(model, tx, config.losses, adv),
-                   in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                   out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
+    {key: np.random.RandomState(0).randint(0, 256, (b,) + shape, np.uint8)}, mesh
+  )
+  jitted = jax.jit(
+    tokenizer_trainer.make_train_step(model, tx, config.losses, adv),
+    in_shardings=(shardings, parallel.batch_sharding(mesh)),
+    out_shardings=(shardings, parallel.replicated(mesh)),
+    donate_argnums=(0,),
+  )
   parts = [f'{"x".join(map(str, shape[:-1]))} {key}s']
   if adv.disc is not None:
     parts.append('D' + ('+LeCAM' if adv.lecam_weight else '') + ('+R1' if adv.r1_gamma else ''))
@@ -204,8 +227,7 @@ def build_tokenizer(name: str, batch: int | None):
   return jitted, state, data, None, count_params(state.params), b, ', '.join(parts)
 
 
-def run_one(which: str, name: str, batch: int | None, dtype: str, steps: int,
-            warmup: int) -> dict:
+def run_one(which: str, name: str, batch: int | None, dtype: str, steps: int, warmup: int) -> dict:
   row = {'config': name, 'which': which}
   try:
     if which == 'transformer':
@@ -219,8 +241,9 @@ def run_one(which: str, name: str, batch: int | None, dtype: str, steps: int,
     compiled = jitted.lower(state, data).compile()
     row['compile_s'] = time.perf_counter() - t0
     row['xla_flops'] = xla_flops(compiled)
-    row['flops'], row['flops_src'] = ((flops, 'analytic') if flops is not None
-                                      else (row['xla_flops'], 'XLA'))
+    row['flops'], row['flops_src'] = (
+      (flops, 'analytic') if flops is not None else (row['xla_flops'], 'XLA')
+    )
     row['plan_bytes'] = memory_plan_bytes(compiled)
     for _ in range(warmup):
       state, metrics = compiled(state, data)
@@ -248,44 +271,67 @@ def fmt(v, spec: str) -> str:
 
 def print_table(rows: list[dict]) -> None:
   peak = transformer_trainer.PEAK_FLOPS.get(jax.devices()[0].device_kind)
-  print('| stage | config | params (M) | dtype | batch | compile s | step ms | ex/s | GFLOP/step '
-        '| FLOP source | XLA GFLOP | TFLOP/s | MFU | plan GiB | peak GiB | notes |')
+  print(
+    '| stage | config | params (M) | dtype | batch | compile s | step ms | ex/s | GFLOP/step '
+    '| FLOP source | XLA GFLOP | TFLOP/s | MFU | plan GiB | peak GiB | notes |'
+  )
   print('|' + '---|' * 16)
   for r in rows:
-    head = f"| {r['which']} | `{r['config']}` | {fmt(r.get('params') and r['params'] / 1e6, '.1f')}"
+    head = f'| {r["which"]} | `{r["config"]}` | {fmt(r.get("params") and r["params"] / 1e6, ".1f")}'
     if 'error' in r:
-      print(f"{head} | {r.get('dtype', '-')} | {r.get('batch', '-')} |" + ' - |' * 10
-            + f" {r['error']} |")
+      print(
+        f'{head} | {r.get("dtype", "-")} | {r.get("batch", "-")} |'
+        + ' - |' * 10
+        + f' {r["error"]} |'
+      )
       continue
     s = r['step_s']
     achieved = r['flops'] / s if r['flops'] else None
     mfu = achieved / peak if achieved and peak else None
-    print(f"{head} | {r['dtype']} | {r['batch']} | {r['compile_s']:.1f} | {s * 1e3:.1f} "
-          f"| {r['batch'] / s:.2f} | {fmt(r['flops'] and r['flops'] / 1e9, ',.1f')} "
-          f"| {r['flops_src'] if r['flops'] else '-'} "
-          f"| {fmt(r['xla_flops'] and r['xla_flops'] / 1e9, ',.1f')} "
-          f"| {fmt(achieved and achieved / 1e12, '.3f')} | {fmt(mfu, '.1%')} "
-          f"| {fmt(r['plan_bytes'] and r['plan_bytes'] / GIB, '.2f')} "
-          f"| {fmt(r['peak_bytes'] and r['peak_bytes'] / GIB, '.2f')} | {r['notes']} |")
+    print(
+      f'{head} | {r["dtype"]} | {r["batch"]} | {r["compile_s"]:.1f} | {s * 1e3:.1f} '
+      f'| {r["batch"] / s:.2f} | {fmt(r["flops"] and r["flops"] / 1e9, ",.1f")} '
+      f'| {r["flops_src"] if r["flops"] else "-"} '
+      f'| {fmt(r["xla_flops"] and r["xla_flops"] / 1e9, ",.1f")} '
+      f'| {fmt(achieved and achieved / 1e12, ".3f")} | {fmt(mfu, ".1%")} '
+      f'| {fmt(r["plan_bytes"] and r["plan_bytes"] / GIB, ".2f")} '
+      f'| {fmt(r["peak_bytes"] and r["peak_bytes"] / GIB, ".2f")} | {r["notes"]} |'
+    )
 
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--which', default='transformer,tokenizer',
-                 help='comma list of transformer, tokenizer')
-  p.add_argument('--configs', default='',
-                 help='comma list of configs (file[:arg] in configs/); default: the tiny '
-                      'digits configs (+ the paper configs with --paper)')
+  p.add_argument(
+    '--which', default='transformer,tokenizer', help='comma list of transformer, tokenizer'
+  )
+  p.add_argument(
+    '--configs',
+    default='',
+    help='comma list of configs (file[:arg] in configs/); default: the tiny '
+    'digits configs (+ the paper configs with --paper)',
+  )
   p.add_argument('--paper', action='store_true', help='also the paper configs')
-  p.add_argument('--batch', type=int, default=None,
-                 help='batch size for every config (default: tiny configs at their own '
-                      'batch, paper configs at --paper_batch)')
-  p.add_argument('--paper_batch', type=int, default=None,
-                 help='batch of the paper configs (default 1 on CPU, 8 on accelerators)')
+  p.add_argument(
+    '--batch',
+    type=int,
+    default=None,
+    help='batch size for every config (default: tiny configs at their own '
+    'batch, paper configs at --paper_batch)',
+  )
+  p.add_argument(
+    '--paper_batch',
+    type=int,
+    default=None,
+    help='batch of the paper configs (default 1 on CPU, 8 on accelerators)',
+  )
   p.add_argument('--steps', type=int, default=10, help='timed steps (median reported)')
   p.add_argument('--warmup', type=int, default=1, help='untimed steps after compiling')
-  p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
-                 help="transformer activation dtype (config.model.dtype)")
+  p.add_argument(
+    '--dtype',
+    default='float32',
+    choices=('float32', 'bfloat16'),
+    help='transformer activation dtype (config.model.dtype)',
+  )
   args = p.parse_args()
 
   which = [w.strip() for w in args.which.split(',') if w.strip()]
@@ -311,19 +357,23 @@ def main() -> None:
     cpus = len(os.sched_getaffinity(0))
   except AttributeError:
     cpus = os.cpu_count()
-  print(f'machine: {jax.device_count()} x {dev.platform}/{dev.device_kind} '
-        f'(jax.devices()[0]={dev}), {cpus} CPUs ({platform.processor() or platform.machine()}), '
-        f'jax {jax.__version__}; peak bf16 FLOP/s for MFU: '
-        f'{transformer_trainer.PEAK_FLOPS.get(dev.device_kind, "unknown")}')
-  print(f'one device; median of {args.steps} steps after {args.warmup} warm-up step(s); '
-        f'transformer: real train step on pre-made random tokens (trivial tokenize fn, '
-        f'tokenizer cost excluded), FLOPs 3 x forward (analytic); tokenizer: real train step on '
-        f'random pixels, FLOPs from XLA cost_analysis')
+  print(
+    f'machine: {jax.device_count()} x {dev.platform}/{dev.device_kind} '
+    f'(jax.devices()[0]={dev}), {cpus} CPUs ({platform.processor() or platform.machine()}), '
+    f'jax {jax.__version__}; peak bf16 FLOP/s for MFU: '
+    f'{transformer_trainer.PEAK_FLOPS.get(dev.device_kind, "unknown")}'
+  )
+  print(
+    f'one device; median of {args.steps} steps after {args.warmup} warm-up step(s); '
+    f'transformer: real train step on pre-made random tokens (trivial tokenize fn, '
+    f'tokenizer cost excluded), FLOPs 3 x forward (analytic); tokenizer: real train step on '
+    f'random pixels, FLOPs from XLA cost_analysis'
+  )
   rows = []
   for w, n, b in jobs:
     row = run_one(w, n, b, args.dtype, args.steps, args.warmup)
     rows.append(row)
-    status = row.get('error') or f"{row['step_s'] * 1e3:.1f} ms/step"
+    status = row.get('error') or f'{row["step_s"] * 1e3:.1f} ms/step'
     print(f'[train_step] {w} {n}: {status}', flush=True)
   print()
   print_table(rows)

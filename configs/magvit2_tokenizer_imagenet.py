@@ -13,6 +13,7 @@ tokens, 2^10 codes).
 
 Parameter counts (printed by tests/test_magvit2_pipeline.py): imagenet 380.35M, digits 0.85M.
 """
+
 import ml_collections
 
 from magvit_jax.config_schema import base_config
@@ -25,14 +26,32 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f'configs/magvit2_tokenizer_imagenet.py:{variant}: expected one of {VARIANTS}')
   c = base_config('tokenizer')
-  c.model = ml_collections.ConfigDict(dict(
-      name='magvit2', filters=128, channel_multipliers=(1, 1, 2, 2, 4), num_res_blocks=4,
-      temporal_downsample=(False, False, True, True), num_bits=18, num_groups=32,
-      entropy_weight=0.1, commitment_weight=0.25, entropy_temperature=1.0,
-      entropy_chunk_size=1024, entropy_groups=ml_collections.config_dict.placeholder(int)))
-  c.losses.update(dict(  # As the video tokenizer (check).
-      gan_weight=0.1, gan_loss='non_saturating', r1_gamma=10.0, lecam_weight=0.001,
-      disc_start_step=20_000, perceptual_weight=0.1))
+  c.model = ml_collections.ConfigDict(
+    dict(
+      name='magvit2',
+      filters=128,
+      channel_multipliers=(1, 1, 2, 2, 4),
+      num_res_blocks=4,
+      temporal_downsample=(False, False, True, True),
+      num_bits=18,
+      num_groups=32,
+      entropy_weight=0.1,
+      commitment_weight=0.25,
+      entropy_temperature=1.0,
+      entropy_chunk_size=1024,
+      entropy_groups=ml_collections.config_dict.placeholder(int),
+    )
+  )
+  c.losses.update(
+    dict(  # As the video tokenizer (check).
+      gan_weight=0.1,
+      gan_loss='non_saturating',
+      r1_gamma=10.0,
+      lecam_weight=0.001,
+      disc_start_step=20_000,
+      perceptual_weight=0.1,
+    )
+  )
   c.ema_decay = 0.999
   c.optimizer.update(dict(lr=1e-4, b1=0.9, b2=0.99, warmup_steps=5000, decay='constant'))
   c.batch_size = 256
@@ -43,10 +62,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.losses.update(dict(gan_weight=0.0, perceptual_weight=0.0, disc_start_step=200, r1_gamma=0.0))
     c.ema_decay = 0.0
     c.discriminator.update(dict(filters=16, channel_multipliers=(1, 2, 2)))
-    c.data.update(dict(name='magvit_digits', image_size=32, train_split='train',
-                       eval_split='test', num_classes=10, shuffle_buffer=2000))
-    c.model.update(dict(filters=16, channel_multipliers=(1, 2, 2), num_res_blocks=1,
-                        temporal_downsample=(True, True), num_bits=10, num_groups=4))
+    c.data.update(
+      dict(
+        name='magvit_digits',
+        image_size=32,
+        train_split='train',
+        eval_split='test',
+        num_classes=10,
+        shuffle_buffer=2000,
+      )
+    )
+    c.model.update(
+      dict(
+        filters=16,
+        channel_multipliers=(1, 2, 2),
+        num_res_blocks=1,
+        temporal_downsample=(True, True),
+        num_bits=10,
+        num_groups=4,
+      )
+    )
     c.optimizer.update(dict(lr=2e-3, warmup_steps=50, decay='cosine', decay_steps=400))
     c.batch_size = 64
     c.eval_batch_size = 128

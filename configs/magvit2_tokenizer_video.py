@@ -13,6 +13,7 @@ jointly trained with the embedded digit images every 4th step).
 Parameter counts (printed by tests/test_magvit2_pipeline.py): paper 371.01M (encoder 145M,
 decoder 226M), digits 0.85M.
 """
+
 import ml_collections
 
 from magvit_jax.config_schema import base_config
@@ -25,22 +26,51 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f'configs/magvit2_tokenizer_video.py:{variant}: expected one of {VARIANTS}')
   c = base_config('tokenizer')
-  c.data.update(dict(name='kinetics600', image_size=128, train_split='train',
-                     eval_split='test', num_classes=600))
+  c.data.update(
+    dict(
+      name='kinetics600', image_size=128, train_split='train', eval_split='test', num_classes=600
+    )
+  )
   c.data.num_frames = 17
-  c.model = ml_collections.ConfigDict(dict(
-      name='magvit2', filters=128, channel_multipliers=(1, 2, 2, 4), num_res_blocks=4,
-      temporal_downsample=(False, True, True), num_bits=18, num_groups=32,
-      entropy_weight=0.1, commitment_weight=0.25, entropy_temperature=1.0,
-      entropy_chunk_size=1024, entropy_groups=ml_collections.config_dict.placeholder(int)))
-  c.losses.update(dict(  # MAGVIT: non-saturating, 0.1, R1 10; MAGVIT-v2 adds LeCAM (check).
-      gan_weight=0.1, gan_loss='non_saturating', r1_gamma=10.0, lecam_weight=0.001,
-      disc_start_step=20_000, perceptual_weight=0.1))
+  c.model = ml_collections.ConfigDict(
+    dict(
+      name='magvit2',
+      filters=128,
+      channel_multipliers=(1, 2, 2, 4),
+      num_res_blocks=4,
+      temporal_downsample=(False, True, True),
+      num_bits=18,
+      num_groups=32,
+      entropy_weight=0.1,
+      commitment_weight=0.25,
+      entropy_temperature=1.0,
+      entropy_chunk_size=1024,
+      entropy_groups=ml_collections.config_dict.placeholder(int),
+    )
+  )
+  c.losses.update(
+    dict(  # MAGVIT: non-saturating, 0.1, R1 10; MAGVIT-v2 adds LeCAM (check).
+      gan_weight=0.1,
+      gan_loss='non_saturating',
+      r1_gamma=10.0,
+      lecam_weight=0.001,
+      disc_start_step=20_000,
+      perceptual_weight=0.1,
+    )
+  )
   c.ema_decay = 0.999
   # Joint image-video training: every `image_every`-th step is an image batch (0 = off).
-  c.image_data = ml_collections.ConfigDict(dict(
-      name='imagenet2012', data_dir=ml_collections.config_dict.placeholder(str), image_size=128,
-      shuffle_buffer=10_000, train_split='train', eval_split='validation', num_classes=1000))
+  c.image_data = ml_collections.ConfigDict(
+    dict(
+      name='imagenet2012',
+      data_dir=ml_collections.config_dict.placeholder(str),
+      image_size=128,
+      shuffle_buffer=10_000,
+      train_split='train',
+      eval_split='validation',
+      num_classes=1000,
+    )
+  )
   c.image_every = 0
   c.optimizer.update(dict(lr=1e-4, b1=0.9, b2=0.99, warmup_steps=5000, decay='constant'))
   c.batch_size = 256
@@ -51,15 +81,33 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.losses.update(dict(gan_weight=0.0, perceptual_weight=0.0, disc_start_step=200, r1_gamma=0.0))
     c.ema_decay = 0.0
     c.discriminator.update(dict(filters=16, channel_multipliers=(1, 2, 2)))
-    c.data.update(dict(name='magvit_moving_digits', image_size=32, eval_split='test',
-                       num_classes=10, shuffle_buffer=2000))
+    c.data.update(
+      dict(
+        name='magvit_moving_digits',
+        image_size=32,
+        eval_split='test',
+        num_classes=10,
+        shuffle_buffer=2000,
+      )
+    )
     c.data.num_frames = 5
-    c.image_data.update(dict(name='magvit_digits', image_size=32, eval_split='test',
-                             num_classes=10, shuffle_buffer=2000))
+    c.image_data.update(
+      dict(
+        name='magvit_digits', image_size=32, eval_split='test', num_classes=10, shuffle_buffer=2000
+      )
+    )
     c.image_every = 4
-    c.model.update(dict(filters=16, channel_multipliers=(1, 2, 2), num_res_blocks=1,
-                        temporal_downsample=(True, True), num_bits=10, num_groups=4,
-                        entropy_chunk_size=1024))
+    c.model.update(
+      dict(
+        filters=16,
+        channel_multipliers=(1, 2, 2),
+        num_res_blocks=1,
+        temporal_downsample=(True, True),
+        num_bits=10,
+        num_groups=4,
+        entropy_chunk_size=1024,
+      )
+    )
     c.optimizer.update(dict(lr=2e-3, warmup_steps=50, decay='cosine', decay_steps=600))
     c.batch_size = 16
     c.eval_batch_size = 50

@@ -10,6 +10,7 @@ table and one output head each, as MAGVIT-v2 does; 5 x 16 x 16 tokens of 17 x 12
 the transformer body is MaskGIT's) or `digits` (tiny CPU variant on the tokens of
 `configs/magvit2_tokenizer_video.py:digits`: 2^10 codes = 2 x 2^5, 2 x 8 x 8 tokens).
 """
+
 import ml_collections
 
 from magvit_jax.config_schema import base_config
@@ -23,28 +24,63 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f'configs/magvit2_transformer.py:{variant}: expected one of {VARIANTS}')
   c = base_config('transformer')
   c.tokenizer_workdir = ml_collections.config_dict.placeholder(str)
-  c.data.update(dict(name='kinetics600', image_size=128, train_split='train', eval_split='test',
-                     num_classes=600))
+  c.data.update(
+    dict(
+      name='kinetics600', image_size=128, train_split='train', eval_split='test', num_classes=600
+    )
+  )
   c.data.num_frames = 17
-  c.model = ml_collections.ConfigDict(dict(
-      codebook_size=2 ** 18, num_sub_tokens=2, num_classes=600, hidden_size=768, num_layers=24,
-      num_heads=16, mlp_dim=3072, dropout_rate=0.1, dtype='float32'))
-  c.masking = ml_collections.ConfigDict(dict(
-      schedule='cosine', label_smoothing=0.1, class_dropout=0.1))
-  c.sampling = ml_collections.ConfigDict(dict(
-      num_steps=12, schedule='cosine', choice_temperature=4.5, temperature=1.0,
-      guidance_scale=0.0))
-  c.optimizer.update(dict(lr=1e-4, b1=0.9, b2=0.96, weight_decay=0.045, warmup_steps=5000,
-                          decay='cosine', decay_steps=500_000))
+  c.model = ml_collections.ConfigDict(
+    dict(
+      codebook_size=2**18,
+      num_sub_tokens=2,
+      num_classes=600,
+      hidden_size=768,
+      num_layers=24,
+      num_heads=16,
+      mlp_dim=3072,
+      dropout_rate=0.1,
+      dtype='float32',
+    )
+  )
+  c.masking = ml_collections.ConfigDict(
+    dict(schedule='cosine', label_smoothing=0.1, class_dropout=0.1)
+  )
+  c.sampling = ml_collections.ConfigDict(
+    dict(
+      num_steps=12, schedule='cosine', choice_temperature=4.5, temperature=1.0, guidance_scale=0.0
+    )
+  )
+  c.optimizer.update(
+    dict(
+      lr=1e-4,
+      b1=0.9,
+      b2=0.96,
+      weight_decay=0.045,
+      warmup_steps=5000,
+      decay='cosine',
+      decay_steps=500_000,
+    )
+  )
   c.batch_size = 256
   c.num_train_steps = 500_000
 
   if variant == 'digits':
-    c.data.update(dict(name='magvit_moving_digits', image_size=32, num_classes=10,
-                       shuffle_buffer=2000))
+    c.data.update(
+      dict(name='magvit_moving_digits', image_size=32, num_classes=10, shuffle_buffer=2000)
+    )
     c.data.num_frames = 5
-    c.model.update(dict(codebook_size=2 ** 10, num_sub_tokens=2, num_classes=10, hidden_size=128,
-                        num_layers=4, num_heads=4, mlp_dim=512))
+    c.model.update(
+      dict(
+        codebook_size=2**10,
+        num_sub_tokens=2,
+        num_classes=10,
+        hidden_size=128,
+        num_layers=4,
+        num_heads=4,
+        mlp_dim=512,
+      )
+    )
     c.sampling.update(dict(num_steps=8, guidance_scale=1.0))
     c.optimizer.update(dict(lr=1e-3, weight_decay=0.01, warmup_steps=50, decay_steps=600))
     c.batch_size = 32

@@ -11,6 +11,7 @@ Arguments: B, L (transformers), tokenizer_B, tokenizer_L, and the tiny CPU varia
 digits / tokenizer_digits on the embedded moving digits. Sizes and paper values:
 magvit_jax/magvit_presets.py.
 """
+
 import ml_collections
 
 from magvit_jax.magvit_presets import get_magvit_config

@@ -11,6 +11,7 @@ schedule, T=8, choice temperature 4.5, AdamW b1 0.9 b2 0.96, lr 1e-4 with 5k
 warmup, label smoothing 0.1, batch 256) or `digits` (tiny CPU variant on the
 embedded digits).
 """
+
 import ml_collections
 
 from magvit_jax.config_schema import base_config
@@ -25,24 +26,63 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = base_config('transformer')
   # Workdir of the trained (frozen) tokenizer run; its config.json fixes the codebook.
   c.tokenizer_workdir = ml_collections.config_dict.placeholder(str)
-  c.model = ml_collections.ConfigDict(dict(
-      codebook_size=1024, num_classes=1000, hidden_size=768, num_layers=24, num_heads=16,
-      mlp_dim=3072, dropout_rate=0.1, num_sub_tokens=1, dtype='float32'))
-  c.masking = ml_collections.ConfigDict(dict(
-      schedule='cosine', label_smoothing=0.1, class_dropout=0.0))
-  c.sampling = ml_collections.ConfigDict(dict(
-      num_steps=8, schedule='cosine', choice_temperature=4.5, temperature=1.0,
-      guidance_scale=0.0))
-  c.optimizer.update(dict(lr=1e-4, b1=0.9, b2=0.96, weight_decay=0.045, warmup_steps=5000,
-                          decay='cosine', decay_steps=1_500_000))
+  c.model = ml_collections.ConfigDict(
+    dict(
+      codebook_size=1024,
+      num_classes=1000,
+      hidden_size=768,
+      num_layers=24,
+      num_heads=16,
+      mlp_dim=3072,
+      dropout_rate=0.1,
+      num_sub_tokens=1,
+      dtype='float32',
+    )
+  )
+  c.masking = ml_collections.ConfigDict(
+    dict(schedule='cosine', label_smoothing=0.1, class_dropout=0.0)
+  )
+  c.sampling = ml_collections.ConfigDict(
+    dict(
+      num_steps=8, schedule='cosine', choice_temperature=4.5, temperature=1.0, guidance_scale=0.0
+    )
+  )
+  c.optimizer.update(
+    dict(
+      lr=1e-4,
+      b1=0.9,
+      b2=0.96,
+      weight_decay=0.045,
+      warmup_steps=5000,
+      decay='cosine',
+      decay_steps=1_500_000,
+    )
+  )
   c.batch_size = 256
   c.num_train_steps = 1_500_000  # ~300 epochs of ImageNet at batch 256.
 
   if variant == 'digits':
-    c.data.update(dict(name='magvit_digits', image_size=32, train_split='train',
-                       eval_split='test', num_classes=10, shuffle_buffer=2000))
-    c.model.update(dict(codebook_size=256, num_classes=10, hidden_size=128, num_layers=4,
-                        num_heads=4, mlp_dim=512, dropout_rate=0.1))
+    c.data.update(
+      dict(
+        name='magvit_digits',
+        image_size=32,
+        train_split='train',
+        eval_split='test',
+        num_classes=10,
+        shuffle_buffer=2000,
+      )
+    )
+    c.model.update(
+      dict(
+        codebook_size=256,
+        num_classes=10,
+        hidden_size=128,
+        num_layers=4,
+        num_heads=4,
+        mlp_dim=512,
+        dropout_rate=0.1,
+      )
+    )
     c.masking.class_dropout = 0.1
     c.sampling.update(dict(num_steps=8, choice_temperature=4.5, guidance_scale=1.0))
     c.optimizer.update(dict(lr=1e-3, weight_decay=0.01, warmup_steps=50, decay_steps=600))

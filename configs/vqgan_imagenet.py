@@ -8,6 +8,7 @@ filters 128, multipliers (1, 1, 2, 2, 4), 2 residual blocks: the MaskGIT
 tokenizer) or `digits` (tiny CPU variant on the embedded 32x32 digits:
 8x8 tokens).
 """
+
 import ml_collections
 
 from magvit_jax.config_schema import base_config
@@ -20,11 +21,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant not in VARIANTS:
     raise ValueError(f'configs/vqgan_imagenet.py:{variant}: expected one of {VARIANTS}')
   c = base_config('tokenizer')
-  c.model = ml_collections.ConfigDict(dict(
-      filters=128, channel_multipliers=(1, 1, 2, 2, 4), num_res_blocks=2, embedding_dim=256,
-      codebook_size=1024, commitment_cost=0.25, num_groups=32))
-  c.losses.update(dict(  # MaskGIT never released its recipe; VQGAN-style values (check).
-      gan_weight=0.1, gan_loss='hinge', disc_start_step=20_000, perceptual_weight=0.1))
+  c.model = ml_collections.ConfigDict(
+    dict(
+      filters=128,
+      channel_multipliers=(1, 1, 2, 2, 4),
+      num_res_blocks=2,
+      embedding_dim=256,
+      codebook_size=1024,
+      commitment_cost=0.25,
+      num_groups=32,
+    )
+  )
+  c.losses.update(
+    dict(  # MaskGIT never released its recipe; VQGAN-style values (check).
+      gan_weight=0.1, gan_loss='hinge', disc_start_step=20_000, perceptual_weight=0.1
+    )
+  )
   c.ema_decay = 0.999
   c.optimizer.update(dict(lr=1e-4, b1=0.9, b2=0.99, warmup_steps=2000, decay='constant'))
   c.batch_size = 256
@@ -35,10 +47,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.losses.update(dict(gan_weight=0.0, perceptual_weight=0.0, disc_start_step=200, r1_gamma=0.0))
     c.ema_decay = 0.0
     c.discriminator.update(dict(filters=16, channel_multipliers=(1, 2, 2)))
-    c.data.update(dict(name='magvit_digits', image_size=32, train_split='train',
-                       eval_split='test', num_classes=10, shuffle_buffer=2000))
-    c.model.update(dict(filters=32, channel_multipliers=(1, 2, 2), num_res_blocks=1,
-                        embedding_dim=32, codebook_size=256, num_groups=8))
+    c.data.update(
+      dict(
+        name='magvit_digits',
+        image_size=32,
+        train_split='train',
+        eval_split='test',
+        num_classes=10,
+        shuffle_buffer=2000,
+      )
+    )
+    c.model.update(
+      dict(
+        filters=32,
+        channel_multipliers=(1, 2, 2),
+        num_res_blocks=1,
+        embedding_dim=32,
+        codebook_size=256,
+        num_groups=8,
+      )
+    )
     c.optimizer.update(dict(lr=2e-3, warmup_steps=50, decay='cosine', decay_steps=400))
     c.batch_size = 64
     c.eval_batch_size = 128

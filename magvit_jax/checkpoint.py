@@ -9,6 +9,7 @@ is stored beside the state; restoring checks that the model-defining parts of
 the config match, so a checkpoint from another architecture is refused with
 the differing keys named.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,8 +35,11 @@ def _as_tree(state: Any) -> Any:
   """A dataclass state as a dict of its non-None fields (optional parts such as an EMA or a
   discriminator are simply absent), so runs with and without them share one layout."""
   if dataclasses.is_dataclass(state):
-    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
-            if getattr(state, f.name) is not None}
+    return {
+      f.name: getattr(state, f.name)
+      for f in dataclasses.fields(state)
+      if getattr(state, f.name) is not None
+    }
   return state
 
 
@@ -80,10 +84,12 @@ class Checkpointer:
     self.directory = directory if fileio.is_remote(directory) else os.path.abspath(directory)
     self.config = config
     self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False),
-        item_names=('state', 'config'))
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+      ),
+      item_names=('state', 'config'),
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -93,10 +99,12 @@ class Checkpointer:
 
   def save(self, step: int, state: Any) -> None:
     self._manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(_as_tree(state)), config=ocp.args.JsonSave(self.config)),
-        force=True)
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_as_tree(state)), config=ocp.args.JsonSave(self.config)
+      ),
+      force=True,
+    )
     self._manager.wait_until_finished()
 
   def saved_config(self, step: int | None = None) -> dict:
@@ -116,10 +124,12 @@ class Checkpointer:
     diff = architecture_diff(self.saved_config(step), self.config)
     if diff:
       raise IncompatibleCheckpointError(
-          f'checkpoint {self.directory}/{step} was written by a different architecture:\n  '
-          + '\n  '.join(diff))
+        f'checkpoint {self.directory}/{step} was written by a different architecture:\n  '
+        + '\n  '.join(diff)
+      )
     restored = self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_as_tree(abstract_state))))
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_as_tree(abstract_state)))
+    )
     state = restored['state']
     if dataclasses.is_dataclass(abstract_state):
       state = type(abstract_state)(**state)
@@ -135,8 +145,9 @@ def read_workdir_config(workdir: str) -> dict:
   path = fileio.join(workdir, 'config.json')
   if not fileio.exists(path):
     raise FileNotFoundError(
-        f'{path} not found: {workdir} is not a training workdir (train one with '
-        f'`python -m magvit_jax.train --config=... --workdir={workdir}`)')
+      f'{path} not found: {workdir} is not a training workdir (train one with '
+      f'`python -m magvit_jax.train --config=... --workdir={workdir}`)'
+    )
   return json.loads(fileio.read_text(path))
 
 
@@ -145,5 +156,6 @@ def write_workdir_config(workdir: str, config: Any) -> None:
   if jax.process_index() != 0:
     return
   fileio.makedirs(workdir)
-  fileio.write_text_atomic(fileio.join(workdir, 'config.json'),
-                           json.dumps(config.to_dict(), indent=2, sort_keys=True))
+  fileio.write_text_atomic(
+    fileio.join(workdir, 'config.json'), json.dumps(config.to_dict(), indent=2, sort_keys=True)
+  )

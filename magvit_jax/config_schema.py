@@ -6,6 +6,7 @@ names the offending field and the expected value. Configs are locked, so an
 override of a key that does not exist (`--config.modle.x=1`) is rejected by
 ml_collections before a trainer runs.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,23 +17,23 @@ STAGES = ('tokenizer', 'transformer')
 
 # One logical-axis rule table: logical name -> mesh axes.
 LOGICAL_AXIS_RULES = [
-    ['batch', ['data', 'fsdp']],
-    ['embed', 'fsdp'],
-    ['mlp', 'tensor'],
-    ['heads', 'tensor'],
-    ['kv', None],
-    ['vocab', None],
-    ['classes', None],
-    ['length', None],
-    ['embed_out', None],
-    ['conv_0', None],
-    ['conv_1', None],
-    ['conv_2', None],
-    ['conv_in', None],
-    ['conv_out', None],
-    ['norm', None],
-    ['codes', None],
-    ['code_dim', None],
+  ['batch', ['data', 'fsdp']],
+  ['embed', 'fsdp'],
+  ['mlp', 'tensor'],
+  ['heads', 'tensor'],
+  ['kv', None],
+  ['vocab', None],
+  ['classes', None],
+  ['length', None],
+  ['embed_out', None],
+  ['conv_0', None],
+  ['conv_1', None],
+  ['conv_2', None],
+  ['conv_in', None],
+  ['conv_out', None],
+  ['norm', None],
+  ['codes', None],
+  ['code_dim', None],
 ]
 
 
@@ -43,10 +44,17 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.stage = stage
   c.seed = 0
-  c.data = ml_collections.ConfigDict(dict(
-      name='imagenet2012', data_dir=ml_collections.config_dict.placeholder(str),
-      image_size=256, shuffle_buffer=10_000, train_split='train', eval_split='validation',
-      num_classes=1000))
+  c.data = ml_collections.ConfigDict(
+    dict(
+      name='imagenet2012',
+      data_dir=ml_collections.config_dict.placeholder(str),
+      image_size=256,
+      shuffle_buffer=10_000,
+      train_split='train',
+      eval_split='validation',
+      num_classes=1000,
+    )
+  )
   c.batch_size = 256
   c.eval_batch_size = 256
   c.num_train_steps = 100_000
@@ -55,25 +63,52 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.max_checkpoints = 3
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_slices=1))
   c.logical_axis_rules = [list(r) for r in LOGICAL_AXIS_RULES]
-  c.optimizer = ml_collections.ConfigDict(dict(
-      lr=1e-4, b1=0.9, b2=0.99, weight_decay=0.0, warmup_steps=5000, decay='constant',
-      decay_steps=100_000, grad_clip_norm=1.0))
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
+      lr=1e-4,
+      b1=0.9,
+      b2=0.99,
+      weight_decay=0.0,
+      warmup_steps=5000,
+      decay='constant',
+      decay_steps=100_000,
+      grad_clip_norm=1.0,
+    )
+  )
   if stage == 'tokenizer':
     # Reconstruction, adversarial and perceptual terms (see magvit_jax/trainers/adversarial.py).
-    c.losses = ml_collections.ConfigDict(dict(
-        l2_weight=1.0, l1_weight=0.0, gan_weight=0.0, gan_loss='hinge', disc_start_step=0,
-        lecam_weight=0.0, r1_gamma=0.0, perceptual_weight=0.0,
+    c.losses = ml_collections.ConfigDict(
+      dict(
+        l2_weight=1.0,
+        l1_weight=0.0,
+        gan_weight=0.0,
+        gan_loss='hinge',
+        disc_start_step=0,
+        lecam_weight=0.0,
+        r1_gamma=0.0,
+        perceptual_weight=0.0,
         perceptual_weights=ml_collections.config_dict.placeholder(str),
-        perceptual_required=False))
-    c.discriminator = ml_collections.ConfigDict(dict(filters=64,
-                                                     channel_multipliers=(2, 4, 4, 4, 4)))
+        perceptual_required=False,
+      )
+    )
+    c.discriminator = ml_collections.ConfigDict(
+      dict(filters=64, channel_multipliers=(2, 4, 4, 4, 4))
+    )
     c.disc_optimizer = ml_collections.ConfigDict(dict(lr=1e-4, b1=0.0, b2=0.99))
     c.ema_decay = 0.0  # EMA of the generator (0 = off); used for eval and sampling.
   else:
     # MAGVIT COMMIT multi-task training (magvit_jax/masking/commit.py); no tasks = plain MVTM.
-    c.commit = ml_collections.ConfigDict(dict(
-        tasks=(), fp_frames=1, fi_frames=1, box_fraction=0.5, mask_weight=1.0,
-        refine_weight=1.0, recon_weight=1.0))
+    c.commit = ml_collections.ConfigDict(
+      dict(
+        tasks=(),
+        fp_frames=1,
+        fi_frames=1,
+        box_fraction=0.5,
+        mask_weight=1.0,
+        refine_weight=1.0,
+        recon_weight=1.0,
+      )
+    )
   return c
 
 
@@ -86,74 +121,140 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
   """Checks a finished config for `stage`; raises ValueError naming the field."""
   _require(config.stage == stage, 'stage', f"'{stage}' for this trainer", config.stage)
   _require(config.batch_size > 0, 'batch_size', 'a positive integer', config.batch_size)
-  _require(config.num_train_steps > 0, 'num_train_steps', 'a positive integer', config.num_train_steps)
+  _require(
+    config.num_train_steps > 0, 'num_train_steps', 'a positive integer', config.num_train_steps
+  )
   _require(config.log_every > 0, 'log_every', 'a positive integer', config.log_every)
-  _require(config.checkpoint_every > 0, 'checkpoint_every', 'a positive integer', config.checkpoint_every)
-  _require(config.max_checkpoints > 0, 'max_checkpoints', 'a positive integer', config.max_checkpoints)
+  _require(
+    config.checkpoint_every > 0, 'checkpoint_every', 'a positive integer', config.checkpoint_every
+  )
+  _require(
+    config.max_checkpoints > 0, 'max_checkpoints', 'a positive integer', config.max_checkpoints
+  )
   _require(config.optimizer.lr > 0, 'optimizer.lr', 'a positive float', config.optimizer.lr)
-  _require(config.optimizer.decay in ('constant', 'cosine'), 'optimizer.decay',
-           "'constant' or 'cosine'", config.optimizer.decay)
-  _require(config.data.image_size > 0, 'data.image_size', 'a positive integer', config.data.image_size)
+  _require(
+    config.optimizer.decay in ('constant', 'cosine'),
+    'optimizer.decay',
+    "'constant' or 'cosine'",
+    config.optimizer.decay,
+  )
+  _require(
+    config.data.image_size > 0, 'data.image_size', 'a positive integer', config.data.image_size
+  )
   m = config.model
   if stage == 'tokenizer':
     name = m.get('name', 'vqgan')
-    _require(name in ('vqgan', 'vqgan3d', 'magvit2'), 'model.name',
-             "'vqgan', 'vqgan3d' or 'magvit2'", name)
+    _require(
+      name in ('vqgan', 'vqgan3d', 'magvit2'), 'model.name', "'vqgan', 'vqgan3d' or 'magvit2'", name
+    )
     f = 2 ** (len(m.channel_multipliers) - 1)
-    _require(config.data.image_size % f == 0, 'data.image_size',
-             f'a multiple of the downsampling factor {f} (from model.channel_multipliers)',
-             config.data.image_size)
-    _require(config.losses.gan_loss in ('hinge', 'non_saturating'), 'losses.gan_loss',
-             "'hinge' or 'non_saturating'", config.losses.gan_loss)
+    _require(
+      config.data.image_size % f == 0,
+      'data.image_size',
+      f'a multiple of the downsampling factor {f} (from model.channel_multipliers)',
+      config.data.image_size,
+    )
+    _require(
+      config.losses.gan_loss in ('hinge', 'non_saturating'),
+      'losses.gan_loss',
+      "'hinge' or 'non_saturating'",
+      config.losses.gan_loss,
+    )
     _require(0.0 <= config.ema_decay < 1.0, 'ema_decay', 'a float in [0, 1)', config.ema_decay)
     if name in ('vqgan', 'vqgan3d'):
       _require(m.codebook_size > 1, 'model.codebook_size', 'an integer > 1', m.codebook_size)
     if name == 'vqgan3d':
-      _require(len(m.temporal_downsample) == len(m.channel_multipliers) - 1,
-               'model.temporal_downsample', f'{len(m.channel_multipliers) - 1} booleans '
-               '(one per downsampling level)', m.temporal_downsample)
+      _require(
+        len(m.temporal_downsample) == len(m.channel_multipliers) - 1,
+        'model.temporal_downsample',
+        f'{len(m.channel_multipliers) - 1} booleans (one per downsampling level)',
+        m.temporal_downsample,
+      )
       ft = 2 ** sum(bool(t) for t in m.temporal_downsample)
       frames = config.data.get('num_frames')
-      _require(bool(frames) and frames % ft == 0, 'data.num_frames',
-               f'a multiple of the temporal downsampling factor {ft}', frames)
-      _require(m.get('inflation', 'central') in ('central', 'average'), 'model.inflation',
-               "'central' or 'average'", m.get('inflation'))
+      _require(
+        bool(frames) and frames % ft == 0,
+        'data.num_frames',
+        f'a multiple of the temporal downsampling factor {ft}',
+        frames,
+      )
+      _require(
+        m.get('inflation', 'central') in ('central', 'average'),
+        'model.inflation',
+        "'central' or 'average'",
+        m.get('inflation'),
+      )
     elif name == 'magvit2':
       _require(1 <= m.num_bits <= 30, 'model.num_bits', 'an integer in [1, 30]', m.num_bits)
-      _require(len(m.temporal_downsample) == len(m.channel_multipliers) - 1,
-               'model.temporal_downsample', f'{len(m.channel_multipliers) - 1} booleans '
-               '(one per downsampling level)', m.temporal_downsample)
+      _require(
+        len(m.temporal_downsample) == len(m.channel_multipliers) - 1,
+        'model.temporal_downsample',
+        f'{len(m.channel_multipliers) - 1} booleans (one per downsampling level)',
+        m.temporal_downsample,
+      )
       ft = 2 ** sum(bool(t) for t in m.temporal_downsample)
       frames = config.data.get('num_frames') or 1
       _require((frames - 1) % ft == 0, 'data.num_frames', f'1 + {ft}*k', frames)
     for mult in m.channel_multipliers:
-      _require((m.filters * mult) % m.num_groups == 0, 'model.num_groups',
-               f'a divisor of every level width filters*mult (e.g. {m.filters * mult})', m.num_groups)
+      _require(
+        (m.filters * mult) % m.num_groups == 0,
+        'model.num_groups',
+        f'a divisor of every level width filters*mult (e.g. {m.filters * mult})',
+        m.num_groups,
+      )
   else:
     from magvit_jax.masking.schedules import SCHEDULES  # pylint: disable=g-import-not-at-top
-    _require(m.hidden_size % m.num_heads == 0, 'model.num_heads',
-             f'a divisor of model.hidden_size={m.hidden_size}', m.num_heads)
-    _require(config.masking.schedule in SCHEDULES, 'masking.schedule', f'one of {SCHEDULES}',
-             config.masking.schedule)
-    _require(config.sampling.schedule in SCHEDULES, 'sampling.schedule', f'one of {SCHEDULES}',
-             config.sampling.schedule)
-    _require(config.sampling.num_steps >= 1, 'sampling.num_steps', 'an integer >= 1',
-             config.sampling.num_steps)
-    _require(0.0 <= config.masking.label_smoothing < 1.0, 'masking.label_smoothing',
-             'a float in [0, 1)', config.masking.label_smoothing)
+
+    _require(
+      m.hidden_size % m.num_heads == 0,
+      'model.num_heads',
+      f'a divisor of model.hidden_size={m.hidden_size}',
+      m.num_heads,
+    )
+    _require(
+      config.masking.schedule in SCHEDULES,
+      'masking.schedule',
+      f'one of {SCHEDULES}',
+      config.masking.schedule,
+    )
+    _require(
+      config.sampling.schedule in SCHEDULES,
+      'sampling.schedule',
+      f'one of {SCHEDULES}',
+      config.sampling.schedule,
+    )
+    _require(
+      config.sampling.num_steps >= 1,
+      'sampling.num_steps',
+      'an integer >= 1',
+      config.sampling.num_steps,
+    )
+    _require(
+      0.0 <= config.masking.label_smoothing < 1.0,
+      'masking.label_smoothing',
+      'a float in [0, 1)',
+      config.masking.label_smoothing,
+    )
     cc = config.get('commit')
     if cc is not None and cc.tasks:
       from magvit_jax.masking import commit  # pylint: disable=g-import-not-at-top
+
       bad = [t for t in cc.tasks if t not in commit.TASKS]
       _require(not bad, 'commit.tasks', f'names from {commit.TASKS}', tuple(cc.tasks))
       for key in ('mask_weight', 'refine_weight', 'recon_weight'):
         _require(cc[key] >= 0, f'commit.{key}', 'a float >= 0', cc[key])
-      _require(cc.mask_weight + cc.refine_weight > 0, 'commit.mask_weight',
-               'mask_weight + refine_weight > 0 (the masked positions must be trained)',
-               cc.mask_weight)
-    _require(bool(config.tokenizer_workdir), 'tokenizer_workdir',
-             'the workdir of a trained tokenizer run (--config.tokenizer_workdir=DIR)',
-             config.tokenizer_workdir)
+      _require(
+        cc.mask_weight + cc.refine_weight > 0,
+        'commit.mask_weight',
+        'mask_weight + refine_weight > 0 (the masked positions must be trained)',
+        cc.mask_weight,
+      )
+    _require(
+      bool(config.tokenizer_workdir),
+      'tokenizer_workdir',
+      'the workdir of a trained tokenizer run (--config.tokenizer_workdir=DIR)',
+      config.tokenizer_workdir,
+    )
 
 
 def config_from_dict(d: dict) -> ml_collections.ConfigDict:

@@ -30,6 +30,7 @@ MAGVIT (`--model=magvit`, moving digits at 16 x 16, 8 frames):
 
 Re-running resumes whatever was left unfinished.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,9 +50,12 @@ _WORKDIR = flags.DEFINE_string('workdir', 'runs/demo', 'Directory for both runs 
 _SAMPLES_PER_CLASS = flags.DEFINE_integer('samples_per_class', 10, 'Images per digit class.')
 _MODEL = flags.DEFINE_enum('model', 'maskgit', ['maskgit', 'magvit'], 'Which demo to run.')
 _EVAL_CLIPS = flags.DEFINE_integer('eval_clips', 100, 'MAGVIT: held-out clips per scored task.')
-_MAGVIT_TASKS = flags.DEFINE_enum('magvit_tasks', 'temporal', ['temporal', 'all'],
-                                  'MAGVIT: train FP + FI (k600 digits config) or all ten tasks '
-                                  '(ucf101 digits config).')
+_MAGVIT_TASKS = flags.DEFINE_enum(
+  'magvit_tasks',
+  'temporal',
+  ['temporal', 'all'],
+  'MAGVIT: train FP + FI (k600 digits config) or all ten tasks (ucf101 digits config).',
+)
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'
 
@@ -74,8 +78,11 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   if _MODEL.value == 'magvit':
-    magvit_demo(os.path.abspath(_WORKDIR.value), _EVAL_CLIPS.value,
-                'magvit_ucf101.py' if _MAGVIT_TASKS.value == 'all' else 'magvit_k600.py')
+    magvit_demo(
+      os.path.abspath(_WORKDIR.value),
+      _EVAL_CLIPS.value,
+      'magvit_ucf101.py' if _MAGVIT_TASKS.value == 'all' else 'magvit_k600.py',
+    )
   else:
     maskgit_demo()
 
@@ -86,6 +93,7 @@ def magvit_demo(workdir: str, eval_clips: int, config_file: str = 'magvit_k600.p
   from magvit_jax import video_tasks  # pylint: disable=g-import-not-at-top
   from magvit_jax.trainers import tokenizer as tokenizer_trainer  # pylint: disable=g-import-not-at-top
   from magvit_jax.trainers import transformer as transformer_trainer  # pylint: disable=g-import-not-at-top
+
   t0 = time.perf_counter()
   seconds = {}
 
@@ -113,9 +121,12 @@ def magvit_demo(workdir: str, eval_clips: int, config_file: str = 'magvit_k600.p
 
   sampler = sampling.Sampler(tf_dir)
   videos, labels = video_tasks.load_clips(sampler.config, eval_clips)
-  summary = {'tokenizer_eval_psnr_db': tok['eval_psnr'],
-             'tokenizer_eval_codebook_usage': tok['eval_codebook_usage'],
-             'eval_clips': len(videos), 'decoding_steps': int(ct.sampling.num_steps)}
+  summary = {
+    'tokenizer_eval_psnr_db': tok['eval_psnr'],
+    'tokenizer_eval_codebook_usage': tok['eval_codebook_usage'],
+    'eval_clips': len(videos),
+    'decoding_steps': int(ct.sampling.num_steps),
+  }
   for task in tasks:
     metrics, result = video_tasks.evaluate_task(sampler, task, videos, labels, seed=0)
     summary.update({k: v for k, v in metrics.items() if not k.endswith('examples')})
@@ -126,16 +137,20 @@ def magvit_demo(workdir: str, eval_clips: int, config_file: str = 'magvit_k600.p
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump(summary, f, indent=2)
   print('\n== magvit_jax MAGVIT demo (embedded moving digits) ==')
-  print(f"3D-VQ held-out clip PSNR     {summary['tokenizer_eval_psnr_db']:.2f} dB")
+  print(f'3D-VQ held-out clip PSNR     {summary["tokenizer_eval_psnr_db"]:.2f} dB')
   for task in ('FP', 'FI'):
     if task in tasks:
-      print(f"{task}: PSNR of generated frames {summary[f'{task}/psnr']:.2f} dB vs baseline "
-            f"({video_tasks.BASELINES[task]}) {summary[f'{task}/baseline_psnr']:.2f} dB")
+      print(
+        f'{task}: PSNR of generated frames {summary[f"{task}/psnr"]:.2f} dB vs baseline '
+        f'({video_tasks.BASELINES[task]}) {summary[f"{task}/baseline_psnr"]:.2f} dB'
+      )
   others = [t for t in tasks if t not in ('FP', 'FI')]
   if others:
-    print('other tasks (PSNR of generated pixels): ' + ', '.join(
-        f"{t} {summary[f'{t}/psnr']:.1f}" for t in others))
-  print(f"time: {', '.join(f'{k} {v / 60:.1f} min' for k, v in seconds.items())}")
+    print(
+      'other tasks (PSNR of generated pixels): '
+      + ', '.join(f'{t} {summary[f"{t}/psnr"]:.1f}' for t in others)
+    )
+  print(f'time: {", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items())}')
   print(f'GIFs: {workdir}/tasks/<TASK>/samples.gif')
   return summary
 
@@ -169,34 +184,41 @@ def maskgit_demo():
   classifier = DigitsClassifier()
   agreement = classifier.agreement(result['images'], result['labels'])
   from magvit_jax import evaluation  # pylint: disable=g-import-not-at-top
+
   gen_metrics = evaluation.evaluate(mg_dir, result['images'], result['labels'], network='digits')
   summary = {
-      'tokenizer_eval_psnr_db': tok['eval_psnr'],
-      'tokenizer_eval_codebook_usage': tok['eval_codebook_usage'],
-      'classifier_test_accuracy': classifier.test_accuracy,
-      'sample_class_agreement': agreement,
-      'digits_fid': gen_metrics['eval/digits_fid'],
-      'digits_net_accuracy_on_samples': gen_metrics['eval/classifier_accuracy'],
-      'precision': gen_metrics['eval/precision'],
-      'recall': gen_metrics['eval/recall'],
-      'num_samples': len(labels),
-      'decoding_steps': int(mg_config.sampling.num_steps),
-      'guidance_scale': float(mg_config.sampling.guidance_scale),
-      'seconds_tokenizer': t_tok,
-      'seconds_transformer': t_mg,
-      'seconds_total': time.perf_counter() - t0,
+    'tokenizer_eval_psnr_db': tok['eval_psnr'],
+    'tokenizer_eval_codebook_usage': tok['eval_codebook_usage'],
+    'classifier_test_accuracy': classifier.test_accuracy,
+    'sample_class_agreement': agreement,
+    'digits_fid': gen_metrics['eval/digits_fid'],
+    'digits_net_accuracy_on_samples': gen_metrics['eval/classifier_accuracy'],
+    'precision': gen_metrics['eval/precision'],
+    'recall': gen_metrics['eval/recall'],
+    'num_samples': len(labels),
+    'decoding_steps': int(mg_config.sampling.num_steps),
+    'guidance_scale': float(mg_config.sampling.guidance_scale),
+    'seconds_tokenizer': t_tok,
+    'seconds_transformer': t_mg,
+    'seconds_total': time.perf_counter() - t0,
   }
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump(summary, f, indent=2)
   print('\n== magvit_jax demo (embedded digits) ==')
-  print(f"tokenizer held-out PSNR      {summary['tokenizer_eval_psnr_db']:.2f} dB")
-  print(f"tokenizer codebook usage     {summary['tokenizer_eval_codebook_usage']:.1%}")
-  print(f"samples classified as asked  {agreement:.1%} of {len(labels)} "
-        f"(classifier test accuracy {classifier.test_accuracy:.1%})")
-  print(f"digits FID (100 samples vs test split) {summary['digits_fid']:.2f}, precision "
-        f"{summary['precision']:.2f}, recall {summary['recall']:.2f}")
-  print(f"time: tokenizer {t_tok / 60:.1f} min, transformer {t_mg / 60:.1f} min, "
-        f"total {summary['seconds_total'] / 60:.1f} min")
+  print(f'tokenizer held-out PSNR      {summary["tokenizer_eval_psnr_db"]:.2f} dB')
+  print(f'tokenizer codebook usage     {summary["tokenizer_eval_codebook_usage"]:.1%}')
+  print(
+    f'samples classified as asked  {agreement:.1%} of {len(labels)} '
+    f'(classifier test accuracy {classifier.test_accuracy:.1%})'
+  )
+  print(
+    f'digits FID (100 samples vs test split) {summary["digits_fid"]:.2f}, precision '
+    f'{summary["precision"]:.2f}, recall {summary["recall"]:.2f}'
+  )
+  print(
+    f'time: tokenizer {t_tok / 60:.1f} min, transformer {t_mg / 60:.1f} min, '
+    f'total {summary["seconds_total"] / 60:.1f} min'
+  )
   print(f'samples: {sample_dir}/grid.png, {sample_dir}/samples.npz')
 
 

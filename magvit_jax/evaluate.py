@@ -30,6 +30,7 @@ The metrics are appended to `<workdir>/metrics.jsonl` (a new file under
 checkpoint, else 0) and printed as a table. Reference statistics are cached in
 --cache_dir.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,19 +48,33 @@ from magvit_jax.evaluation import evaluate, format_table, latest_step, load_samp
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a trained transformer run.')
 _SAMPLES = flags.DEFINE_string('samples', None, 'samples.npz to score (default: generate).')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1000, 'Samples to generate without --samples.')
-_NETWORK = flags.DEFINE_enum('network', None, ['digits', 'inception', 'i3d'],
-                             'Feature network (default: digits for the embedded datasets, else '
-                             'inception for images / i3d for videos).')
+_NETWORK = flags.DEFINE_enum(
+  'network',
+  None,
+  ['digits', 'inception', 'i3d'],
+  'Feature network (default: digits for the embedded datasets, else '
+  'inception for images / i3d for videos).',
+)
 _WEIGHTS = flags.DEFINE_string('weights', None, '.npz weights of the inception/i3d network.')
-_SPLIT = flags.DEFINE_string('split', None, 'Reference split (default: config.data.eval_split, '
-                             'else test).')
-_CACHE_DIR = flags.DEFINE_string('cache_dir', None, 'Cache of reference statistics and of the '
-                                 'digits network (default: ~/.cache/magvit_jax/eval).')
+_SPLIT = flags.DEFINE_string(
+  'split', None, 'Reference split (default: config.data.eval_split, else test).'
+)
+_CACHE_DIR = flags.DEFINE_string(
+  'cache_dir',
+  None,
+  'Cache of reference statistics and of the digits network (default: ~/.cache/magvit_jax/eval).',
+)
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 _BATCH = flags.DEFINE_integer('batch_size', 50, 'Samples per decoding / featurizing call.')
-_TASK = flags.DEFINE_enum('task', None, list(TASKS), 'MAGVIT COMMIT task to score by PSNR on '
-                          'eval clips (vs a baseline for FP/FI) instead of sample quality.')
+_TASK = flags.DEFINE_enum(
+  'task',
+  None,
+  list(TASKS),
+  'MAGVIT COMMIT task to score by PSNR on '
+  'eval clips (vs a baseline for FP/FI) instead of sample quality.',
+)
 flags.mark_flags_as_required(['workdir'])
+
 
 def main(argv):
   if len(argv) > 1:
@@ -68,14 +83,23 @@ def main(argv):
   workdir = _WORKDIR.value
   config = read_workdir_config(workdir)
   if _NETWORK.value in ('inception', 'i3d') and not _WEIGHTS.value:
-    raise app.UsageError(f'--network={_NETWORK.value} needs --weights=path/to/weights.npz '
-                         '(see magvit_jax/metrics/convert_weights.py)')
+    raise app.UsageError(
+      f'--network={_NETWORK.value} needs --weights=path/to/weights.npz '
+      '(see magvit_jax/metrics/convert_weights.py)'
+    )
   if _TASK.value:
     from magvit_jax import sampling, video_tasks  # pylint: disable=g-import-not-at-top
+
     videos, labels = video_tasks.load_clips(config, _NUM_SAMPLES.value, _SPLIT.value)
     print(f'[evaluate] {_TASK.value} on {len(videos)} clips', flush=True)
-    metrics, _ = video_tasks.evaluate_task(sampling.Sampler(workdir), _TASK.value, videos, labels,
-                                           seed=_SEED.value, batch_size=_BATCH.value)
+    metrics, _ = video_tasks.evaluate_task(
+      sampling.Sampler(workdir),
+      _TASK.value,
+      videos,
+      labels,
+      seed=_SEED.value,
+      batch_size=_BATCH.value,
+    )
     metrics = {f'eval/{k}': v for k, v in metrics.items()}
   elif _SAMPLES.value:
     images, labels = load_samples(_SAMPLES.value)
@@ -84,15 +108,24 @@ def main(argv):
     if _NUM_SAMPLES.value < 4:
       raise app.UsageError(f'--num_samples must be >= 4, got {_NUM_SAMPLES.value}')
     from magvit_jax import sampling  # pylint: disable=g-import-not-at-top
+
     labels = spread_labels(_NUM_SAMPLES.value, int(config['model']['num_classes']))
     print(f'[evaluate] generating {len(labels)} samples', flush=True)
-    result = sampling.Sampler(workdir).generate(labels, seed=_SEED.value,
-                                                batch_size=_BATCH.value)
+    result = sampling.Sampler(workdir).generate(labels, seed=_SEED.value, batch_size=_BATCH.value)
     images, labels = result['images'], result['labels']
   if not _TASK.value:
-    metrics = evaluate(workdir, images, labels, _NETWORK.value, _WEIGHTS.value, _SPLIT.value,
-                       _CACHE_DIR.value, _BATCH.value)
+    metrics = evaluate(
+      workdir,
+      images,
+      labels,
+      _NETWORK.value,
+      _WEIGHTS.value,
+      _SPLIT.value,
+      _CACHE_DIR.value,
+      _BATCH.value,
+    )
   from magvit_jax.trainers.metrics_writer import MetricsWriter  # pylint: disable=g-import-not-at-top
+
   step = latest_step(workdir)
   writer = MetricsWriter(workdir)
   writer.write(step, metrics)

@@ -4,6 +4,7 @@
 (digits FID/FVD, IS, precision/recall, classifier accuracy) or with InceptionV3 / I3D weights
 supplied by the user (FID / FVD, IS); reference statistics are cached.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,13 +42,16 @@ def load_samples(path: str) -> tuple[np.ndarray, np.ndarray | None]:
   """(images uint8 [N, (T,) H, W, 3], labels int32 [N] or None) from a samples.npz."""
   with np.load(path) as f:
     if 'images' not in f.files:
-      raise ValueError(f'{path} has no `images` array (has {f.files}); expected the samples.npz '
-                       'of magvit_jax.sample')
+      raise ValueError(
+        f'{path} has no `images` array (has {f.files}); expected the samples.npz '
+        'of magvit_jax.sample'
+      )
     images = f['images']
     labels = f['labels'].astype(np.int32) if 'labels' in f.files else None
   if images.dtype != np.uint8 or images.ndim not in (4, 5) or images.shape[-1] != 3:
-    raise ValueError(f'{path}: images must be uint8 [N, (T,) H, W, 3], got {images.dtype} '
-                     f'{images.shape}')
+    raise ValueError(
+      f'{path}: images must be uint8 [N, (T,) H, W, 3], got {images.dtype} {images.shape}'
+    )
   if labels is not None and labels.shape != (len(images),):
     raise ValueError(f'{path}: labels must be [N={len(images)}], got {labels.shape}')
   return images, labels
@@ -66,31 +70,45 @@ def featurize(fn, images: np.ndarray, batch_size: int, what: str) -> tuple[np.nd
   """Applies fn (a batch -> tuple of [b, ...] arrays) in chunks with a progress line."""
   outs, t0 = [], time.perf_counter()
   for start in range(0, len(images), batch_size):
-    outs.append(fn(images[start:start + batch_size]))
+    outs.append(fn(images[start : start + batch_size]))
     done = min(start + batch_size, len(images))
-    print(f'[evaluate] {what}: {done}/{len(images)} samples, '
-          f'{done / (time.perf_counter() - t0):.1f}/s', flush=True)
+    print(
+      f'[evaluate] {what}: {done}/{len(images)} samples, {done / (time.perf_counter() - t0):.1f}/s',
+      flush=True,
+    )
   return tuple(np.concatenate(parts) for parts in zip(*outs))
 
 
-def evaluate(workdir: str, images: np.ndarray, labels: np.ndarray | None, network: str | None,
-             weights: str | None = None, split: str | None = None,
-             cache_dir: str | None = None, batch_size: int = 50) -> dict[str, float]:
+def evaluate(
+  workdir: str,
+  images: np.ndarray,
+  labels: np.ndarray | None,
+  network: str | None,
+  weights: str | None = None,
+  split: str | None = None,
+  cache_dir: str | None = None,
+  batch_size: int = 50,
+) -> dict[str, float]:
   """Metrics of samples `images` uint8 [N, (T,) H, W, 3] of the run in `workdir` (see module doc).
 
   Returns name -> value (names prefixed 'eval/', plus 'eval/num_samples').
   """
   from magvit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   config = read_workdir_config(workdir)
   data = dict(config['data'])
   name = data['name']
   is_video = images.ndim == 5
-  network = network or ('digits' if name in pipeline.EMBEDDED_DATASETS
-                        else 'i3d' if is_video else 'inception')
+  network = network or (
+    'digits' if name in pipeline.EMBEDDED_DATASETS else 'i3d' if is_video else 'inception'
+  )
   split = split or data.get('eval_split') or 'test'
   cache_dir = cache_dir or default_cache_dir()
-  data_config = {'name': name, 'data_dir': data.get('data_dir'),
-                 'image_size': int(data['image_size'])}
+  data_config = {
+    'name': name,
+    'data_dir': data.get('data_dir'),
+    'image_size': int(data['image_size']),
+  }
   if is_video:
     data_config['num_frames'] = int(data.get('num_frames') or images.shape[1])
   n = len(images)
@@ -100,43 +118,69 @@ def evaluate(workdir: str, images: np.ndarray, labels: np.ndarray | None, networ
 
   if network == 'digits':
     from magvit_jax.metrics import digits_features as dfeat  # pylint: disable=g-import-not-at-top
+
     params = dfeat.load_or_train_digits_features(cache_dir, data.get('data_dir'))
     fn = lambda x: dfeat.digits_features(params, x)  # pylint: disable=unnecessary-lambda-assignment
     _, _, real = reference_stats.reference_statistics(
-        name, lambda x: fn(x)[0], data_config, split, cache_dir, dfeat.network_id(),
-        return_features=True)
+      name,
+      lambda x: fn(x)[0],
+      data_config,
+      split,
+      cache_dir,
+      dfeat.network_id(),
+      return_features=True,
+    )
     fake, probs = featurize(fn, images, max(batch_size, 500), 'digits features')
-    metrics['digits_fvd' if is_video else 'digits_fid'] = (
-        frechet.frechet_distance_from_features(real, fake))
+    metrics['digits_fvd' if is_video else 'digits_fid'] = frechet.frechet_distance_from_features(
+      real, fake
+    )
     metrics['inception_score'] = _inception_score(probs)
     metrics['precision'], metrics['recall'] = scores.precision_recall(real, fake, k=3)
     if labels is not None:
       metrics['classifier_accuracy'] = float(np.mean(np.argmax(probs, axis=1) == labels))
   elif network == 'inception':
     from magvit_jax.metrics import inception  # pylint: disable=g-import-not-at-top
+
     if is_video:
-      raise ValueError('--network=inception scores images; these samples are videos '
-                       f'{images.shape}: use --network=i3d')
+      raise ValueError(
+        '--network=inception scores images; these samples are videos '
+        f'{images.shape}: use --network=i3d'
+      )
     variables = inception.load_inception_weights(weights)
     fn = lambda x: inception.inception_features(variables, x, batch_size)  # pylint: disable=unnecessary-lambda-assignment
     mu_r, sigma_r = reference_stats.reference_statistics(
-        name, lambda x: fn(x)[0], data_config, split, cache_dir,
-        f'inception_fid-{_file_id(weights)}', batch_size=batch_size)
+      name,
+      lambda x: fn(x)[0],
+      data_config,
+      split,
+      cache_dir,
+      f'inception_fid-{_file_id(weights)}',
+      batch_size=batch_size,
+    )
     fake, probs = featurize(fn, images, batch_size, 'inception features')
     mu_f, sigma_f = frechet.feature_statistics(fake)
     metrics['fid'] = frechet.frechet_distance(mu_r, sigma_r, mu_f, sigma_f)
     metrics['inception_score'] = _inception_score(probs)
   elif network == 'i3d':
     from magvit_jax.metrics import i3d  # pylint: disable=g-import-not-at-top
+
     if not is_video:
-      raise ValueError(f'--network=i3d scores videos; these samples are images {images.shape}: '
-                       'use --network=inception')
+      raise ValueError(
+        f'--network=i3d scores videos; these samples are images {images.shape}: '
+        'use --network=inception'
+      )
     variables = i3d.load_i3d_weights(weights)
     bs = max(1, min(batch_size, 8))
     fn = lambda x: i3d.i3d_features(variables, x, bs)  # pylint: disable=unnecessary-lambda-assignment
     mu_r, sigma_r = reference_stats.reference_statistics(
-        name, lambda x: fn(x)[2], data_config, split, cache_dir,
-        f'i3d_logits-{_file_id(weights)}', batch_size=bs)
+      name,
+      lambda x: fn(x)[2],
+      data_config,
+      split,
+      cache_dir,
+      f'i3d_logits-{_file_id(weights)}',
+      batch_size=bs,
+    )
     _, probs, logits = featurize(fn, images, bs, 'i3d features')
     mu_f, sigma_f = frechet.feature_statistics(logits)
     metrics['fvd'] = frechet.frechet_distance(mu_r, sigma_r, mu_f, sigma_f)

@@ -13,6 +13,7 @@ Object stores differ from a disk in two ways that matter here:
     visible once its upload completes, so `write_text_atomic` writes remote
     files in one go and uses write-then-rename locally.
 """
+
 from __future__ import annotations
 
 import os

@@ -16,6 +16,7 @@ non-saturating loss, adversarial weight 0.1, R1 10, perceptual 0.1, LeCAM 0, gen
 (tests/test_magvit_configs.py checks both within 5%). Values the paper does not fix are marked
 "check".
 """
+
 from __future__ import annotations
 
 import ml_collections
@@ -28,45 +29,99 @@ ARGS = ('B', 'L', 'tokenizer_B', 'tokenizer_L', 'digits', 'tokenizer_digits')
 # Per dataset: TFDS name/data fields, clip size, classes and the COMMIT tasks of the paper's
 # benchmark on it.
 DATASETS = {
-    'ucf101': dict(
-        data=dict(name='ucf101', image_size=128, num_frames=16, train_split='train',
-                  eval_split='test', num_classes=101),
-        tasks=('CG',), fp_frames=1, fi_frames=1),  # UCF-101 class-conditional generation.
-    'bair': dict(
-        data=dict(name='bair_robot_pushing_small', video_key='image_main', image_size=64,
-                  num_frames=16, train_split='train', eval_split='test', num_classes=0),
-        # BAIR frame prediction from 1 frame; `:B` with --config.commit.tasks for the 8-task
-        # benchmark (all but the class-conditional ones).
-        tasks=('FP',), fp_frames=1, fi_frames=1),
-    'k600': dict(
-        data=dict(name='video_folder', folder='', image_size=128, num_frames=16,
-                  train_split='train', eval_split='validation', num_classes=600),
-        tasks=('FP',), fp_frames=5, fi_frames=1),  # K600: 5 frames -> 11 frames.
+  'ucf101': dict(
+    data=dict(
+      name='ucf101',
+      image_size=128,
+      num_frames=16,
+      train_split='train',
+      eval_split='test',
+      num_classes=101,
+    ),
+    tasks=('CG',),
+    fp_frames=1,
+    fi_frames=1,
+  ),  # UCF-101 class-conditional generation.
+  'bair': dict(
+    data=dict(
+      name='bair_robot_pushing_small',
+      video_key='image_main',
+      image_size=64,
+      num_frames=16,
+      train_split='train',
+      eval_split='test',
+      num_classes=0,
+    ),
+    # BAIR frame prediction from 1 frame; `:B` with --config.commit.tasks for the 8-task
+    # benchmark (all but the class-conditional ones).
+    tasks=('FP',),
+    fp_frames=1,
+    fi_frames=1,
+  ),
+  'k600': dict(
+    data=dict(
+      name='video_folder',
+      folder='',
+      image_size=128,
+      num_frames=16,
+      train_split='train',
+      eval_split='validation',
+      num_classes=600,
+    ),
+    tasks=('FP',),
+    fp_frames=5,
+    fi_frames=1,
+  ),  # K600: 5 frames -> 11 frames.
 }
 
 TRANSFORMERS = {
-    'B': dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
-    'L': dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096),
-    'digits': dict(hidden_size=256, num_layers=6, num_heads=8, mlp_dim=1024),
+  'B': dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
+  'L': dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096),
+  'digits': dict(hidden_size=256, num_layers=6, num_heads=8, mlp_dim=1024),
 }
 
 TOKENIZERS = {
-    'B': dict(filters=64, channel_multipliers=(1, 2, 2, 4), num_res_blocks=2,
-              temporal_downsample=(True, True, False), embedding_dim=256, codebook_size=1024,
-              num_groups=32),
-    'L': dict(filters=128, channel_multipliers=(1, 2, 2, 4), num_res_blocks=2,
-              temporal_downsample=(True, True, False), embedding_dim=256, codebook_size=1024,
-              num_groups=32),
-    # Matches configs/vqgan_imagenet.py:digits, so a 2D digits VQGAN inflates into it.
-    'digits': dict(filters=32, channel_multipliers=(1, 2, 2), num_res_blocks=1,
-                   temporal_downsample=(True, False), embedding_dim=32, codebook_size=256,
-                   num_groups=8),
+  'B': dict(
+    filters=64,
+    channel_multipliers=(1, 2, 2, 4),
+    num_res_blocks=2,
+    temporal_downsample=(True, True, False),
+    embedding_dim=256,
+    codebook_size=1024,
+    num_groups=32,
+  ),
+  'L': dict(
+    filters=128,
+    channel_multipliers=(1, 2, 2, 4),
+    num_res_blocks=2,
+    temporal_downsample=(True, True, False),
+    embedding_dim=256,
+    codebook_size=1024,
+    num_groups=32,
+  ),
+  # Matches configs/vqgan_imagenet.py:digits, so a 2D digits VQGAN inflates into it.
+  'digits': dict(
+    filters=32,
+    channel_multipliers=(1, 2, 2),
+    num_res_blocks=1,
+    temporal_downsample=(True, False),
+    embedding_dim=32,
+    codebook_size=256,
+    num_groups=8,
+  ),
 }
 
 # Tiny CPU variants train on the embedded moving digits at 16 x 16 (the digits' native 8 x 8
 # resolution on a 2x smaller canvas): 8 frames -> 4 x 4 x 4 tokens.
-_DIGITS_DATA = dict(name='magvit_moving_digits', image_size=16, num_frames=8,
-                    train_split='train', eval_split='test', num_classes=10, shuffle_buffer=2000)
+_DIGITS_DATA = dict(
+  name='magvit_moving_digits',
+  image_size=16,
+  num_frames=8,
+  train_split='train',
+  eval_split='test',
+  num_classes=10,
+  shuffle_buffer=2000,
+)
 
 
 def _set_data(c: ml_collections.ConfigDict, fields: dict) -> None:
@@ -80,13 +135,27 @@ def _set_data(c: ml_collections.ConfigDict, fields: dict) -> None:
 def tokenizer_config(dataset: str, size: str) -> ml_collections.ConfigDict:
   """The 3D-VQ tokenizer (stage 1) of MAGVIT-`size` on `dataset`."""
   c = base_config('tokenizer')
-  c.model = ml_collections.ConfigDict(dict(
-      name='vqgan3d', commitment_cost=0.25, temporal_padding='edge', inflation='central',
-      **TOKENIZERS[size]))
+  c.model = ml_collections.ConfigDict(
+    dict(
+      name='vqgan3d',
+      commitment_cost=0.25,
+      temporal_padding='edge',
+      inflation='central',
+      **TOKENIZERS[size],
+    )
+  )
   # Workdir of a trained 2D VQGAN of the same widths; a fresh run starts from its weights.
   c.model.inflate_from = ml_collections.config_dict.placeholder(str)
-  c.losses.update(dict(gan_weight=0.1, gan_loss='non_saturating', r1_gamma=10.0,
-                       lecam_weight=0.0, perceptual_weight=0.1, disc_start_step=0))
+  c.losses.update(
+    dict(
+      gan_weight=0.1,
+      gan_loss='non_saturating',
+      r1_gamma=10.0,
+      lecam_weight=0.0,
+      perceptual_weight=0.1,
+      disc_start_step=0,
+    )
+  )
   c.discriminator.update(dict(filters=64, channel_multipliers=(2, 4, 4, 4, 4)))
   c.disc_optimizer.update(dict(lr=1e-4, b1=0.0, b2=0.99))
   c.ema_decay = 0.999
@@ -98,8 +167,9 @@ def tokenizer_config(dataset: str, size: str) -> ml_collections.ConfigDict:
     c.losses.update(dict(gan_weight=0.0, perceptual_weight=0.0, r1_gamma=0.0))
     c.discriminator.update(dict(filters=16, channel_multipliers=(1, 2, 2)))
     c.ema_decay = 0.0
-    c.optimizer.update(dict(lr=1e-3, b1=0.9, b2=0.99, warmup_steps=20, decay='cosine',
-                            decay_steps=300))
+    c.optimizer.update(
+      dict(lr=1e-3, b1=0.9, b2=0.99, warmup_steps=20, decay='cosine', decay_steps=300)
+    )
     c.batch_size = 16
     c.eval_batch_size = 50
     c.num_train_steps = 300
@@ -117,20 +187,47 @@ def transformer_config(dataset: str, size: str) -> ml_collections.ConfigDict:
   spec = DATASETS[dataset]
   c = base_config('transformer')
   c.tokenizer_workdir = ml_collections.config_dict.placeholder(str)
-  c.model = ml_collections.ConfigDict(dict(
-      codebook_size=1024, num_classes=max(int(spec['data']['num_classes']), 1),
-      num_tasks=len(TASKS), num_sub_tokens=1, dropout_rate=0.1, dtype='float32',
-      **TRANSFORMERS[size]))
-  c.commit.update(dict(tasks=spec['tasks'], fp_frames=spec['fp_frames'],
-                       fi_frames=spec['fi_frames'], box_fraction=0.5, mask_weight=1.0,
-                       refine_weight=1.0, recon_weight=1.0))
-  c.masking = ml_collections.ConfigDict(dict(
-      schedule='cosine', label_smoothing=0.1, class_dropout=0.1))
-  c.sampling = ml_collections.ConfigDict(dict(
-      num_steps=12, schedule='cosine', choice_temperature=4.5, temperature=1.0,
-      guidance_scale=0.0))
-  c.optimizer.update(dict(lr=1e-4, b1=0.9, b2=0.96, weight_decay=0.045, warmup_steps=5000,
-                          decay='cosine', decay_steps=500_000))  # check
+  c.model = ml_collections.ConfigDict(
+    dict(
+      codebook_size=1024,
+      num_classes=max(int(spec['data']['num_classes']), 1),
+      num_tasks=len(TASKS),
+      num_sub_tokens=1,
+      dropout_rate=0.1,
+      dtype='float32',
+      **TRANSFORMERS[size],
+    )
+  )
+  c.commit.update(
+    dict(
+      tasks=spec['tasks'],
+      fp_frames=spec['fp_frames'],
+      fi_frames=spec['fi_frames'],
+      box_fraction=0.5,
+      mask_weight=1.0,
+      refine_weight=1.0,
+      recon_weight=1.0,
+    )
+  )
+  c.masking = ml_collections.ConfigDict(
+    dict(schedule='cosine', label_smoothing=0.1, class_dropout=0.1)
+  )
+  c.sampling = ml_collections.ConfigDict(
+    dict(
+      num_steps=12, schedule='cosine', choice_temperature=4.5, temperature=1.0, guidance_scale=0.0
+    )
+  )
+  c.optimizer.update(
+    dict(
+      lr=1e-4,
+      b1=0.9,
+      b2=0.96,
+      weight_decay=0.045,
+      warmup_steps=5000,
+      decay='cosine',
+      decay_steps=500_000,
+    )
+  )  # check
   c.batch_size = 256  # check
   c.num_train_steps = 500_000  # check
   if size == 'digits':
@@ -139,8 +236,9 @@ def transformer_config(dataset: str, size: str) -> ml_collections.ConfigDict:
     # UCF-101's tiny twin learns all ten tasks (the moving digits have labels); BAIR's and
     # K600's learn the temporal tasks: prediction of 4 frames from 4 and interpolation of the
     # 4 middle frames from 2 + 2.
-    c.commit.update(dict(tasks=TASKS if dataset == 'ucf101' else ('FP', 'FI'), fp_frames=4,
-                         fi_frames=2))
+    c.commit.update(
+      dict(tasks=TASKS if dataset == 'ucf101' else ('FP', 'FI'), fp_frames=4, fi_frames=2)
+    )
     c.sampling.update(dict(num_steps=8))
     c.optimizer.update(dict(lr=1e-3, weight_decay=0.01, warmup_steps=50, decay_steps=1200))
     c.batch_size = 32
@@ -159,5 +257,5 @@ def get_magvit_config(dataset: str, arg: str | None) -> ml_collections.ConfigDic
   if arg not in ARGS:
     raise ValueError(f'configs/magvit_{dataset}.py:{arg}: expected one of {ARGS}')
   if arg.startswith('tokenizer_'):
-    return tokenizer_config(dataset, arg[len('tokenizer_'):])
+    return tokenizer_config(dataset, arg[len('tokenizer_') :])
   return transformer_config(dataset, arg)

@@ -11,6 +11,7 @@ the same program on its own slice of the global batch. `describe_runtime`
 is the line each process logs at the start of training, and
 `any_process` is how the processes agree on a host-side flag (preemption).
 """
+
 from __future__ import annotations
 
 import collections
@@ -32,20 +33,25 @@ def _resolve_sizes(shape: dict[str, int], num_devices: int) -> list[int]:
   """Axis sizes in MESH_AXES order with a -1 replaced; validates against `num_devices`."""
   unknown = set(shape) - set(MESH_AXES)
   if unknown:
-    raise ValueError(f'config.mesh has unknown axes {sorted(unknown)}; expected {MESH_AXES} '
-                     '(and num_slices)')
+    raise ValueError(
+      f'config.mesh has unknown axes {sorted(unknown)}; expected {MESH_AXES} (and num_slices)'
+    )
   sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
   if sizes.count(-1) > 1:
     raise ValueError(f'config.mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}')
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if num_devices % known:
-      raise ValueError(f'config.mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are '
-                       f'not divisible by {known}')
+      raise ValueError(
+        f'config.mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are '
+        f'not divisible by {known}'
+      )
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
-    raise ValueError(f'config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, '
-                     f'{num_devices} are available')
+    raise ValueError(
+      f'config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, '
+      f'{num_devices} are available'
+    )
   return sizes
 
 
@@ -60,8 +66,12 @@ class _SliceTagged:
     return getattr(self.device, name)
 
 
-def multislice_device_array(devices: Sequence[Any], sizes: Sequence[int], num_slices: int,
-                            slice_of: Callable[[Any], int] | None = None) -> np.ndarray:
+def multislice_device_array(
+  devices: Sequence[Any],
+  sizes: Sequence[int],
+  num_slices: int,
+  slice_of: Callable[[Any], int] | None = None,
+) -> np.ndarray:
   """Devices arranged [data, fsdp, tensor] with `data` across slices (DCN), the rest within.
 
   Device `i` of axis `data` lies in slice `i // (data / num_slices)`; within a slice the
@@ -81,20 +91,25 @@ def multislice_device_array(devices: Sequence[Any], sizes: Sequence[int], num_sl
   """
   data, fsdp, tensor = sizes
   if data % num_slices:
-    raise ValueError(f'config.mesh.data={data} must be a multiple of config.mesh.num_slices='
-                     f'{num_slices}: `data` is the axis that spans the slices (DCN)')
+    raise ValueError(
+      f'config.mesh.data={data} must be a multiple of config.mesh.num_slices='
+      f'{num_slices}: `data` is the axis that spans the slices (DCN)'
+    )
   if slice_of is None and not all(hasattr(d, 'slice_index') for d in devices):
     raise ValueError(
-        f'config.mesh.num_slices={num_slices} but the devices have no `slice_index` '
-        f'({devices[0].platform} {devices[0].device_kind}): not a multislice TPU job. '
-        'Set config.mesh.num_slices=1.')
+      f'config.mesh.num_slices={num_slices} but the devices have no `slice_index` '
+      f'({devices[0].platform} {devices[0].device_kind}): not a multislice TPU job. '
+      'Set config.mesh.num_slices=1.'
+    )
   ids = [int(d.slice_index if slice_of is None else slice_of(d)) for d in devices]
   per_slice = collections.Counter(ids)
   if len(per_slice) != num_slices or len(set(per_slice.values())) != 1:
     found = ', '.join(f'slice {k}: {v}' for k, v in sorted(per_slice.items()))
-    raise ValueError(f'config.mesh.num_slices={num_slices}, but the {len(devices)} devices come '
-                     f'from {len(per_slice)} slice(s) of sizes ({found}); set '
-                     f'config.mesh.num_slices={len(per_slice)} (slices must be equal in size)')
+    raise ValueError(
+      f'config.mesh.num_slices={num_slices}, but the {len(devices)} devices come '
+      f'from {len(per_slice)} slice(s) of sizes ({found}); set '
+      f'config.mesh.num_slices={len(per_slice)} (slices must be equal in size)'
+    )
   ici_shape, dcn_shape = (data // num_slices, fsdp, tensor), (num_slices, 1, 1)
   if slice_of is None:  # Real multislice devices: hand them over untouched.
     return mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices)
@@ -103,8 +118,11 @@ def multislice_device_array(devices: Sequence[Any], sizes: Sequence[int], num_sl
   return np.vectorize(lambda t: t.device, otypes=[object])(arranged)
 
 
-def make_mesh(mesh_shape: dict[str, int] | Any, devices: Sequence[jax.Device] | None = None,
-              slice_of: Callable[[Any], int] | None = None) -> Mesh:
+def make_mesh(
+  mesh_shape: dict[str, int] | Any,
+  devices: Sequence[jax.Device] | None = None,
+  slice_of: Callable[[Any], int] | None = None,
+) -> Mesh:
   """Builds a ('data', 'fsdp', 'tensor') mesh.
 
   mesh_shape: mapping from axis name to size; at most one size may be -1,
@@ -122,8 +140,10 @@ def make_mesh(mesh_shape: dict[str, int] | Any, devices: Sequence[jax.Device] | 
   if num_slices < 1:
     raise ValueError(f'config.mesh.num_slices must be >= 1, got {num_slices}')
   if len(devices) % num_slices:
-    raise ValueError(f'config.mesh.num_slices={num_slices}: {len(devices)} devices are not '
-                     f'divisible by {num_slices}')
+    raise ValueError(
+      f'config.mesh.num_slices={num_slices}: {len(devices)} devices are not '
+      f'divisible by {num_slices}'
+    )
   sizes = _resolve_sizes(shape, len(devices))
   if num_slices == 1:
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
@@ -164,9 +184,11 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
   Each process passes its own slice of the global batch (`[local_batch, ...]`);
   the global batch is their concatenation in process order.
   """
+
   def put(x):
     x = np.asarray(x)
     return jax.make_array_from_process_local_data(batch_sharding(mesh, x.ndim), x)
+
   return jax.tree_util.tree_map(put, batch)
 
 
@@ -178,11 +200,13 @@ def check_batch_size(global_batch: int, mesh: Mesh, field: str = 'config.batch_s
   """Validates the global batch against the mesh and process count; returns the per-process batch."""
   dp = data_parallel_size(mesh)
   if global_batch % dp:
-    raise ValueError(f'{field}={global_batch} must be divisible by the data-parallel size '
-                     f'data*fsdp={dp}')
+    raise ValueError(
+      f'{field}={global_batch} must be divisible by the data-parallel size data*fsdp={dp}'
+    )
   if global_batch % jax.process_count():
-    raise ValueError(f'{field}={global_batch} must be divisible by the process count '
-                     f'{jax.process_count()}')
+    raise ValueError(
+      f'{field}={global_batch} must be divisible by the process count {jax.process_count()}'
+    )
   return global_batch // jax.process_count()
 
 
@@ -195,9 +219,12 @@ def multihost_requested(flag: bool = False) -> bool:
   return bool(flag) or env in ('1', 'true', 'yes')
 
 
-def initialize_distributed(multihost: bool = False, coordinator_address: str | None = None,
-                           num_processes: int | None = None,
-                           process_id: int | None = None) -> bool:
+def initialize_distributed(
+  multihost: bool = False,
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> bool:
   """Joins this process to a multi-process JAX job when asked to; a no-op otherwise.
 
   Must run before anything touches a JAX backend (first device query or
@@ -222,13 +249,18 @@ def initialize_distributed(multihost: bool = False, coordinator_address: str | N
   if jax.distributed.is_initialized():
     return True
   if (num_processes is None) != (process_id is None):
-    raise ValueError('--num_processes and --process_id must be given together '
-                     f'(got num_processes={num_processes}, process_id={process_id})')
+    raise ValueError(
+      '--num_processes and --process_id must be given together '
+      f'(got num_processes={num_processes}, process_id={process_id})'
+    )
   if process_id is not None and not 0 <= process_id < num_processes:
     raise ValueError(f'--process_id={process_id} not in [0, --num_processes={num_processes})')
   jax.config.update('jax_enable_preemption_service', False)
-  jax.distributed.initialize(coordinator_address=coordinator_address or None,
-                             num_processes=num_processes, process_id=process_id)
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address or None,
+    num_processes=num_processes,
+    process_id=process_id,
+  )
   return True
 
 
@@ -239,10 +271,12 @@ def describe_runtime(mesh: Mesh) -> str:
   mesh_shape = ' '.join(f'{k}={v}' for k, v in mesh.shape.items())
   local_ids = {d.id for d in local}
   in_mesh = sum(1 for d in mesh.devices.flat if d.id in local_ids)
-  return (f'process {jax.process_index()}/{jax.process_count()} on {socket.gethostname()}: '
-          f'{len(local)} local / {len(devices)} global {devices[0].platform} devices '
-          f'({local[0].device_kind}); mesh {mesh_shape} ({mesh.devices.size} devices, '
-          f'{in_mesh} of them local); data-parallel size {data_parallel_size(mesh)}')
+  return (
+    f'process {jax.process_index()}/{jax.process_count()} on {socket.gethostname()}: '
+    f'{len(local)} local / {len(devices)} global {devices[0].platform} devices '
+    f'({local[0].device_kind}); mesh {mesh_shape} ({mesh.devices.size} devices, '
+    f'{in_mesh} of them local); data-parallel size {data_parallel_size(mesh)}'
+  )
 
 
 def any_process(flag: bool) -> bool:
@@ -254,5 +288,6 @@ def any_process(flag: bool) -> bool:
   if jax.process_count() == 1:
     return bool(flag)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   flags = multihost_utils.process_allgather(np.asarray([int(bool(flag))], np.int32))
   return bool(np.asarray(flags).max())

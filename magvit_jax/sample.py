@@ -18,6 +18,7 @@ conditions on the first `--num_samples` clips of the eval split and writes
 pixels unchanged, labels, condition, known, targets), `grid.png` (per clip:
 condition, generated, ground truth rows) and `samples.gif`.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,33 +37,49 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a trained transforme
 _OUTPUT = flags.DEFINE_string('output', None, 'Directory for grid.png and samples.npz.')
 _NUM_SAMPLES = flags.DEFINE_integer('num_samples', 100, 'Number of images to generate.')
 _CLASSES = flags.DEFINE_list(
-    'classes', [], 'Classes to generate; the samples are split evenly over them in order '
-    '(default: all classes).')
+  'classes',
+  [],
+  'Classes to generate; the samples are split evenly over them in order (default: all classes).',
+)
 _STEPS = flags.DEFINE_integer('steps', None, 'Decoding steps T (default: config.sampling).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 _BATCH = flags.DEFINE_integer('batch_size', 50, 'Images decoded per jitted call.')
 _GUIDANCE = flags.DEFINE_float('guidance_scale', None, 'Classifier-free guidance scale.')
 _CHOICE_T = flags.DEFINE_float('choice_temperature', None, 'Gumbel scale of the confidence.')
 _TEMPERATURE = flags.DEFINE_float('temperature', None, 'Token sampling temperature.')
-_TASK = flags.DEFINE_enum('task', None, list(commit.TASKS),
-                          'MAGVIT COMMIT task to run on eval clips (FP, FI, OPC, ...).')
-_SPLIT = flags.DEFINE_string('split', None, 'Split of the condition clips for --task '
-                             '(default: config.data.eval_split).')
+_TASK = flags.DEFINE_enum(
+  'task', None, list(commit.TASKS), 'MAGVIT COMMIT task to run on eval clips (FP, FI, OPC, ...).'
+)
+_SPLIT = flags.DEFINE_string(
+  'split', None, 'Split of the condition clips for --task (default: config.data.eval_split).'
+)
 flags.mark_flags_as_required(['workdir', 'output'])
 
 
 def run_task() -> None:
   from magvit_jax import video_tasks  # pylint: disable=g-import-not-at-top
+
   config = read_workdir_config(_WORKDIR.value)
   videos, labels = video_tasks.load_clips(config, _NUM_SAMPLES.value, _SPLIT.value)
   sampler = sampling.Sampler(_WORKDIR.value)
   result = video_tasks.run_task(
-      sampler, _TASK.value, videos, labels, seed=_SEED.value, num_steps=_STEPS.value,
-      guidance_scale=_GUIDANCE.value, choice_temperature=_CHOICE_T.value,
-      temperature=_TEMPERATURE.value, batch_size=_BATCH.value)
+    sampler,
+    _TASK.value,
+    videos,
+    labels,
+    seed=_SEED.value,
+    num_steps=_STEPS.value,
+    guidance_scale=_GUIDANCE.value,
+    choice_temperature=_CHOICE_T.value,
+    temperature=_TEMPERATURE.value,
+    batch_size=_BATCH.value,
+  )
   video_tasks.write_task_samples(_OUTPUT.value, result)
-  print(f'[sample] {_TASK.value} on {len(videos)} clips: wrote {_OUTPUT.value}/grid.png, '
-        f'samples.gif, samples.npz', flush=True)
+  print(
+    f'[sample] {_TASK.value} on {len(videos)} clips: wrote {_OUTPUT.value}/grid.png, '
+    f'samples.gif, samples.npz',
+    flush=True,
+  )
 
 
 def main(argv):
@@ -85,9 +102,15 @@ def main(argv):
   per_class = max(1, _NUM_SAMPLES.value // len(classes))
   labels = [classes[min(i // per_class, len(classes) - 1)] for i in range(_NUM_SAMPLES.value)]
   sampler = sampling.Sampler(_WORKDIR.value)
-  result = sampler.generate(labels, seed=_SEED.value, num_steps=_STEPS.value,
-                            guidance_scale=_GUIDANCE.value, choice_temperature=_CHOICE_T.value,
-                            temperature=_TEMPERATURE.value, batch_size=_BATCH.value)
+  result = sampler.generate(
+    labels,
+    seed=_SEED.value,
+    num_steps=_STEPS.value,
+    guidance_scale=_GUIDANCE.value,
+    choice_temperature=_CHOICE_T.value,
+    temperature=_TEMPERATURE.value,
+    batch_size=_BATCH.value,
+  )
   sampling.write_samples(_OUTPUT.value, result, sampler, ncols=per_class)
   print(f'[sample] wrote {_OUTPUT.value}/grid.png, samples.npz, decoding_steps.png', flush=True)
 

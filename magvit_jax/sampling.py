@@ -6,6 +6,7 @@ all-[MASK], or editing from a partial token map), returning pixels plus the
 per-step token history; `write_samples` writes the PNG grid, `samples.npz` and a picture of
 the decoding steps.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,7 +35,8 @@ class Sampler:
   def __init__(self, workdir: str):
     self.model, self.params, self.config = transformer_trainer.load_transformer(workdir)
     self.tokenizer, self.tok_params, tok_cfg = tokenizer_trainer.load_tokenizer(
-        self.config['tokenizer_workdir'])
+      self.config['tokenizer_workdir']
+    )
     tok_cfg = config_from_dict(tok_cfg)
     self.input_shape = tokenizer_trainer.input_shape(tok_cfg)  # (H, W, 3) or (T, H, W, 3)
     self.token_shape = tokenizer_trainer.token_shape(tok_cfg)  # (h, w) or (t, h, w)
@@ -44,31 +46,39 @@ class Sampler:
 
     def apply_fn(p, tokens, y, tasks=None):
       return model.apply({'params': p}, tokens, y, tasks, deterministic=True)
+
     self._apply_fn = apply_fn  # One object, so decode compiles once per setting.
 
     @jax.jit
     def to_pixels(tokens):
       """tokens [..., n] -> uint8 pixels [N, *input_shape]."""
-      pixels = tokenizer.apply({'params': tok_params}, tokens.reshape((-1,) + grid),
-                               method='decode_tokens')
+      pixels = tokenizer.apply(
+        {'params': tok_params}, tokens.reshape((-1,) + grid), method='decode_tokens'
+      )
       return tokenizer_trainer.to_uint8(pixels)
+
     self.to_pixels = to_pixels
 
     @jax.jit
     def to_tokens(pixels_uint8):
       """uint8 [N, *input_shape] -> tokens [N, *token_shape]."""
-      _, aux = tokenizer.apply({'params': tok_params}, tokenizer_trainer.to_float(pixels_uint8),
-                               method='encode')
+      _, aux = tokenizer.apply(
+        {'params': tok_params}, tokenizer_trainer.to_float(pixels_uint8), method='encode'
+      )
       return aux['tokens']
+
     self.to_tokens = to_tokens
 
   def _settings(self, num_steps, guidance_scale, choice_temperature, temperature) -> dict:
     s = self.config['sampling']
     pick = lambda v, k: s[k] if v is None else v  # pylint: disable=g-long-lambda
-    return dict(num_steps=int(pick(num_steps, 'num_steps')), schedule=s['schedule'],
-                guidance_scale=float(pick(guidance_scale, 'guidance_scale')),
-                choice_temperature=float(pick(choice_temperature, 'choice_temperature')),
-                temperature=float(pick(temperature, 'temperature')))
+    return dict(
+      num_steps=int(pick(num_steps, 'num_steps')),
+      schedule=s['schedule'],
+      guidance_scale=float(pick(guidance_scale, 'guidance_scale')),
+      choice_temperature=float(pick(choice_temperature, 'choice_temperature')),
+      temperature=float(pick(temperature, 'temperature')),
+    )
 
   def _check_labels(self, labels, allow_null: bool = False) -> np.ndarray:
     labels = np.asarray(labels, np.int32)
@@ -78,11 +88,20 @@ class Sampler:
       raise ValueError(f'classes {bad.tolist()} out of range [0, {top})')
     return labels
 
-  def decode_tokens(self, init_tokens: np.ndarray, labels: Sequence[int], *, seed: int = 0,
-                    batch_size: int = 50, num_steps: int | None = None,
-                    guidance_scale: float | None = None, choice_temperature: float | None = None,
-                    temperature: float | None = None, tasks: np.ndarray | None = None,
-                    condition_tokens: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  def decode_tokens(
+    self,
+    init_tokens: np.ndarray,
+    labels: Sequence[int],
+    *,
+    seed: int = 0,
+    batch_size: int = 50,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
+    choice_temperature: float | None = None,
+    temperature: float | None = None,
+    tasks: np.ndarray | None = None,
+    condition_tokens: np.ndarray | None = None,
+  ) -> dict[str, np.ndarray]:
     """Iterative decoding from token maps in which mask ids mark the unknown positions.
 
     init_tokens: int32 [N, n]; labels: [N] (the null class num_classes is allowed when `tasks`
@@ -95,17 +114,20 @@ class Sampler:
     labels = self._check_labels(labels, allow_null=tasks is not None)
     init_tokens = np.asarray(init_tokens, np.int32)
     if init_tokens.shape != (len(labels), self.model.seq_len):
-      raise ValueError(f'init_tokens must be [{len(labels)}, {self.model.seq_len}], '
-                       f'got {init_tokens.shape}')
+      raise ValueError(
+        f'init_tokens must be [{len(labels)}, {self.model.seq_len}], got {init_tokens.shape}'
+      )
     if bool(self.model.num_tasks) != (tasks is not None):
-      raise ValueError(f'this transformer has num_tasks={self.model.num_tasks}: pass tasks '
-                       f'exactly when it is > 0 (use magvit_jax.video_tasks for COMMIT tasks)')
+      raise ValueError(
+        f'this transformer has num_tasks={self.model.num_tasks}: pass tasks '
+        f'exactly when it is > 0 (use magvit_jax.video_tasks for COMMIT tasks)'
+      )
     settings = self._settings(num_steps, guidance_scale, choice_temperature, temperature)
     images, tokens, histories = [], [], []
     rng = jax.random.PRNGKey(seed)
     t0 = time.perf_counter()
     for start in range(0, len(labels), batch_size):
-      n = len(labels[start:start + batch_size])
+      n = len(labels[start : start + batch_size])
       pad = ((0, batch_size - n), (0, 0))
       rows = slice(start, start + n)
       extra = {}
@@ -113,22 +135,37 @@ class Sampler:
         extra['tasks'] = jnp.asarray(np.pad(np.asarray(tasks, np.int32)[rows], pad[0]))
       if condition_tokens is not None:
         extra['condition_tokens'] = jnp.asarray(
-            np.pad(np.asarray(condition_tokens, np.int32)[rows], pad,
-                   constant_values=self.model.mask_token_id))
+          np.pad(
+            np.asarray(condition_tokens, np.int32)[rows],
+            pad,
+            constant_values=self.model.mask_token_id,
+          )
+        )
       out = maskgit.decode(
-          self._apply_fn, self.params, jax.random.fold_in(rng, start),
-          jnp.asarray(np.pad(init_tokens[rows], pad)),
-          jnp.asarray(np.pad(labels[rows], pad[0])),
-          mask_token_id=self.model.mask_token_id, null_label=self.model.null_label, **settings,
-          **extra)
+        self._apply_fn,
+        self.params,
+        jax.random.fold_in(rng, start),
+        jnp.asarray(np.pad(init_tokens[rows], pad)),
+        jnp.asarray(np.pad(labels[rows], pad[0])),
+        mask_token_id=self.model.mask_token_id,
+        null_label=self.model.null_label,
+        **settings,
+        **extra,
+      )
       images.append(np.asarray(self.to_pixels(out.tokens))[:n])
       tokens.append(np.asarray(out.tokens)[:n])
       histories.append(np.asarray(out.history)[:, :n])
       done = start + n
-      print(f'[sample] {done}/{len(labels)} images, {done / (time.perf_counter() - t0):.1f} img/s',
-            flush=True)
-    return {'images': np.concatenate(images), 'tokens': np.concatenate(tokens), 'labels': labels,
-            'history': np.concatenate(histories, axis=1)}
+      print(
+        f'[sample] {done}/{len(labels)} images, {done / (time.perf_counter() - t0):.1f} img/s',
+        flush=True,
+      )
+    return {
+      'images': np.concatenate(images),
+      'tokens': np.concatenate(tokens),
+      'labels': labels,
+      'history': np.concatenate(histories, axis=1),
+    }
 
   def generate(self, labels: Sequence[int], **kwargs) -> dict[str, np.ndarray]:
     """Class-conditional generation from all-[MASK]: one image per label (see decode_tokens).
@@ -138,8 +175,9 @@ class Sampler:
       kwargs['tasks'] = np.full((len(labels),), commit.TASKS.index('CG'), np.int32)
     return self.decode_tokens(init, labels, **kwargs)
 
-  def edit(self, images: np.ndarray, region: np.ndarray, labels: Sequence[int],
-           **kwargs) -> dict[str, np.ndarray]:
+  def edit(
+    self, images: np.ndarray, region: np.ndarray, labels: Sequence[int], **kwargs
+  ) -> dict[str, np.ndarray]:
     """Inpainting / outpainting / class-conditional editing.
 
     images: uint8 [N, *input_shape]; region: bool on the token grid ([h, w] / [t, h, w], or with
@@ -149,12 +187,15 @@ class Sampler:
     """
     images = np.asarray(images)
     if images.shape[1:] != self.input_shape:
-      raise ValueError(f'images must be uint8 [N, {", ".join(map(str, self.input_shape))}], '
-                       f'got {images.shape}')
+      raise ValueError(
+        f'images must be uint8 [N, {", ".join(map(str, self.input_shape))}], got {images.shape}'
+      )
     region = np.asarray(region, bool)
-    if region.shape[-len(self.token_shape):] != self.token_shape:
-      raise ValueError(f'region must be bool [..., {", ".join(map(str, self.token_shape))}] on '
-                       f'the token grid, got {region.shape}')
+    if region.shape[-len(self.token_shape) :] != self.token_shape:
+      raise ValueError(
+        f'region must be bool [..., {", ".join(map(str, self.token_shape))}] on '
+        f'the token grid, got {region.shape}'
+      )
     tokens = self.to_tokens(images)
     init = maskgit.mask_region(tokens, jnp.asarray(region), self.model.mask_token_id)
     out = self.decode_tokens(np.asarray(init), labels, **kwargs)
@@ -178,8 +219,11 @@ def steps_picture(history: np.ndarray, sampler: Sampler, rows: Sequence[int]) ->
   cell = pixels.shape[1] // masked.shape[1]
   m = np.repeat(np.repeat(masked, cell, 1), cell, 2)[..., None]
   pixels = np.where(m, 128, pixels).astype(np.uint8)
-  return pixels.reshape(t, len(rows), *pixels.shape[1:]).transpose(1, 0, 2, 3, 4).reshape(
-      -1, *pixels.shape[1:])
+  return (
+    pixels.reshape(t, len(rows), *pixels.shape[1:])
+    .transpose(1, 0, 2, 3, 4)
+    .reshape(-1, *pixels.shape[1:])
+  )
 
 
 def write_samples(output: str, result: dict, sampler: Sampler, ncols: int) -> None:
@@ -190,15 +234,21 @@ def write_samples(output: str, result: dict, sampler: Sampler, ncols: int) -> No
   np.savez(os.path.join(output, 'samples.npz'), images=images, labels=labels)
   if images.ndim == 5:
     n, t = images.shape[:2]
-    visualize.save_png(os.path.join(output, 'grid.png'),
-                       visualize.image_grid(images.reshape(n * t, *images.shape[2:]), ncols=t),
-                       scale=2)
+    visualize.save_png(
+      os.path.join(output, 'grid.png'),
+      visualize.image_grid(images.reshape(n * t, *images.shape[2:]), ncols=t),
+      scale=2,
+    )
     frames = np.stack([visualize.image_grid(images[:, i], ncols=ncols) for i in range(t)])
     visualize.save_gif(os.path.join(output, 'samples.gif'), frames, fps=4, scale=2)
   else:
-    visualize.save_png(os.path.join(output, 'grid.png'),
-                       visualize.image_grid(images, ncols=ncols), scale=2)
+    visualize.save_png(
+      os.path.join(output, 'grid.png'), visualize.image_grid(images, ncols=ncols), scale=2
+    )
   firsts = [int(np.argmax(labels == c)) for c in np.unique(labels)]
   pic = steps_picture(result['history'], sampler, firsts)
-  visualize.save_png(os.path.join(output, 'decoding_steps.png'),
-                     visualize.image_grid(pic, ncols=result['history'].shape[0]), scale=2)
+  visualize.save_png(
+    os.path.join(output, 'decoding_steps.png'),
+    visualize.image_grid(pic, ncols=result['history'].shape[0]),
+    scale=2,
+  )

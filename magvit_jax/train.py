@@ -17,6 +17,7 @@ SIGTERM (preemption, TPU maintenance): the loop saves a checkpoint of the
 current step at the next step boundary, logs "preempted at step N, checkpoint
 saved" and this command exits with status 0; re-run it to resume.
 """
+
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -26,19 +27,27 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:variant]).',
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  'config', None, 'Config file (path[:variant]).', lock_config=True
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and samples.')
 _MULTIHOST = flags.DEFINE_bool(
-    'multihost', False, 'Call jax.distributed.initialize before training (also: env '
-    'MAGVIT_MULTIHOST=1). Needed on every process of a multi-host / multi-process job.')
+  'multihost',
+  False,
+  'Call jax.distributed.initialize before training (also: env '
+  'MAGVIT_MULTIHOST=1). Needed on every process of a multi-host / multi-process job.',
+)
 _COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None, "With --multihost: 'host:port' of process 0 (default: "
-    'auto-detected on TPU VMs / SLURM / MPI).')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
-                                      'With --multihost: number of processes (default: detected).')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None,
-                                   'With --multihost: index of this process (default: detected).')
+  'coordinator_address',
+  None,
+  "With --multihost: 'host:port' of process 0 (default: auto-detected on TPU VMs / SLURM / MPI).",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+  'num_processes', None, 'With --multihost: number of processes (default: detected).'
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  'process_id', None, 'With --multihost: index of this process (default: detected).'
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -64,14 +73,17 @@ def main(argv):
   quiet_library_logs()
   from magvit_jax import parallel  # pylint: disable=g-import-not-at-top
   from magvit_jax.trainers import loop  # pylint: disable=g-import-not-at-top
-  parallel.initialize_distributed(_MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value,
-                                  _PROCESS_ID.value)
+
+  parallel.initialize_distributed(
+    _MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+  )
   try:
     run(_CONFIG.value, _WORKDIR.value)
   except loop.Preempted as e:
     # A clean stop: the checkpoint of e.step is complete; re-running resumes from it.
-    print(f'Exiting after preemption at step {e.step}; re-run the same command to resume.',
-          flush=True)
+    print(
+      f'Exiting after preemption at step {e.step}; re-run the same command to resume.', flush=True
+    )
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@
 against a baseline that needs no model: frame prediction copies the last known frame,
 frame interpolation blends the two known frames linearly.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,31 +23,42 @@ from magvit_jax.masking import commit
 from magvit_jax.sampling import Sampler
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
 
-BASELINES = {'FP': 'copy the last known frame', 'CFP': 'copy the last known frame',
-             'FI': 'linear blend of the two known frames'}
+BASELINES = {
+  'FP': 'copy the last known frame',
+  'CFP': 'copy the last known frame',
+  'FI': 'linear blend of the two known frames',
+}
 
 
 def task_settings(sampler: Sampler) -> commit.TaskSettings:
   """The task sizes the transformer was trained with (its config's `commit` section)."""
   cc = sampler.config.get('commit')
   if not cc or not cc.get('tasks') or not sampler.model.num_tasks:
-    raise ValueError(f"the transformer in this workdir was not trained with COMMIT tasks "
-                     f"(config.commit.tasks is empty); train with e.g. "
-                     f"configs/magvit_ucf101.py:digits")
-  return commit.TaskSettings(fp_frames=int(cc['fp_frames']), fi_frames=int(cc['fi_frames']),
-                             box_fraction=float(cc['box_fraction']))
+    raise ValueError(
+      'the transformer in this workdir was not trained with COMMIT tasks '
+      '(config.commit.tasks is empty); train with e.g. '
+      'configs/magvit_ucf101.py:digits'
+    )
+  return commit.TaskSettings(
+    fp_frames=int(cc['fp_frames']),
+    fi_frames=int(cc['fi_frames']),
+    box_fraction=float(cc['box_fraction']),
+  )
 
 
 def _check_videos(sampler: Sampler, videos: np.ndarray) -> np.ndarray:
   videos = np.asarray(videos)
   if videos.dtype != np.uint8 or videos.shape[1:] != sampler.input_shape:
-    raise ValueError(f'videos must be uint8 [N, {", ".join(map(str, sampler.input_shape))}] '
-                     f'(the tokenizer input), got {videos.dtype} {videos.shape}')
+    raise ValueError(
+      f'videos must be uint8 [N, {", ".join(map(str, sampler.input_shape))}] '
+      f'(the tokenizer input), got {videos.dtype} {videos.shape}'
+    )
   return videos
 
 
-def prepare_condition(sampler: Sampler, task: str, videos: np.ndarray,
-                      seed: int = 0) -> dict[str, np.ndarray]:
+def prepare_condition(
+  sampler: Sampler, task: str, videos: np.ndarray, seed: int = 0
+) -> dict[str, np.ndarray]:
   """The condition of `task` for each video.
 
   Args:
@@ -80,13 +92,23 @@ def prepare_condition(sampler: Sampler, task: str, videos: np.ndarray,
     return known, tokenizer_trainer.to_uint8(padded), cond
 
   known, padded, cond = condition(jnp.asarray(videos))
-  return {'known': np.asarray(known), 'condition': np.asarray(padded),
-          'condition_tokens': np.asarray(cond), 'tasks': np.asarray(tasks)}
+  return {
+    'known': np.asarray(known),
+    'condition': np.asarray(padded),
+    'condition_tokens': np.asarray(cond),
+    'tasks': np.asarray(tasks),
+  }
 
 
-def run_task(sampler: Sampler, task: str, videos: np.ndarray,
-             labels: Sequence[int] | None = None, *, seed: int = 0,
-             **decode_kwargs: Any) -> dict[str, np.ndarray]:
+def run_task(
+  sampler: Sampler,
+  task: str,
+  videos: np.ndarray,
+  labels: Sequence[int] | None = None,
+  *,
+  seed: int = 0,
+  **decode_kwargs: Any,
+) -> dict[str, np.ndarray]:
   """Generates `task` (e.g. 'FP') for each ground-truth clip.
 
   Args:
@@ -112,13 +134,26 @@ def run_task(sampler: Sampler, task: str, videos: np.ndarray,
   else:
     labels = np.full((n,), sampler.model.null_label, np.int32)
   init = np.full((n, sampler.model.seq_len), sampler.model.mask_token_id, np.int32)
-  out = sampler.decode_tokens(init, labels, seed=seed, tasks=cond['tasks'],
-                              condition_tokens=cond['condition_tokens'], **decode_kwargs)
+  out = sampler.decode_tokens(
+    init,
+    labels,
+    seed=seed,
+    tasks=cond['tasks'],
+    condition_tokens=cond['condition_tokens'],
+    **decode_kwargs,
+  )
   known = cond['known'][..., None]
-  return {'videos': np.where(known, videos, out['images']).astype(np.uint8),
-          'generated': out['images'], 'condition': cond['condition'], 'known': cond['known'],
-          'targets': np.asarray(videos), 'labels': labels, 'tokens': out['tokens'],
-          'history': out['history'], 'task': np.asarray(task)}
+  return {
+    'videos': np.where(known, videos, out['images']).astype(np.uint8),
+    'generated': out['images'],
+    'condition': cond['condition'],
+    'known': cond['known'],
+    'targets': np.asarray(videos),
+    'labels': labels,
+    'tokens': out['tokens'],
+    'history': out['history'],
+    'task': np.asarray(task),
+  }
 
 
 def baseline(task: str, videos: np.ndarray, known: np.ndarray) -> np.ndarray:
@@ -149,13 +184,19 @@ def region_psnr(pred: np.ndarray, target: np.ndarray, region: np.ndarray) -> np.
   pred, target: uint8 [N, T, H, W, 3]. Returns float64 [N]."""
   diff = (pred.astype(np.float64) - target.astype(np.float64)) / 255.0
   w = np.broadcast_to(region[..., None], diff.shape).astype(np.float64)
-  mse = (diff ** 2 * w).sum(axis=(1, 2, 3, 4)) / np.maximum(w.sum(axis=(1, 2, 3, 4)), 1.0)
+  mse = (diff**2 * w).sum(axis=(1, 2, 3, 4)) / np.maximum(w.sum(axis=(1, 2, 3, 4)), 1.0)
   return 10.0 * np.log10(1.0 / np.maximum(mse, 1e-10))
 
 
-def evaluate_task(sampler: Sampler, task: str, videos: np.ndarray,
-                  labels: Sequence[int] | None = None, *, seed: int = 0,
-                  **decode_kwargs: Any) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+def evaluate_task(
+  sampler: Sampler,
+  task: str,
+  videos: np.ndarray,
+  labels: Sequence[int] | None = None,
+  *,
+  seed: int = 0,
+  **decode_kwargs: Any,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
   """PSNR of the generated pixels of `task` on ground-truth clips, and of its baseline.
 
   Returns ({'<task>/psnr': mean PSNR over the unknown pixels, '<task>/baseline_psnr' (tasks
@@ -163,8 +204,10 @@ def evaluate_task(sampler: Sampler, task: str, videos: np.ndarray,
   """
   result = run_task(sampler, task, videos, labels, seed=seed, **decode_kwargs)
   unknown = ~result['known']
-  metrics = {f'{task}/psnr': float(region_psnr(result['videos'], videos, unknown).mean()),
-             f'{task}/examples': float(len(videos))}
+  metrics = {
+    f'{task}/psnr': float(region_psnr(result['videos'], videos, unknown).mean()),
+    f'{task}/examples': float(len(videos)),
+  }
   if task in BASELINES:
     base = baseline(task, np.asarray(videos), result['known'])
     metrics[f'{task}/baseline_psnr'] = float(region_psnr(base, videos, unknown).mean())
@@ -175,11 +218,12 @@ def load_clips(config: dict, num: int, split: str | None = None) -> tuple[np.nda
   """The first `num` clips (uint8 [N, T, H, W, 3]) and labels of the run's eval split."""
   from magvit_jax.config_schema import config_from_dict  # pylint: disable=g-import-not-at-top
   from magvit_jax.data import pipeline  # TF is imported only here.
+
   data = config_from_dict(config).data
   videos, labels = [], []
-  for batch in pipeline.create_dataset(data, split=split or data.eval_split,
-                                       batch_size=min(num, 64), train=False,
-                                       drop_remainder=False):
+  for batch in pipeline.create_dataset(
+    data, split=split or data.eval_split, batch_size=min(num, 64), train=False, drop_remainder=False
+  ):
     videos.append(np.asarray(batch['video']))
     labels.append(np.asarray(batch['label']))
     if sum(len(v) for v in videos) >= num:
@@ -189,22 +233,28 @@ def load_clips(config: dict, num: int, split: str | None = None) -> tuple[np.nda
   return np.concatenate(videos)[:num], np.concatenate(labels)[:num]
 
 
-def write_task_samples(output: str, result: dict[str, np.ndarray],
-                       max_clips: int | None = None) -> None:
+def write_task_samples(
+  output: str, result: dict[str, np.ndarray], max_clips: int | None = None
+) -> None:
   """samples.npz (images = generated videos uint8 [N, T, H, W, 3], labels, condition, known,
   targets, task), grid.png (per clip three rows of frames: condition, generated, ground truth)
   and samples.gif (per clip condition | generated | ground truth side by side); the pictures
   show the first `max_clips` clips (all by default)."""
   os.makedirs(output, exist_ok=True)
-  np.savez(os.path.join(output, 'samples.npz'), images=result['videos'], labels=result['labels'],
-           condition=result['condition'], known=result['known'], targets=result['targets'],
-           task=result['task'])
+  np.savez(
+    os.path.join(output, 'samples.npz'),
+    images=result['videos'],
+    labels=result['labels'],
+    condition=result['condition'],
+    known=result['known'],
+    targets=result['targets'],
+    task=result['task'],
+  )
   shown = slice(0, max_clips)
   cond, gen, gt = (result[k][shown] for k in ('condition', 'videos', 'targets'))
   n, t = gen.shape[:2]
   rows = np.stack([cond, gen, gt], axis=1).reshape(n * 3 * t, *gen.shape[2:])
-  visualize.save_png(os.path.join(output, 'grid.png'), visualize.image_grid(rows, ncols=t),
-                     scale=2)
+  visualize.save_png(os.path.join(output, 'grid.png'), visualize.image_grid(rows, ncols=t), scale=2)
   side = np.concatenate([cond, gen, gt], axis=3)  # [N, T, H, 3W, 3]
   frames = np.stack([visualize.image_grid(side[:, i], ncols=min(n, 4)) for i in range(t)])
   visualize.save_gif(os.path.join(output, 'samples.gif'), frames, fps=4, scale=2)

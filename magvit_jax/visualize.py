@@ -1,4 +1,5 @@
 """Image grids and animations for samples: PNG grids and GIFs (uint8 in, files out)."""
+
 from __future__ import annotations
 
 import math
@@ -19,13 +20,14 @@ def image_grid(images: np.ndarray, ncols: int | None = None, pad: int = 2) -> np
   for i in range(n):
     r, c = divmod(i, ncols)
     y, x = pad + r * (h + pad), pad + c * (w + pad)
-    grid[y:y + h, x:x + w] = images[i]
+    grid[y : y + h, x : x + w] = images[i]
   return grid
 
 
 def save_png(path: str, image: np.ndarray, scale: int = 1) -> None:
   """Writes uint8 [H, W, 3] as PNG, optionally upscaled by nearest neighbour."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   if scale > 1:
     image = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -35,6 +37,7 @@ def save_png(path: str, image: np.ndarray, scale: int = 1) -> None:
 def save_gif(path: str, frames: np.ndarray, fps: int = 4, scale: int = 1) -> None:
   """Writes uint8 [t, H, W, 3] frames as a looping GIF."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   if scale > 1:
     frames = np.repeat(np.repeat(frames, scale, axis=1), scale, axis=2)
   pil = [Image.fromarray(f) for f in frames]

@@ -1,5 +1,6 @@
 """Adversarial tokenizer training: discriminator frozen before its start step, gradients reach
 both networks, generator EMA, and exact kill-and-resume with the discriminator state."""
+
 import importlib.util
 import pathlib
 
@@ -23,10 +24,19 @@ def gan_config(steps=4):
   spec.loader.exec_module(module)
   c = module.get_config('digits')
   c.data.image_size = 16
-  c.model.update(dict(filters=16, channel_multipliers=(1, 2), num_res_blocks=1, embedding_dim=8,
-                      codebook_size=32, num_groups=4))
-  c.losses.update(dict(gan_weight=0.5, gan_loss='hinge', disc_start_step=2, lecam_weight=0.1,
-                       r1_gamma=1.0))
+  c.model.update(
+    dict(
+      filters=16,
+      channel_multipliers=(1, 2),
+      num_res_blocks=1,
+      embedding_dim=8,
+      codebook_size=32,
+      num_groups=4,
+    )
+  )
+  c.losses.update(
+    dict(gan_weight=0.5, gan_loss='hinge', disc_start_step=2, lecam_weight=0.1, r1_gamma=1.0)
+  )
   c.discriminator.update(dict(filters=8, channel_multipliers=(1, 2)))
   c.disc_optimizer.lr = 1e-2
   c.ema_decay = 0.5
@@ -48,8 +58,12 @@ def setup():
   adv = Adversarial(config, (16, 16, 3))
   mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
   init_fn, shardings, _ = ts.state_layout(
-      lambda r: model.init(r, jnp.zeros((1, 16, 16, 3)))['params'], tx, mesh,
-      config.logical_axis_rules, adv.init_extra)
+    lambda r: model.init(r, jnp.zeros((1, 16, 16, 3)))['params'],
+    tx,
+    mesh,
+    config.logical_axis_rules,
+    adv.init_extra,
+  )
   state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(0))
   step = jax.jit(tokenizer_trainer.make_train_step(model, tx, config.losses, adv))
   images = np.random.RandomState(0).randint(0, 256, (8, 16, 16, 3)).astype(np.uint8)
@@ -62,8 +76,10 @@ def setup():
 
 
 def _max_diff(a, b):
-  return max(float(jnp.max(jnp.abs(x - y))) for x, y in
-             zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+  return max(
+    float(jnp.max(jnp.abs(x - y)))
+    for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+  )
 
 
 def test_discriminator_frozen_before_start_step(setup):
@@ -83,8 +99,9 @@ def test_generator_ema(setup):
   config, states, _ = setup
   d = config.ema_decay
   # (The first step has learning rate 0 in warmup, so compare the second and third.)
-  expected = jax.tree_util.tree_map(lambda e, p: d * e + (1 - d) * p, states[2].ema_params,
-                                    states[3].params)
+  expected = jax.tree_util.tree_map(
+    lambda e, p: d * e + (1 - d) * p, states[2].ema_params, states[3].params
+  )
   assert _max_diff(expected, states[3].ema_params) < 1e-6
   assert _max_diff(states[3].ema_params, states[3].params) > 1e-6
   assert states[3].eval_params is states[3].ema_params
@@ -102,6 +119,7 @@ def test_adversarial_gradient_reaches_generator():
   def g_adv(p, step):
     recon, _ = model.apply({'params': p}, x)
     return adv.generator_terms(disc, jnp.int32(step), x, recon)['gan_g_loss']
+
   before = jax.grad(g_adv)(params, 0)
   after = jax.grad(g_adv)(params, 5)
   assert _max_diff(before, jax.tree_util.tree_map(jnp.zeros_like, before)) == 0.0
@@ -126,7 +144,8 @@ def test_gan_kill_and_resume_matches_uninterrupted(tmp_path):
 
 def test_joint_image_video_gan_is_refused():
   spec = importlib.util.spec_from_file_location(
-      'v2', REPO / 'configs' / 'magvit2_tokenizer_video.py')
+    'v2', REPO / 'configs' / 'magvit2_tokenizer_video.py'
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config('digits')

@@ -5,6 +5,7 @@ Parameters are drawn with numpy from the shapes `jax.eval_shape(module.init)`
 gives: eager `truncated_normal` compiles once per kernel shape and would take
 most of the test time on a small CPU.
 """
+
 import functools
 
 import flax.linen as nn
@@ -13,13 +14,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from magvit_jax.models.causal_cnn import (CausalConv3D, CausalDecoder, CausalEncoder,
-                                          StreamState)
+from magvit_jax.models.causal_cnn import CausalConv3D, CausalDecoder, CausalEncoder, StreamState
 
-TINY = dict(filters=8, channel_multipliers=(1, 2, 2), num_res_blocks=1,
-            temporal_downsample=(True, True), embedding_dim=4, num_groups=2)
-PAPER = dict(filters=128, channel_multipliers=(1, 2, 2, 4), num_res_blocks=4,
-             temporal_downsample=(False, True, True), embedding_dim=18, num_groups=32)
+TINY = dict(
+  filters=8,
+  channel_multipliers=(1, 2, 2),
+  num_res_blocks=1,
+  temporal_downsample=(True, True),
+  embedding_dim=4,
+  num_groups=2,
+)
+PAPER = dict(
+  filters=128,
+  channel_multipliers=(1, 2, 2, 4),
+  num_res_blocks=4,
+  temporal_downsample=(False, True, True),
+  embedding_dim=18,
+  num_groups=32,
+)
 H = W = 16
 
 
@@ -163,15 +175,17 @@ def test_streaming_equals_full(enc, dec):
 
 
 def _assert_partitioned(boxed_params):
-  leaves = jax.tree_util.tree_leaves(boxed_params,
-                                     is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  leaves = jax.tree_util.tree_leaves(
+    boxed_params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+  )
   assert len(leaves) > 10
   for leaf in leaves:
     assert isinstance(leaf, nn.LogicallyPartitioned), type(leaf)
   specs = nn.get_partition_spec(boxed_params)
   values = nn.unbox(boxed_params)
   flat_specs = jax.tree_util.tree_leaves_with_path(
-      specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+  )
   flat_vals = dict(jax.tree_util.tree_leaves_with_path(values))
   assert len(flat_specs) == len(flat_vals)
   for path, spec in flat_specs:
@@ -181,13 +195,17 @@ def _assert_partitioned(boxed_params):
 
 def test_params_are_logically_partitioned():
   from magvit_jax.config_schema import LOGICAL_AXIS_RULES
+
   known = {rule[0] for rule in LOGICAL_AXIS_RULES}
-  for model, x in [(CausalEncoder(**TINY), jnp.zeros((1, 1, H, W, 3))),
-                   (CausalDecoder(**TINY), jnp.zeros((1, 1, H // 4, W // 4, 4)))]:
+  for model, x in [
+    (CausalEncoder(**TINY), jnp.zeros((1, 1, H, W, 3))),
+    (CausalDecoder(**TINY), jnp.zeros((1, 1, H // 4, W // 4, 4))),
+  ]:
     boxed = jax.eval_shape(model.init, jax.random.key(0), x)['params']
     _assert_partitioned(boxed)
     specs = jax.tree_util.tree_leaves(
-        nn.get_partition_spec(boxed), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+      nn.get_partition_spec(boxed), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+    )
     assert {n for spec in specs for n in spec} <= known
 
 
@@ -201,9 +219,12 @@ def test_parameter_counts_and_paper_shapes():
   assert z.shape == (1, 5, 16, 16, 18)
   y, dec_vars = jax.eval_shape(lambda z: decoder.init_with_output(key, z), z)
   assert y.shape == (1, 17, 128, 128, 3)
-  counts = {'tiny encoder': _count(nn.unbox(tiny_e)), 'tiny decoder': _count(nn.unbox(tiny_d)),
-            'paper encoder': _count(nn.unbox(enc_vars)),
-            'paper decoder': _count(nn.unbox(dec_vars))}
+  counts = {
+    'tiny encoder': _count(nn.unbox(tiny_e)),
+    'tiny decoder': _count(nn.unbox(tiny_d)),
+    'paper encoder': _count(nn.unbox(enc_vars)),
+    'paper decoder': _count(nn.unbox(dec_vars)),
+  }
   print('\nparameter counts:', {k: f'{v:,}' for k, v in counts.items()})
   assert counts['tiny encoder'] < 100_000 < counts['paper encoder']
   state = encoder.init_stream_state(1, 128, 128)

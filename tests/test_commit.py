@@ -1,5 +1,6 @@
 """COMMIT (magvit_jax/masking/commit.py): task conditions, input composition, loss weights,
 task tokens, decoding with condition tokens and the multi-task train step."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,16 +32,19 @@ def box(y0, y1, x0, x1, t=T):
   return out
 
 
-@pytest.mark.parametrize('task,expected', [
+@pytest.mark.parametrize(
+  'task,expected',
+  [
     ('FP', frames(0)),
     ('CFP', frames(0)),
     ('FI', frames(0, T - 1)),
-    ('OPC', box(2, 6, 2, 6)),          # the central H/2 x W/2 box is given
-    ('OPV', box(2, 6, 0, W)),          # the middle rows are given; extend up and down
-    ('OPH', box(0, H, 2, 6)),          # the middle columns are given; extend left and right
-    ('IPC', ~box(2, 6, 2, 6)),         # everything but the central box is given
+    ('OPC', box(2, 6, 2, 6)),  # the central H/2 x W/2 box is given
+    ('OPV', box(2, 6, 0, W)),  # the middle rows are given; extend up and down
+    ('OPH', box(0, H, 2, 6)),  # the middle columns are given; extend left and right
+    ('IPC', ~box(2, 6, 2, 6)),  # everything but the central box is given
     ('CG', np.zeros((T, H, W), bool)),
-])
+  ],
+)
 def test_static_task_regions(task, expected):
   np.testing.assert_array_equal(known_of(task), expected)
 
@@ -102,8 +106,8 @@ def test_pad_condition():
 
 def test_condition_region_pools_supervoxels():
   known = np.zeros((1, 4, 8, 8), bool)
-  known[0, 0, 0, 0] = True     # one pixel of supervoxel (t0, 0, 0)
-  known[0, 3, 7, 7] = True     # one pixel of supervoxel (t1, 3, 3)
+  known[0, 0, 0, 0] = True  # one pixel of supervoxel (t0, 0, 0)
+  known[0, 3, 7, 7] = True  # one pixel of supervoxel (t1, 3, 3)
   region = np.asarray(commit.condition_region(jnp.asarray(known), (2, 4, 4)))
   expected = np.zeros((2, 4, 4), bool)
   expected[0, 0, 0] = expected[1, 3, 3] = True
@@ -146,10 +150,12 @@ def test_loss_weights_reach_the_right_positions():
     np.testing.assert_allclose(loss, ce[np.asarray(sel)].mean(), rtol=1e-5)
     np.testing.assert_allclose(metrics[f'{name}_ce'], ce[np.asarray(sel)].mean(), rtol=1e-5)
   # Weighted mean over all tokens: weights 1, 2, 0.5.
-  loss, _ = commit.commit_loss(logits, tokens, mask, region, mask_weight=1.0,
-                               refine_weight=2.0, recon_weight=0.5)
-  w = np.asarray(commit.loss_weights(mask, region, mask_weight=1.0, refine_weight=2.0,
-                                     recon_weight=0.5))
+  loss, _ = commit.commit_loss(
+    logits, tokens, mask, region, mask_weight=1.0, refine_weight=2.0, recon_weight=0.5
+  )
+  w = np.asarray(
+    commit.loss_weights(mask, region, mask_weight=1.0, refine_weight=2.0, recon_weight=0.5)
+  )
   np.testing.assert_allclose(loss, (w * ce).sum() / w.sum(), rtol=1e-5)
 
 
@@ -167,8 +173,17 @@ def test_factorised_commit_loss_sums_sub_tokens():
 
 
 def test_task_token_changes_the_output_and_is_required():
-  model = Transformer(codebook_size=16, num_classes=3, seq_len=8, hidden_size=32, num_layers=1,
-                      num_heads=2, mlp_dim=64, dropout_rate=0.0, num_tasks=len(commit.TASKS))
+  model = Transformer(
+    codebook_size=16,
+    num_classes=3,
+    seq_len=8,
+    hidden_size=32,
+    num_layers=1,
+    num_heads=2,
+    mlp_dim=64,
+    dropout_rate=0.0,
+    num_tasks=len(commit.TASKS),
+  )
   tokens = jnp.zeros((2, 8), jnp.int32)
   labels = jnp.zeros((2,), jnp.int32)
   params = model.init(jax.random.PRNGKey(0), tokens, labels, jnp.zeros((2,), jnp.int32))
@@ -196,14 +211,34 @@ def test_decoding_reinjects_condition_tokens():
   region = rng.random((2, n)) < 0.5
   condition = commit.decoding_condition(jnp.asarray(cond_tokens), jnp.asarray(region), mask_id)
   init = jnp.full((2, n), mask_id, jnp.int32)
-  out = maskgit.decode(apply_fn, {}, jax.random.PRNGKey(0), init, jnp.zeros((2,), jnp.int32),
-                       mask_token_id=mask_id, num_steps=4, tasks=jnp.asarray([0, 1]),
-                       condition_tokens=condition, choice_temperature=0.0, temperature=0.0)
+  out = maskgit.decode(
+    apply_fn,
+    {},
+    jax.random.PRNGKey(0),
+    init,
+    jnp.zeros((2,), jnp.int32),
+    mask_token_id=mask_id,
+    num_steps=4,
+    tasks=jnp.asarray([0, 1]),
+    condition_tokens=condition,
+    choice_temperature=0.0,
+    temperature=0.0,
+  )
   expected = np.where(region, cond_tokens, 0)
   np.testing.assert_array_equal(out.tokens, expected)
   # Known (non-mask) init tokens are still never changed.
   init2 = init.at[:, 0].set(3)
-  out2 = maskgit.decode(apply_fn, {}, jax.random.PRNGKey(0), init2, jnp.zeros((2,), jnp.int32),
-                        mask_token_id=mask_id, num_steps=4, tasks=jnp.asarray([0, 1]),
-                        condition_tokens=condition, choice_temperature=0.0, temperature=0.0)
+  out2 = maskgit.decode(
+    apply_fn,
+    {},
+    jax.random.PRNGKey(0),
+    init2,
+    jnp.zeros((2,), jnp.int32),
+    mask_token_id=mask_id,
+    num_steps=4,
+    tasks=jnp.asarray([0, 1]),
+    condition_tokens=condition,
+    choice_temperature=0.0,
+    temperature=0.0,
+  )
   np.testing.assert_array_equal(np.asarray(out2.tokens)[:, 0], [3, 3])

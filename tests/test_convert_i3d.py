@@ -3,6 +3,7 @@
 No real checkpoint is needed: a fake state_dict with pytorch-i3d's names and
 random arrays of the torch shapes is derived from our module's `eval_shape`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,7 +42,13 @@ def test_torch_names_follow_pytorch_i3d(fake_state):
   units = {k.rsplit('.', 2)[0] for k in shapes if k.endswith('conv3d.weight')}
   assert len(units) == 3 + 9 * 6 + 1  # stem, 9 Mixed blocks x 6 convs, logits
   assert {u.split('.')[1] for u in units if u.startswith('Mixed_')} == {
-      'b0', 'b1a', 'b1b', 'b2a', 'b2b', 'b3b'}
+    'b0',
+    'b1a',
+    'b1b',
+    'b2a',
+    'b2b',
+    'b3b',
+  }
   assert len(fake_state) == len(i3d.expected_weight_shapes()) + 1
 
 
@@ -52,27 +59,39 @@ def test_convert_exact_transpose(fake_state):
   k = out['params/Mixed_4b/Branch_1/Conv3d_0b_3x3/conv/kernel']  # [t, h, w, in, out]
   np.testing.assert_array_equal(k, np.transpose(w, (2, 3, 4, 1, 0)))
   assert k[2, 0, 1, 5, 7] == w[7, 5, 2, 0, 1]
-  np.testing.assert_array_equal(out['params/Logits/Conv3d_0c_1x1/kernel'][0, 0, 0],
-                                fake_state['logits.conv3d.weight'][:, :, 0, 0, 0].T)
-  np.testing.assert_array_equal(out['params/Conv3d_2c_3x3/bn/scale'],
-                                fake_state['Conv3d_2c_3x3.bn.weight'])
-  np.testing.assert_array_equal(out['batch_stats/Mixed_5c/Branch_3/Conv3d_0b_1x1/bn/var'],
-                                fake_state['Mixed_5c.b3b.bn.running_var'])
+  np.testing.assert_array_equal(
+    out['params/Logits/Conv3d_0c_1x1/kernel'][0, 0, 0],
+    fake_state['logits.conv3d.weight'][:, :, 0, 0, 0].T,
+  )
+  np.testing.assert_array_equal(
+    out['params/Conv3d_2c_3x3/bn/scale'], fake_state['Conv3d_2c_3x3.bn.weight']
+  )
+  np.testing.assert_array_equal(
+    out['batch_stats/Mixed_5c/Branch_3/Conv3d_0b_1x1/bn/var'],
+    fake_state['Mixed_5c.b3b.bn.running_var'],
+  )
   # nn.DataParallel prefixes are accepted.
   prefixed = cw.i3d_from_torch({f'module.{n}': v for n, v in fake_state.items()})
-  np.testing.assert_array_equal(prefixed['params/Conv3d_1a_7x7/conv/kernel'],
-                                out['params/Conv3d_1a_7x7/conv/kernel'])
+  np.testing.assert_array_equal(
+    prefixed['params/Conv3d_1a_7x7/conv/kernel'], out['params/Conv3d_1a_7x7/conv/kernel']
+  )
 
 
 def test_convert_errors_name_the_key(fake_state):
   state = dict(fake_state)
   del state['Mixed_4d.b2a.bn.running_mean']
-  with pytest.raises(ValueError, match=r'Mixed_4d\.b2a\.bn\.running_mean '
-                     r'\(-> batch_stats/Mixed_4d/Branch_2/Conv3d_0a_1x1/bn/mean\)'):
+  with pytest.raises(
+    ValueError,
+    match=r'Mixed_4d\.b2a\.bn\.running_mean '
+    r'\(-> batch_stats/Mixed_4d/Branch_2/Conv3d_0a_1x1/bn/mean\)',
+  ):
     cw.i3d_from_torch(state)
   state = dict(fake_state, **{'logits.conv3d.weight': np.zeros((600, 1024, 1, 1, 1))})
-  with pytest.raises(ValueError, match=r'logits\.conv3d\.weight: expected shape '
-                     r'\(400, 1024, 1, 1, 1\), found \(600, 1024, 1, 1, 1\)'):
+  with pytest.raises(
+    ValueError,
+    match=r'logits\.conv3d\.weight: expected shape '
+    r'\(400, 1024, 1, 1, 1\), found \(600, 1024, 1, 1, 1\)',
+  ):
     cw.i3d_from_torch(state)
   with pytest.raises(ValueError, match=r"unexpected names .*'Mixed_3b\.b9\.conv3d\.weight'"):
     cw.i3d_from_torch(dict(fake_state, **{'Mixed_3b.b9.conv3d.weight': np.zeros(3)}))
@@ -86,8 +105,9 @@ def test_convert_cli_npz_load_and_forward(fake_state, tmp_path, capsys):
   assert 'wrote' in capsys.readouterr().out
   variables = i3d.load_i3d_weights(str(dst))
   np.testing.assert_array_equal(
-      np.asarray(variables['params']['Conv3d_1a_7x7']['conv']['kernel']),
-      fake_state['Conv3d_1a_7x7.conv3d.weight'].transpose(2, 3, 4, 1, 0))
+    np.asarray(variables['params']['Conv3d_1a_7x7']['conv']['kernel']),
+    fake_state['Conv3d_1a_7x7.conv3d.weight'].transpose(2, 3, 4, 1, 0),
+  )
   videos = np.random.default_rng(1).integers(0, 256, (1, 9, 32, 32, 3), dtype=np.uint8)
   feats, probs, logits = i3d.i3d_features(variables, videos, batch_size=1)
   assert feats.shape == (1, 1024) and probs.shape == (1, 400) and logits.shape == (1, 400)

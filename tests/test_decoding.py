@@ -1,4 +1,5 @@
 """Tests for magvit_jax.decoding.maskgit with a tiny fake model."""
+
 import math
 
 import jax
@@ -16,9 +17,9 @@ MASK = K
 def make_params(n, seed=0, label_scale=1.0):
   r = np.random.default_rng(seed)
   return {
-      "pos": jnp.asarray(r.normal(size=(n, K)) * 2.0, jnp.float32),
-      "lab": jnp.asarray(r.normal(size=(C + 1, 1, K)) * label_scale, jnp.float32),
-      "ctx": jnp.asarray(r.normal(size=(n, K)) * 0.1, jnp.float32),
+    'pos': jnp.asarray(r.normal(size=(n, K)) * 2.0, jnp.float32),
+    'lab': jnp.asarray(r.normal(size=(C + 1, 1, K)) * label_scale, jnp.float32),
+    'ctx': jnp.asarray(r.normal(size=(n, K)) * 0.1, jnp.float32),
   }
 
 
@@ -26,19 +27,18 @@ def fake_apply(params, tokens, labels):
   """logits [b, n, K]: per-position table + label term + dependence on known tokens."""
   known = (tokens != MASK).astype(jnp.float32)
   ctx = jnp.sum(known * jnp.where(tokens == MASK, 0, tokens), axis=-1)  # [b]
-  return (params["pos"][None] + params["lab"][labels]
-          + ctx[:, None, None] * params["ctx"][None])
+  return params['pos'][None] + params['lab'][labels] + ctx[:, None, None] * params['ctx'][None]
 
 
 def _gamma_np(name, r):
   return {
-      "linear": lambda r: 1 - r,
-      "cosine": lambda r: math.cos(math.pi / 2 * r),
-      "square": lambda r: 1 - r * r,
-      "cubic": lambda r: 1 - r ** 3,
-      "sqrt": lambda r: 1 - math.sqrt(r),
-      "log": lambda r: 1 - math.log1p(255 * r) / math.log1p(255),
-      "exp": lambda r: (1 - 2.0 ** (-8 * (1 - r))) / (1 - 2.0 ** -8),
+    'linear': lambda r: 1 - r,
+    'cosine': lambda r: math.cos(math.pi / 2 * r),
+    'square': lambda r: 1 - r * r,
+    'cubic': lambda r: 1 - r**3,
+    'sqrt': lambda r: 1 - math.sqrt(r),
+    'log': lambda r: 1 - math.log1p(255 * r) / math.log1p(255),
+    'exp': lambda r: (1 - 2.0 ** (-8 * (1 - r))) / (1 - 2.0**-8),
   }[name](r)
 
 
@@ -68,14 +68,21 @@ def run(init, params=None, seed=0, labels=None, **kw):
   b, n = init.shape
   params = make_params(n) if params is None else params
   labels = jnp.arange(b, dtype=jnp.int32) % C if labels is None else labels
-  kw.setdefault("mask_token_id", MASK)
+  kw.setdefault('mask_token_id', MASK)
   return maskgit.decode(fake_apply, params, jax.random.PRNGKey(seed), init, labels, **kw)
 
 
-@pytest.mark.parametrize("schedule,num_steps,frac_known", [
-    ("cosine", 8, 0.3), ("linear", 7, 0.0), ("sqrt", 5, 0.5), ("log", 6, 0.1),
-    ("exp", 4, 0.0), ("cubic", 9, 0.9),
-])
+@pytest.mark.parametrize(
+  'schedule,num_steps,frac_known',
+  [
+    ('cosine', 8, 0.3),
+    ('linear', 7, 0.0),
+    ('sqrt', 5, 0.5),
+    ('log', 6, 0.1),
+    ('exp', 4, 0.0),
+    ('cubic', 9, 0.9),
+  ],
+)
 def test_counts_per_step_and_known_tokens(schedule, num_steps, frac_known):
   b, n = 6, 40
   init = random_partial(1, b, n, frac_known)
@@ -124,7 +131,7 @@ def test_single_step():
   np.testing.assert_array_equal(np.asarray(out.tokens)[known], np.asarray(init)[known])
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "linear", "square"])
+@pytest.mark.parametrize('schedule', ['cosine', 'linear', 'square'])
 def test_num_steps_equals_num_tokens(schedule):
   n = 16
   init = jnp.full((2, n), MASK, jnp.int32)
@@ -157,7 +164,7 @@ def test_guidance_changes_output():
 
 def test_guidance_needs_null_label():
   init = jnp.full((1, 4), MASK, jnp.int32)
-  with pytest.raises(ValueError, match="null_label"):
+  with pytest.raises(ValueError, match='null_label'):
     run(init, num_steps=2, guidance_scale=1.0)
 
 
@@ -169,15 +176,23 @@ def test_guidance_matches_manual_formula():
   init = jnp.full((C, n), MASK, jnp.int32)
   labels = jnp.arange(C, dtype=jnp.int32)
   s = 2.0
-  out = run(init, params=params, labels=labels, num_steps=1, temperature=0.0,
-            choice_temperature=0.0, guidance_scale=s, null_label=C)
+  out = run(
+    init,
+    params=params,
+    labels=labels,
+    num_steps=1,
+    temperature=0.0,
+    choice_temperature=0.0,
+    guidance_scale=s,
+    null_label=C,
+  )
   cond = fake_apply(params, init, labels)
   uncond = fake_apply(params, init, jnp.full_like(labels, C))
   want = jnp.argmax(cond + s * (cond - uncond), axis=-1)
   np.testing.assert_array_equal(out.tokens, want)
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize('temperature', [0.0, 1.0])
 def test_no_choice_noise_keeps_most_confident(temperature):
   # Position j's distribution is uniform over support[j] = a_j tokens, so whatever token is
   # sampled its log-prob is -log(a_j): without choice noise the positions kept at step 0
@@ -186,16 +201,22 @@ def test_no_choice_noise_keeps_most_confident(temperature):
   a = np.random.default_rng(7).permutation(n) + 1  # distinct support sizes 1..10
   pos = np.full((n, K), -1e9, np.float32)
   for j in range(n):
-    pos[j, :a[j]] = 0.0
-  params = {"pos": jnp.asarray(pos), "lab": jnp.zeros((C + 1, 1, K)),
-            "ctx": jnp.zeros((n, K))}
+    pos[j, : a[j]] = 0.0
+  params = {'pos': jnp.asarray(pos), 'lab': jnp.zeros((C + 1, 1, K)), 'ctx': jnp.zeros((n, K))}
   init = jnp.full((b, n), MASK, jnp.int32)
-  out = run(init, params=params, num_steps=T, schedule="cosine",
-            temperature=temperature, choice_temperature=0.0, seed=1)
+  out = run(
+    init,
+    params=params,
+    num_steps=T,
+    schedule='cosine',
+    temperature=temperature,
+    choice_temperature=0.0,
+    seed=1,
+  )
   step0 = np.asarray(out.history[0])
-  m = expected_counts(n, T, "cosine")[0]
+  m = expected_counts(n, T, 'cosine')[0]
   assert 0 < m < n
-  top = np.sort(np.argsort(a)[:n - m])
+  top = np.sort(np.argsort(a)[: n - m])
   for i in range(b):
     kept = np.flatnonzero(step0[i] != MASK)
     np.testing.assert_array_equal(kept, top)
@@ -205,12 +226,21 @@ def test_no_choice_noise_keeps_most_confident(temperature):
 def test_mask_id_inside_vocab_never_sampled():
   # A model whose vocabulary includes the mask id (k > mask id) strongly prefers it.
   n = 10
+
   def apply_with_mask_logit(params, tokens, labels):
     logits = jnp.zeros(tokens.shape + (K + 1,))
     return logits.at[..., K].set(100.0)
+
   init = jnp.full((2, n), MASK, jnp.int32)
-  out = maskgit.decode(apply_with_mask_logit, {}, jax.random.PRNGKey(0), init,
-                       jnp.zeros((2,), jnp.int32), mask_token_id=MASK, num_steps=3)
+  out = maskgit.decode(
+    apply_with_mask_logit,
+    {},
+    jax.random.PRNGKey(0),
+    init,
+    jnp.zeros((2,), jnp.int32),
+    mask_token_id=MASK,
+    num_steps=3,
+  )
   assert not np.any(np.asarray(out.tokens) == MASK)
 
 
@@ -223,11 +253,13 @@ def test_inpainting_with_mask_region():
   assert init.shape == (b, h * w) and init.dtype == jnp.int32
   flat_region = np.broadcast_to(region.reshape(-1), (b, h * w))
   np.testing.assert_array_equal(np.asarray(init)[flat_region], MASK)
-  np.testing.assert_array_equal(np.asarray(init)[~flat_region],
-                                np.asarray(tokens).reshape(b, -1)[~flat_region])
+  np.testing.assert_array_equal(
+    np.asarray(init)[~flat_region], np.asarray(tokens).reshape(b, -1)[~flat_region]
+  )
   out = run(init, num_steps=3)
-  np.testing.assert_array_equal(np.asarray(out.tokens)[~flat_region],
-                                np.asarray(tokens).reshape(b, -1)[~flat_region])
+  np.testing.assert_array_equal(
+    np.asarray(out.tokens)[~flat_region], np.asarray(tokens).reshape(b, -1)[~flat_region]
+  )
   assert not np.any(np.asarray(out.tokens) == MASK)
   # Per-example region [b, h, w] (outpainting: keep only the centre of example 0).
   per = np.ones((b, h, w), bool)
@@ -240,9 +272,9 @@ def test_inpainting_with_mask_region():
 
 def test_num_masked_after_step_helper():
   n_start = jnp.array([0, 1, 5, 64], jnp.int32)
-  m_last = maskgit.num_masked_after_step(jnp.int32(3), 4, n_start, n_start, "cosine")
+  m_last = maskgit.num_masked_after_step(jnp.int32(3), 4, n_start, n_start, 'cosine')
   np.testing.assert_array_equal(m_last, 0)
-  m0 = maskgit.num_masked_after_step(jnp.int32(0), 4, n_start, n_start, "linear")
+  m0 = maskgit.num_masked_after_step(jnp.int32(0), 4, n_start, n_start, 'linear')
   np.testing.assert_array_equal(m0, [0, 0, 3, 48])
 
 
@@ -254,16 +286,33 @@ def test_factorised_logits_decode_whole_tokens():
   def factorised_apply(params, tokens, labels):
     return jnp.broadcast_to(params[None], (tokens.shape[0], n, s, k_sub))
 
-  mask = k_sub ** s
+  mask = k_sub**s
   init = jnp.full((b, n), mask, jnp.int32).at[:, 0].set(5)
-  out = maskgit.decode(factorised_apply, table, jax.random.PRNGKey(0), init,
-                       jnp.zeros((b,), jnp.int32), mask_token_id=mask, num_steps=3,
-                       temperature=0.0, choice_temperature=0.0)
+  out = maskgit.decode(
+    factorised_apply,
+    table,
+    jax.random.PRNGKey(0),
+    init,
+    jnp.zeros((b,), jnp.int32),
+    mask_token_id=mask,
+    num_steps=3,
+    temperature=0.0,
+    choice_temperature=0.0,
+  )
   best = np.argmax(np.asarray(table), axis=-1)  # [n, s]
   expected = best[:, 0] + k_sub * best[:, 1]
-  np.testing.assert_array_equal(np.asarray(out.tokens)[:, 1:], np.broadcast_to(expected[1:], (b, n - 1)))
+  np.testing.assert_array_equal(
+    np.asarray(out.tokens)[:, 1:], np.broadcast_to(expected[1:], (b, n - 1))
+  )
   np.testing.assert_array_equal(np.asarray(out.tokens)[:, 0], [5, 5])  # known token kept
   # Sampled (temperature 1) tokens stay inside the factorised vocabulary.
-  out = maskgit.decode(factorised_apply, table, jax.random.PRNGKey(1), init,
-                       jnp.zeros((b,), jnp.int32), mask_token_id=mask, num_steps=3)
+  out = maskgit.decode(
+    factorised_apply,
+    table,
+    jax.random.PRNGKey(1),
+    init,
+    jnp.zeros((b,), jnp.int32),
+    mask_token_id=mask,
+    num_steps=3,
+  )
   assert int(out.tokens.max()) < mask and int(out.tokens.min()) >= 0

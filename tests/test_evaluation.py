@@ -4,6 +4,7 @@ offline digits feature network, digits FID and the reference-statistics cache.
 Light on CPU: the big networks are only traced (`jax.eval_shape`), the digits
 network trains once per module (~300 small steps).
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,13 @@ def test_weight_file_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match='kinetics-i3d'):
     i3d.load_i3d_weights(str(tmp_path / 'missing.npz'))
   bad = str(tmp_path / 'bad.npz')
-  np.savez(bad, **{'params/Mixed_6b/branch7x7_2/conv/kernel': np.zeros((1, 5, 128, 128)),
-                   'params/fc/bias': np.zeros((1008,))})
+  np.savez(
+    bad,
+    **{
+      'params/Mixed_6b/branch7x7_2/conv/kernel': np.zeros((1, 5, 128, 128)),
+      'params/fc/bias': np.zeros((1008,)),
+    },
+  )
   with pytest.raises(ValueError) as e:
     inception.load_inception_weights(bad)
   msg = str(e.value)
@@ -66,10 +72,15 @@ def test_weight_file_errors(tmp_path):
 
 def test_weight_round_trip_small(tmp_path):
   """A complete, correct file loads into variables the module applies (small net)."""
-  abstract = jax.eval_shape(dfeat.DigitsFeatureNet().init, jax.random.PRNGKey(0),
-                            jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
-  flat = {name: np.full(shape, 0.01, np.float32)
-          for name, (_, shape) in inception.flat_shapes(abstract).items()}
+  abstract = jax.eval_shape(
+    dfeat.DigitsFeatureNet().init,
+    jax.random.PRNGKey(0),
+    jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32),
+  )
+  flat = {
+    name: np.full(shape, 0.01, np.float32)
+    for name, (_, shape) in inception.flat_shapes(abstract).items()
+  }
   path = str(tmp_path / 'w.npz')
   np.savez(path, **flat)
   variables = inception.load_npz_variables(path, abstract, 'digits', 'n/a')
@@ -82,12 +93,15 @@ def test_weight_round_trip_small(tmp_path):
 
 def test_convert_inception_names():
   state = {
-      'Conv2d_1a_3x3.conv.weight': np.zeros((32, 3, 3, 3)),
-      'Conv2d_1a_3x3.bn.weight': np.ones(32), 'Conv2d_1a_3x3.bn.bias': np.zeros(32),
-      'Conv2d_1a_3x3.bn.running_mean': np.zeros(32), 'Conv2d_1a_3x3.bn.running_var': np.ones(32),
-      'Conv2d_1a_3x3.bn.num_batches_tracked': np.zeros(()),
-      'Mixed_6b.branch7x7_2.conv.weight': np.zeros((128, 128, 1, 7)),
-      'fc.weight': np.zeros((1008, 2048)), 'fc.bias': np.zeros(1008),
+    'Conv2d_1a_3x3.conv.weight': np.zeros((32, 3, 3, 3)),
+    'Conv2d_1a_3x3.bn.weight': np.ones(32),
+    'Conv2d_1a_3x3.bn.bias': np.zeros(32),
+    'Conv2d_1a_3x3.bn.running_mean': np.zeros(32),
+    'Conv2d_1a_3x3.bn.running_var': np.ones(32),
+    'Conv2d_1a_3x3.bn.num_batches_tracked': np.zeros(()),
+    'Mixed_6b.branch7x7_2.conv.weight': np.zeros((128, 128, 1, 7)),
+    'fc.weight': np.zeros((1008, 2048)),
+    'fc.bias': np.zeros(1008),
   }
   out = convert_weights.inception_from_torch(state)
   shapes = inception.expected_weight_shapes()
@@ -131,15 +145,20 @@ def test_digits_fid_self_and_noise(digits_net, digits_test, tmp_path):
   cache, params = digits_net
   images, _ = digits_test
   mu, sigma = reference_stats.reference_statistics(
-      'magvit_digits', lambda x: dfeat.digits_features(params, x)[0], DIGITS, 'test',
-      str(tmp_path), dfeat.network_id())
+    'magvit_digits',
+    lambda x: dfeat.digits_features(params, x)[0],
+    DIGITS,
+    'test',
+    str(tmp_path),
+    dfeat.network_id(),
+  )
   features, _ = dfeat.digits_features(params, images)
   mu_s, sigma_s = frechet.feature_statistics(features)
   self_fid = frechet.frechet_distance(mu, sigma, mu_s, sigma_s)
   noise = np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8)
-  noise_fid = frechet.frechet_distance(mu, sigma,
-                                       *frechet.feature_statistics(
-                                           dfeat.digits_features(params, noise)[0]))
+  noise_fid = frechet.frechet_distance(
+    mu, sigma, *frechet.feature_statistics(dfeat.digits_features(params, noise)[0])
+  )
   assert self_fid < 1e-3, self_fid
   assert noise_fid > 1.0 and noise_fid > 1e4 * max(self_fid, 1e-8), (self_fid, noise_fid)
 
@@ -180,13 +199,16 @@ def test_evaluate_cli_generates_and_logs(tmp_path, monkeypatch, digits_net, digi
   from magvit_jax import evaluate  # pylint: disable=g-import-not-at-top
   from magvit_jax import sampling  # pylint: disable=g-import-not-at-top
   from magvit_jax.trainers.metrics_writer import read_metrics  # pylint: disable=g-import-not-at-top
+
   cache, _ = digits_net
   images, labels = digits_test
   workdir = tmp_path / 'run'
   (workdir / 'checkpoints' / '7').mkdir(parents=True)
-  config = {'stage': 'transformer', 'model': {'num_classes': 10},
-            'data': {'name': 'magvit_digits', 'data_dir': None, 'image_size': 32,
-                     'eval_split': 'test'}}
+  config = {
+    'stage': 'transformer',
+    'model': {'num_classes': 10},
+    'data': {'name': 'magvit_digits', 'data_dir': None, 'image_size': 32, 'eval_split': 'test'},
+  }
   (workdir / 'config.json').write_text(json.dumps(config))
 
   class FakeSampler:
@@ -203,8 +225,7 @@ def test_evaluate_cli_generates_and_logs(tmp_path, monkeypatch, digits_net, digi
 
   monkeypatch.setattr(sampling, 'Sampler', FakeSampler)
   with flagsaver.flagsaver():
-    flags.FLAGS(['evaluate', f'--workdir={workdir}', '--num_samples=100',
-                 f'--cache_dir={cache}'])
+    flags.FLAGS(['evaluate', f'--workdir={workdir}', '--num_samples=100', f'--cache_dir={cache}'])
     evaluate.main(['evaluate'])
   metrics = read_metrics(str(workdir))[7]
   assert metrics['eval/classifier_accuracy'] > 0.9

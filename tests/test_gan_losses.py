@@ -1,4 +1,5 @@
 """GAN losses, regularizers, StyleGAN discriminators and the VGG perceptual loss."""
+
 import warnings
 
 import flax.linen as nn
@@ -32,8 +33,9 @@ def test_non_saturating_values():
   expected_d = (np.log(2) + np.log(4 / 3)) / 2 * 2
   np.testing.assert_allclose(gan.non_saturating_d_loss(real, fake), expected_d, rtol=1e-6)
   # g: softplus(-fake) = [log 2, softplus(log 3) = log 4].
-  np.testing.assert_allclose(gan.non_saturating_g_loss(fake), (np.log(2) + np.log(4)) / 2,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    gan.non_saturating_g_loss(fake), (np.log(2) + np.log(4)) / 2, rtol=1e-6
+  )
   d, g = gan.get_gan_losses('non_saturating')
   assert d is gan.non_saturating_d_loss and g is gan.non_saturating_g_loss
   with pytest.raises(ValueError, match='hinge'):
@@ -57,19 +59,20 @@ def test_lecam_value_and_ema():
 def test_r1_linear_discriminator_equals_weight_norm():
   w = jnp.array([[1.0, -2.0], [0.5, 3.0]])  # D(x) = <w, x> per example.
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 2))
-  disc = lambda params: (lambda inp: jnp.sum(inp * params, axis=(1, 2)))
+  disc = lambda params: lambda inp: jnp.sum(inp * params, axis=(1, 2))
   penalty = gan.r1_penalty(disc(w), x)
-  np.testing.assert_allclose(penalty, jnp.sum(w ** 2), rtol=1e-6)
+  np.testing.assert_allclose(penalty, jnp.sum(w**2), rtol=1e-6)
   # Differentiable w.r.t. the discriminator params: d||w||^2/dw = 2w.
   np.testing.assert_allclose(jax.grad(lambda p: gan.r1_penalty(disc(p), x))(w), 2 * w, rtol=1e-6)
 
 
 def test_adaptive_generator_weight():
-  nll = {'kernel': jnp.array([3.0, 4.0])}          # norm 5
-  g = {'kernel': jnp.array([0.0, 2.0])}            # norm 2
+  nll = {'kernel': jnp.array([3.0, 4.0])}  # norm 5
+  g = {'kernel': jnp.array([0.0, 2.0])}  # norm 2
   np.testing.assert_allclose(gan.adaptive_generator_weight(nll, g), 5 / (2 + 1e-4), rtol=1e-6)
   np.testing.assert_allclose(
-      gan.adaptive_generator_weight(nll, {'kernel': jnp.zeros(2)}, max_weight=10.0), 10.0)
+    gan.adaptive_generator_weight(nll, {'kernel': jnp.zeros(2)}, max_weight=10.0), 10.0
+  )
   # Pytree with two leaves: global norm.
   w = gan.adaptive_generator_weight({'a': jnp.ones(4), 'b': jnp.ones(5)}, jnp.array([3.0]))
   np.testing.assert_allclose(w, 3.0 / (3.0 + 1e-4), rtol=1e-6)
@@ -129,7 +132,8 @@ def test_discriminator_shapes_and_gradients(which, request):
   def logits_and_grads(p, inp):
     def loss(p, inp):
       out = model.apply({'params': p}, inp)
-      return jnp.sum(out ** 2), out
+      return jnp.sum(out**2), out
+
     return jax.grad(loss, argnums=(0, 1), has_aux=True)(p, inp)
 
   (gp, gx), logits = logits_and_grads(params, x)
@@ -147,7 +151,8 @@ def test_discriminator_shapes_and_gradients(which, request):
 def test_discriminator_params_logically_partitioned(disc2d, disc3d):
   for _, boxed, _, _ in (disc2d, disc3d):
     leaves = jax.tree_util.tree_leaves(
-        boxed['params'], is_leaf=lambda l: isinstance(l, nn.LogicallyPartitioned))
+      boxed['params'], is_leaf=lambda l: isinstance(l, nn.LogicallyPartitioned)
+    )
     assert len(leaves) > 10
     for leaf in leaves:
       assert isinstance(leaf, nn.LogicallyPartitioned), type(leaf)
@@ -155,7 +160,12 @@ def test_discriminator_params_logically_partitioned(disc2d, disc3d):
       assert set(leaf.names) <= {'conv_0', 'conv_1', 'conv_2', 'conv_in', 'conv_out', 'norm'}
   p3 = disc3d[1]['params']
   assert p3['block_0']['conv_0']['kernel'].names == (
-      'conv_0', 'conv_1', 'conv_2', 'conv_in', 'conv_out')
+    'conv_0',
+    'conv_1',
+    'conv_2',
+    'conv_in',
+    'conv_out',
+  )
   assert p3['dense_out']['kernel'].names == ('conv_in', 'conv_out')
 
 
@@ -192,7 +202,7 @@ def test_blur_pool():
   x = jnp.ones((1, 8, 8, 2))
   y = disc_lib.blur_pool(x, (True, True))
   assert y.shape == (1, 4, 4, 2)
-  np.testing.assert_allclose(y[0, 1:3, 1:3], 1.0, rtol=1e-6)   # DC gain 1 inside
+  np.testing.assert_allclose(y[0, 1:3, 1:3], 1.0, rtol=1e-6)  # DC gain 1 inside
   assert disc_lib.blur_pool(jnp.ones((1, 3, 5, 6, 2)), (True, False, True)).shape == (1, 2, 5, 3, 2)
   assert disc_lib.blur_pool(x, (False, False)) is x
 
@@ -226,10 +236,16 @@ def vgg_npz(tmp_path_factory):
 
 def test_vgg_features_shapes(vgg_npz):
   params = perceptual.load_vgg16_weights(vgg_npz)
-  feats = jax.eval_shape(perceptual.VGG16Features().apply, {'params': params['vgg']},
-                         jnp.zeros((1, 32, 32, 3)))
-  assert [f.shape for f in feats] == [(1, 32, 32, 64), (1, 16, 16, 128), (1, 8, 8, 256),
-                                      (1, 4, 4, 512), (1, 2, 2, 512)]
+  feats = jax.eval_shape(
+    perceptual.VGG16Features().apply, {'params': params['vgg']}, jnp.zeros((1, 32, 32, 3))
+  )
+  assert [f.shape for f in feats] == [
+    (1, 32, 32, 64),
+    (1, 16, 16, 128),
+    (1, 8, 8, 256),
+    (1, 4, 4, 512),
+    (1, 2, 2, 512),
+  ]
 
 
 def test_perceptual_loss_properties(vgg_npz):
@@ -242,16 +258,19 @@ def test_perceptual_loss_properties(vgg_npz):
   @jax.jit
   def run(params):
     value_grad = jax.value_and_grad(lambda a, b: loss.apply(params, a, b))
-    v = jnp.stack([x, y], axis=1)                    # videos [2, 2, 16, 16, 3], per frame
-    return (loss.apply(params, jnp.concatenate([x, x]), jnp.concatenate([x, y])),
-            loss.per_example_apply(params, jnp.concatenate([x, y]), jnp.concatenate([y, x])),
-            value_grad(x, y), value_grad(black, black),
-            loss.per_example_apply(params, v, jnp.stack([y, y], axis=1)))
+    v = jnp.stack([x, y], axis=1)  # videos [2, 2, 16, 16, 3], per frame
+    return (
+      loss.apply(params, jnp.concatenate([x, x]), jnp.concatenate([x, y])),
+      loss.per_example_apply(params, jnp.concatenate([x, y]), jnp.concatenate([y, x])),
+      value_grad(x, y),
+      value_grad(black, black),
+      loss.per_example_apply(params, v, jnp.stack([y, y], axis=1)),
+    )
 
   l_mixed, per, (lxy, g), (_, g0), per_video = run(loss.params)
   per = np.asarray(per)
   assert np.all(per[:2] > 0)
-  np.testing.assert_allclose(per[:2], per[2:], rtol=1e-5)         # symmetric
+  np.testing.assert_allclose(per[:2], per[2:], rtol=1e-5)  # symmetric
   np.testing.assert_allclose(lxy, per[:2].mean(), rtol=1e-5)
   np.testing.assert_allclose(l_mixed, per[:2].sum() / 4, rtol=1e-5)  # loss(x, x) == 0
   assert float(loss(x[:1], x[:1])) == 0.0
@@ -273,9 +292,10 @@ def test_perceptual_loss_with_lpips_weights(tmp_path):
 
 def test_wrong_shape_weights_raise(tmp_path):
   path = str(tmp_path / 'bad.npz')
-  _random_vgg_npz(path, np.random.default_rng(0),
-                  **{'conv3_2/kernel': np.zeros((3, 3, 256, 128), np.float32)})
-  with pytest.raises(ValueError, match=r"conv3_2/kernel.*\(3, 3, 256, 256\).*\(3, 3, 256, 128\)"):
+  _random_vgg_npz(
+    path, np.random.default_rng(0), **{'conv3_2/kernel': np.zeros((3, 3, 256, 128), np.float32)}
+  )
+  with pytest.raises(ValueError, match=r'conv3_2/kernel.*\(3, 3, 256, 256\).*\(3, 3, 256, 128\)'):
     perceptual.load_vgg16_weights(path)
   arrays = dict(np.load(path))
   del arrays['conv3_2/kernel']
@@ -306,15 +326,17 @@ def test_converter_maps_torch_layout(tmp_path):
     raw[f'features.{idx}.weight'] = rng.standard_normal((cout, cin, 3, 3)).astype(np.float32)
     raw[f'features.{idx}.bias'] = rng.standard_normal(cout).astype(np.float32)
   raw['classifier.0.weight'] = np.zeros((4, 4), np.float32)  # ignored
-  lpips_raw = {f'lin{k}.model.1.weight': rng.uniform(size=(1, c, 1, 1)).astype(np.float32)
-               for k, c in enumerate(perceptual.STAGE_CHANNELS)}
+  lpips_raw = {
+    f'lin{k}.model.1.weight': rng.uniform(size=(1, c, 1, 1)).astype(np.float32)
+    for k, c in enumerate(perceptual.STAGE_CHANNELS)
+  }
   src, lsrc = str(tmp_path / 'raw.npz'), str(tmp_path / 'lpips_raw.npz')
   np.savez(src, **raw)
   np.savez(lsrc, **lpips_raw)
   out = str(tmp_path / 'out' / 'vgg16.npz')
   assert convert_vgg16.main(['--input', src, '--output', out, '--lpips', lsrc]) == 0
   params = perceptual.load_vgg16_weights(out)
-  w_torch = raw['features.7.weight']                  # conv2_2: [out, in, kh, kw]
+  w_torch = raw['features.7.weight']  # conv2_2: [out, in, kh, kw]
   k = np.asarray(params['vgg']['conv2_2']['kernel'])  # [kh, kw, in, out]
   assert k.shape == (3, 3, 128, 128)
   for o, i, a, b in [(0, 1, 0, 2), (5, 3, 2, 1), (127, 64, 1, 0)]:
@@ -327,12 +349,18 @@ def test_converter_maps_torch_layout(tmp_path):
   ref = sum(x[0, 1 + a - 1, 1 + b - 1, :] @ wt[:, :, a, b].T for a in range(3) for b in range(3))
   ref = ref + raw['features.0.bias']
   y = nn.Conv(64, (3, 3), padding='SAME').apply(
-      {'params': {'kernel': params['vgg']['conv1_1']['kernel'],
-                  'bias': params['vgg']['conv1_1']['bias']}}, jnp.asarray(x))
+    {
+      'params': {
+        'kernel': params['vgg']['conv1_1']['kernel'],
+        'bias': params['vgg']['conv1_1']['bias'],
+      }
+    },
+    jnp.asarray(x),
+  )
   np.testing.assert_allclose(y[0, 1, 1], ref, rtol=1e-4, atol=1e-4)
   # Missing torch key -> error naming it.
   del raw['features.12.weight']
-  with pytest.raises(ValueError, match=r"features\.12\.weight"):
+  with pytest.raises(ValueError, match=r'features\.12\.weight'):
     convert_vgg16.convert_state_dict(raw)
 
 
@@ -340,5 +368,6 @@ def test_r1_through_discriminator_traces(disc2d):
   """Second-order gradient (R1 w.r.t. D params) traces through blur-pool and mbstd."""
   model, _, params, x = disc2d
   grads = jax.eval_shape(
-      jax.grad(lambda p: gan.r1_penalty(lambda inp: model.apply({'params': p}, inp), x)), params)
+    jax.grad(lambda p: gan.r1_penalty(lambda inp: model.apply({'params': p}, inp), x)), params
+  )
   assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)

@@ -1,6 +1,7 @@
 """MAGVIT-v2 end to end on tiny settings: the causal LFQ tokenizer trains jointly on videos and
 images, the MaskGIT transformer trains on its tokens with a factorised vocabulary, and the
 sampler decodes videos. Also prints the parameter counts of the configs."""
+
 import importlib.util
 import math
 import pathlib
@@ -31,8 +32,16 @@ def tiny_tokenizer_config():
   c.data.image_size = 16
   c.image_data.image_size = 16
   c.image_every = 2
-  c.model.update(dict(filters=8, channel_multipliers=(1, 2, 2), num_res_blocks=1, num_groups=4,
-                      num_bits=6, entropy_chunk_size=16))
+  c.model.update(
+    dict(
+      filters=8,
+      channel_multipliers=(1, 2, 2),
+      num_res_blocks=1,
+      num_groups=4,
+      num_bits=6,
+      entropy_chunk_size=16,
+    )
+  )
   c.batch_size = 8
   c.eval_batch_size = 100
   c.num_train_steps = 4
@@ -81,8 +90,9 @@ def test_transformer_trains_and_decodes_videos_on_lfq_tokens(tokenizer_run, tmp_
   c = load_config('magvit2_transformer.py', 'digits')
   c.tokenizer_workdir = tokenizer_run[0]
   c.data.image_size = 16
-  c.model.update(dict(codebook_size=64, num_sub_tokens=2, hidden_size=32, num_layers=2,
-                      num_heads=2, mlp_dim=64))
+  c.model.update(
+    dict(codebook_size=64, num_sub_tokens=2, hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64)
+  )
   c.batch_size = 8
   c.num_train_steps = 3
   c.log_every = 1
@@ -106,18 +116,24 @@ def test_transformer_trains_and_decodes_videos_on_lfq_tokens(tokenizer_run, tmp_
   np.testing.assert_array_equal(edited['tokens'][:, :16], edited['original_tokens'][:, :16])
 
 
-@pytest.mark.parametrize('filename,arg,expected_millions', [
+@pytest.mark.parametrize(
+  'filename,arg,expected_millions',
+  [
     ('magvit2_tokenizer_video.py', 'kinetics', (360, 380)),
     ('magvit2_tokenizer_video.py', 'digits', (0.5, 1.2)),
     ('magvit2_tokenizer_imagenet.py', 'imagenet', (370, 390)),
     ('magvit2_tokenizer_imagenet.py', 'digits', (0.5, 1.2)),
-])
+  ],
+)
 def test_magvit2_tokenizer_config_parameter_counts(filename, arg, expected_millions):
   c = load_config(filename, arg)
   model = tokenizer_trainer.build_model(c.model)
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                          jnp.zeros((1,) + tokenizer_trainer.input_shape(c)))
+  shapes = jax.eval_shape(
+    model.init, jax.random.PRNGKey(0), jnp.zeros((1,) + tokenizer_trainer.input_shape(c))
+  )
   n = count_params(shapes['params']) / 1e6
-  print(f'{filename}:{arg}: {n:.2f}M parameters, tokens '
-        f'{tokenizer_trainer.token_shape(c)} of input {tokenizer_trainer.input_shape(c)}')
+  print(
+    f'{filename}:{arg}: {n:.2f}M parameters, tokens '
+    f'{tokenizer_trainer.token_shape(c)} of input {tokenizer_trainer.input_shape(c)}'
+  )
   assert expected_millions[0] < n < expected_millions[1]

@@ -3,6 +3,7 @@
 The paper's counts (MAGVIT-B 128M, MAGVIT-L 464M) match transformer + 3D-VQ tokenizer: the
 transformers alone are ~87M / ~304M and the 3D-VQ B / L ~41M / ~158M.
 """
+
 import importlib.util
 import math
 import os
@@ -30,16 +31,19 @@ def load(name, arg):
 
 def tokenizer_params(config) -> int:
   model = tokenizer_trainer.build_model(config.model)
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                          jnp.zeros((1,) + tokenizer_trainer.input_shape(config)))
+  shapes = jax.eval_shape(
+    model.init, jax.random.PRNGKey(0), jnp.zeros((1,) + tokenizer_trainer.input_shape(config))
+  )
   return count_params(shapes['params'])
 
 
 def transformer_params(config, tok_config) -> int:
   model = transformer_trainer.build_model(
-      config, seq_len=math.prod(tokenizer_trainer.token_shape(tok_config)))
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                          *transformer_trainer.init_inputs(model))
+    config, seq_len=math.prod(tokenizer_trainer.token_shape(tok_config))
+  )
+  shapes = jax.eval_shape(
+    model.init, jax.random.PRNGKey(0), *transformer_trainer.init_inputs(model)
+  )
   return count_params(shapes['params'])
 
 
@@ -50,8 +54,10 @@ def test_paper_parameter_counts(size):
   assert tokenizer_trainer.token_shape(tok) == (4, 16, 16)
   n_tok, n_tr = tokenizer_params(tok), transformer_params(tr, tok)
   total = n_tok + n_tr
-  print(f'MAGVIT-{size}: transformer {n_tr / 1e6:.2f}M + 3D-VQ {n_tok / 1e6:.2f}M = '
-        f'{total / 1e6:.2f}M (paper {PAPER_PARAMS[size] / 1e6:.0f}M)')
+  print(
+    f'MAGVIT-{size}: transformer {n_tr / 1e6:.2f}M + 3D-VQ {n_tok / 1e6:.2f}M = '
+    f'{total / 1e6:.2f}M (paper {PAPER_PARAMS[size] / 1e6:.0f}M)'
+  )
   assert abs(total - PAPER_PARAMS[size]) / PAPER_PARAMS[size] < 0.05
 
 

@@ -2,6 +2,7 @@
 trains on moving-digit clips; the COMMIT transformer trains on its tokens with all ten tasks;
 `video_tasks` runs a task with known pixels unchanged and scores FP against its baseline; the
 sample CLI writes the task outputs."""
+
 import importlib.util
 import os
 import pathlib
@@ -19,11 +20,16 @@ from magvit_jax.sampling import Sampler
 from magvit_jax.trainers import metrics_writer as mw
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
 from magvit_jax.trainers import transformer as transformer_trainer
-from magvit_jax.trainers import train_state as ts
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = dict(filters=8, channel_multipliers=(1, 2), num_res_blocks=1, embedding_dim=8,
-            codebook_size=32, num_groups=4)
+TINY = dict(
+  filters=8,
+  channel_multipliers=(1, 2),
+  num_res_blocks=1,
+  embedding_dim=8,
+  codebook_size=32,
+  num_groups=4,
+)
 
 
 def load_config(filename, arg):
@@ -147,9 +153,23 @@ def test_sample_cli_task(runs, tmp_path):
   root = runs[0]
   out = tmp_path / 'fi'
   env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu')
-  subprocess.run([sys.executable, '-m', 'magvit_jax.sample', f'--workdir={root / "commit"}',
-                  f'--output={out}', '--task=FI', '--num_samples=3', '--steps=2'],
-                 check=True, env=env, cwd=REPO, timeout=300, capture_output=True)
+  subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'magvit_jax.sample',
+      f'--workdir={root / "commit"}',
+      f'--output={out}',
+      '--task=FI',
+      '--num_samples=3',
+      '--steps=2',
+    ],
+    check=True,
+    env=env,
+    cwd=REPO,
+    timeout=300,
+    capture_output=True,
+  )
   with np.load(out / 'samples.npz') as f:
     images, known, targets = f['images'], f['known'], f['targets']
   assert images.shape == (3, 4, 16, 16, 3)

@@ -1,4 +1,5 @@
 """Tests for magvit_jax.metrics: frechet, scores (IS, precision/recall), image (PSNR, SSIM)."""
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -74,7 +75,9 @@ def test_frechet_closed_form_commuting_covariances():
   assert got == pytest.approx(expected, rel=1e-12)
   # Rotating both Gaussians by the same orthogonal matrix changes nothing.
   q, _ = np.linalg.qr(rng.normal(size=(d, d)))
-  got_rot = frechet.frechet_distance(q @ mu, q @ np.diag(a) @ q.T, np.zeros(d), q @ np.diag(b) @ q.T)
+  got_rot = frechet.frechet_distance(
+    q @ mu, q @ np.diag(a) @ q.T, np.zeros(d), q @ np.diag(b) @ q.T
+  )
   assert got_rot == pytest.approx(expected, rel=1e-10)
 
 
@@ -93,12 +96,15 @@ def test_frechet_singular_covariances():
   assert abs(frechet.frechet_distance(mu1, s1, mu1, s1)) < 1e-8
 
 
-@pytest.mark.parametrize('args, name', [
+@pytest.mark.parametrize(
+  'args, name',
+  [
     ((np.zeros((3, 1)), np.eye(3), np.zeros(3), np.eye(3)), 'mu1'),
     ((np.zeros(3), np.eye(4), np.zeros(3), np.eye(3)), 'sigma1'),
     ((np.zeros(3), np.eye(3), np.zeros(4), np.eye(3)), 'mu2'),
     ((np.zeros(3), np.eye(3), np.zeros(3), np.ones((3, 2))), 'sigma2'),
-])
+  ],
+)
 def test_frechet_shape_errors(args, name):
   with pytest.raises(ValueError, match=name):
     frechet.frechet_distance(*args)
@@ -258,13 +264,14 @@ def test_ssim_constant_images_closed_form():
   x = np.full((1, 16, 16, 3), mu1)
   y = np.full((1, 16, 16, 3), mu2)
   c1 = (0.01 * 1.0) ** 2
-  expected = (2 * mu1 * mu2 + c1) / (mu1 ** 2 + mu2 ** 2 + c1)
+  expected = (2 * mu1 * mu2 + c1) / (mu1**2 + mu2**2 + c1)
   np.testing.assert_allclose(image.ssim(x, y), [expected], rtol=1e-10)
   # Same with a dynamic range of 255.
   c1 = (0.01 * 255.0) ** 2
-  expected = (2 * 76.0 * 178.0 + c1) / (76.0 ** 2 + 178.0 ** 2 + c1)
-  got = image.ssim(np.full((1, 12, 12, 1), 76, np.uint8), np.full((1, 12, 12, 1), 178, np.uint8),
-                   max_value=255.0)
+  expected = (2 * 76.0 * 178.0 + c1) / (76.0**2 + 178.0**2 + c1)
+  got = image.ssim(
+    np.full((1, 12, 12, 1), 76, np.uint8), np.full((1, 12, 12, 1), 178, np.uint8), max_value=255.0
+  )
   np.testing.assert_allclose(got, [expected], rtol=1e-10)
 
 
@@ -274,18 +281,18 @@ def test_ssim_matches_direct_window_computation():
   x = rng.uniform(size=(1, 12, 13, 2))
   y = np.clip(x + 0.1 * rng.normal(size=x.shape), 0, 1)
   r = np.arange(11) - 5.0
-  g = np.exp(-r ** 2 / (2 * 1.5 ** 2))
+  g = np.exp(-(r**2) / (2 * 1.5**2))
   win = np.outer(g, g) / np.outer(g, g).sum()
-  c1, c2 = 0.01 ** 2, 0.03 ** 2
+  c1, c2 = 0.01**2, 0.03**2
   values = []
   for ch in range(2):
     for i in range(2):
       for j in range(3):
-        px, py = x[0, i:i + 11, j:j + 11, ch], y[0, i:i + 11, j:j + 11, ch]
+        px, py = x[0, i : i + 11, j : j + 11, ch], y[0, i : i + 11, j : j + 11, ch]
         mx, my = np.sum(win * px), np.sum(win * py)
         vx, vy = np.sum(win * (px - mx) ** 2), np.sum(win * (py - my) ** 2)
         cxy = np.sum(win * (px - mx) * (py - my))
-        values.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2)))
+        values.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
   np.testing.assert_allclose(image.ssim(x, y), [np.mean(values)], rtol=1e-10)
 
 
@@ -308,12 +315,14 @@ def test_ssim_errors():
 
 def test_apply_in_batches_drops_padding_and_keeps_order():
   from magvit_jax.metrics.batching import apply_in_batches  # pylint: disable=g-import-not-at-top
+
   x = np.arange(20, dtype=np.float32).reshape(10, 2)
   calls = []
 
   def fn(v):
     calls.append(v.shape[0])
     return v * 2, v.sum(axis=1)
+
   doubled, sums = apply_in_batches(fn, x, 4)
   np.testing.assert_array_equal(doubled, x * 2)
   np.testing.assert_array_equal(sums, x.sum(axis=1))

@@ -1,4 +1,5 @@
 """Tests for the VQGAN tokenizer, its building blocks and the MaskGIT transformer."""
+
 import importlib.util
 import pathlib
 
@@ -34,13 +35,20 @@ def _numpy_params(shapes, seed=0):
       return jnp.asarray(0.1 * rng.standard_normal(x.shape), jnp.float32)
     fan_in = int(np.prod(x.shape[:-1]))
     return jnp.asarray(rng.standard_normal(x.shape) / np.sqrt(fan_in), jnp.float32)
+
   return jax.tree_util.tree_map_with_path(make, nn.unbox(shapes))
 
 
 # ----------------------------------------------------------------------------- VQGAN
 
-TINY_VQGAN = dict(filters=16, channel_multipliers=(1, 2), num_res_blocks=1, embedding_dim=8,
-                  codebook_size=32, num_groups=4)
+TINY_VQGAN = dict(
+  filters=16,
+  channel_multipliers=(1, 2),
+  num_res_blocks=1,
+  embedding_dim=8,
+  codebook_size=32,
+  num_groups=4,
+)
 
 
 @pytest.fixture(scope='module')
@@ -76,8 +84,7 @@ def test_vqgan_encode_decode_roundtrip_equals_call(vqgan):
   np.testing.assert_allclose(np.asarray(from_tokens), np.asarray(decoded), rtol=1e-5, atol=1e-5)
   # quantized vectors are the codebook rows of the tokens.
   codebook = np.asarray(variables['params']['quantizer']['codebook'])
-  np.testing.assert_allclose(np.asarray(quantized), codebook[np.asarray(aux['tokens'])],
-                             atol=1e-6)
+  np.testing.assert_allclose(np.asarray(quantized), codebook[np.asarray(aux['tokens'])], atol=1e-6)
 
 
 def test_vqgan_input_errors(vqgan):
@@ -93,6 +100,7 @@ def test_vqgan_input_errors(vqgan):
 
 
 # ----------------------------------------------------------------------------- ResBlock
+
 
 def test_resblock_shortcut_only_when_channels_change():
   x8 = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 8))
@@ -126,8 +134,16 @@ def test_resblock_shortcut_applies_to_input():
 
 # ----------------------------------------------------------------------------- Transformer
 
-TINY_TF = dict(codebook_size=32, num_classes=10, seq_len=16, hidden_size=32, num_layers=2,
-               num_heads=2, mlp_dim=64, dropout_rate=0.0)
+TINY_TF = dict(
+  codebook_size=32,
+  num_classes=10,
+  seq_len=16,
+  hidden_size=32,
+  num_layers=2,
+  num_heads=2,
+  mlp_dim=64,
+  dropout_rate=0.0,
+)
 
 
 @pytest.fixture(scope='module')
@@ -160,8 +176,9 @@ def test_transformer_is_bidirectional(transformer):
   diff = np.abs(np.asarray(logits3) - np.asarray(logits)).max(axis=-1)
   assert np.all(diff > 1e-6), diff
   # Deterministic: same inputs give the same logits.
-  np.testing.assert_array_equal(np.asarray(model.apply(variables, tokens, labels)),
-                                np.asarray(logits))
+  np.testing.assert_array_equal(
+    np.asarray(model.apply(variables, tokens, labels)), np.asarray(logits)
+  )
 
 
 def test_transformer_input_errors(transformer):
@@ -176,15 +193,17 @@ def test_transformer_input_errors(transformer):
 
 def test_transformer_params_are_logically_partitioned(transformer):
   _, boxed, _, _, _ = transformer
-  leaves = jax.tree_util.tree_leaves(boxed['params'],
-                                     is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  leaves = jax.tree_util.tree_leaves(
+    boxed['params'], is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+  )
   assert len(leaves) > 10
   for leaf in leaves:
     assert isinstance(leaf, nn.LogicallyPartitioned), type(leaf)
   specs = nn.get_partition_spec(boxed['params'])
   values = nn.unbox(boxed['params'])
   flat_specs = jax.tree_util.tree_leaves_with_path(
-      specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
+  )
   flat_vals = dict(jax.tree_util.tree_leaves_with_path(values))
   assert len(flat_specs) == len(flat_vals)
   for path, spec in flat_specs:
@@ -202,13 +221,13 @@ def test_transformer_params_are_logically_partitioned(transformer):
 def test_forward_flops_hand_count():
   model = Transformer(**TINY_TF)
   b = 3
-  n, d, m, L, K = 17, 32, 64, 2, 32      # n = 16 tokens + 1 class token
-  qkvo = 4 * (2 * d * d)                 # q, k, v, out projections: 8192
-  mlp = 2 * (2 * d * m)                  # mlp_in + mlp_out: 8192
-  attn = 2 * n * d + 2 * n * d           # QK^T scores + AV: 2176
-  per_token_layer = qkvo + mlp + attn    # 18560
+  n, d, m, L, K = 17, 32, 64, 2, 32  # n = 16 tokens + 1 class token
+  qkvo = 4 * (2 * d * d)  # q, k, v, out projections: 8192
+  mlp = 2 * (2 * d * m)  # mlp_in + mlp_out: 8192
+  attn = 2 * n * d + 2 * n * d  # QK^T scores + AV: 2176
+  per_token_layer = qkvo + mlp + attn  # 18560
   assert per_token_layer == 18560
-  head = 2 * d * d + 2 * d * K           # head dense + tied logits: 4096
+  head = 2 * d * d + 2 * d * K  # head dense + tied logits: 4096
   per_example = n * L * per_token_layer + 16 * head  # 631040 + 65536
   assert per_example == 696576
   assert forward_flops(model, b) == float(b * per_example) == 2089728.0
@@ -216,13 +235,21 @@ def test_forward_flops_hand_count():
 
 # ----------------------------------------------------------------------------- paper sizes
 
+
 def test_maskgit_imagenet_param_count():
   from magvit_jax.trainers.transformer import build_model
+
   config = _load_config('maskgit_imagenet.py', 'imagenet')
   model = build_model(config, seq_len=256)
-  assert (model.hidden_size, model.num_layers, model.num_heads, model.mlp_dim) == (768, 24, 16, 3072)
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 256), jnp.int32),
-                          jnp.zeros((1,), jnp.int32))
+  assert (model.hidden_size, model.num_layers, model.num_heads, model.mlp_dim) == (
+    768,
+    24,
+    16,
+    3072,
+  )
+  shapes = jax.eval_shape(
+    model.init, jax.random.PRNGKey(0), jnp.zeros((1, 256), jnp.int32), jnp.zeros((1,), jnp.int32)
+  )
   n = count_params(shapes['params'])
   print(f'MaskGIT imagenet transformer parameters: {n:,}')
   assert 170_000_000 <= n <= 175_000_000, n
@@ -236,12 +263,14 @@ def test_maskgit_imagenet_param_count():
 
 def test_vqgan_imagenet_token_shape():
   from magvit_jax.trainers.tokenizer import build_model
+
   config = _load_config('vqgan_imagenet.py', 'imagenet')
   model = build_model(config.model)
   assert model.downsample_factor == 16
   x = jax.ShapeDtypeStruct((1, 256, 256, 3), jnp.float32)
   (recon, aux), variables = jax.eval_shape(
-      lambda x: model.init_with_output(jax.random.PRNGKey(0), x), x)
+    lambda x: model.init_with_output(jax.random.PRNGKey(0), x), x
+  )
   assert aux['tokens'].shape == (1, 16, 16)
   assert aux['tokens'].dtype == jnp.int32
   assert recon.shape == (1, 256, 256, 3)
@@ -266,9 +295,11 @@ def test_factorised_transformer_sub_token_heads():
   t1, t9 = tokens.at[0, 0].set(1), tokens.at[0, 0].set(9)
   assert not np.allclose(model.apply(variables, t1, labels), model.apply(variables, t9, labels))
   tied = jax.tree_util.tree_map(lambda x: x, variables)
-  tied['params']['token_embedding_1'] = params['token_embedding_1'].at[1].set(
-      params['token_embedding_1'][0])
-  np.testing.assert_allclose(model.apply(tied, t1, labels), model.apply(tied, t9, labels),
-                             rtol=1e-5, atol=1e-6)
+  tied['params']['token_embedding_1'] = (
+    params['token_embedding_1'].at[1].set(params['token_embedding_1'][0])
+  )
+  np.testing.assert_allclose(
+    model.apply(tied, t1, labels), model.apply(tied, t9, labels), rtol=1e-5, atol=1e-6
+  )
   with pytest.raises(ValueError, match='not a power'):
     Transformer(**dict(TINY_TF, codebook_size=60, num_sub_tokens=2)).sub_codebook_size

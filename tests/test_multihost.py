@@ -11,6 +11,7 @@ the global batches of a 1-process run; its losses equal the single-process
 ones, both processes see the same losses, and the checkpoint they wrote
 together restores in one process with the reference's parameters.
 """
+
 import importlib.util
 import os
 import pathlib
@@ -21,7 +22,6 @@ import textwrap
 
 import jax
 import numpy as np
-import pytest
 
 from magvit_jax.trainers import metrics_writer as mw
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
@@ -56,6 +56,7 @@ DRIVER = textwrap.dedent('''\
     print('DONE', pid, flush=True)
     ''')
 
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
@@ -75,18 +76,33 @@ def _losses(workdir):
 
 
 def test_two_processes_match_one_process(tmp_path):
-  config_path = write_tiny_tokenizer_config(tmp_path / 'tiny_tokenizer.py', STEPS + 1,
-                                            checkpoint_every=2)
+  config_path = write_tiny_tokenizer_config(
+    tmp_path / 'tiny_tokenizer.py', STEPS + 1, checkpoint_every=2
+  )
   driver = tmp_path / 'driver.py'
   driver.write_text(DRIVER)
   workdir = tmp_path / 'multi'
-  env = dict(os.environ, PYTHONPATH=str(REPO),
-             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS='--xla_force_host_platform_device_count=4')
   port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, str(driver), str(pid), str(port), str(workdir), str(config_path),
-       str(STEPS)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True) for pid in (0, 1)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        str(driver),
+        str(pid),
+        str(port),
+        str(workdir),
+        str(config_path),
+        str(STEPS),
+      ],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for pid in (0, 1)
+  ]
 
   # Meanwhile: the single-process reference on this process's 8 devices.
   reference = tmp_path / 'single'
@@ -116,17 +132,29 @@ def test_two_processes_match_one_process(tmp_path):
   _, params, _ = tokenizer_trainer.load_tokenizer(str(workdir))
   _, ref_params, _ = tokenizer_trainer.load_tokenizer(str(reference))
   jax.tree_util.tree_map(
-      lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
-      params, ref_params)
+    lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
+    params,
+    ref_params,
+  )
 
 
 def test_global_batch_is_independent_of_process_count():
   from magvit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   config = _load_default_data_config()
-  one = next(pipeline.create_dataset(config, split='train', batch_size=8, train=True, seed=0,
-                                     process_index=0, process_count=1))
-  halves = [next(pipeline.create_dataset(config, split='train', batch_size=4, train=True, seed=0,
-                                         process_index=i, process_count=2)) for i in (0, 1)]
+  one = next(
+    pipeline.create_dataset(
+      config, split='train', batch_size=8, train=True, seed=0, process_index=0, process_count=1
+    )
+  )
+  halves = [
+    next(
+      pipeline.create_dataset(
+        config, split='train', batch_size=4, train=True, seed=0, process_index=i, process_count=2
+      )
+    )
+    for i in (0, 1)
+  ]
   np.testing.assert_array_equal(np.concatenate([h['image'] for h in halves]), one['image'])
 
 

@@ -1,4 +1,5 @@
 """Tests for magvit_jax.masking.mvtm."""
+
 import math
 
 import jax
@@ -9,11 +10,12 @@ import pytest
 from magvit_jax.masking import mvtm, schedules
 
 
-@pytest.mark.parametrize("schedule", schedules.SCHEDULES)
+@pytest.mark.parametrize('schedule', schedules.SCHEDULES)
 def test_mask_count_formula(schedule):
   n = 37
-  r = jnp.concatenate([jnp.array([0.0, 1.0], jnp.float32),
-                       jax.random.uniform(jax.random.PRNGKey(0), (200,))])
+  r = jnp.concatenate(
+    [jnp.array([0.0, 1.0], jnp.float32), jax.random.uniform(jax.random.PRNGKey(0), (200,))]
+  )
   counts = np.asarray(mvtm.mask_count(r, n, schedule))
   g = np.asarray(schedules.get_schedule(schedule)(r))
   expected = np.clip(np.ceil(g * np.float32(n)), 1, n).astype(np.int32)
@@ -24,7 +26,7 @@ def test_mask_count_formula(schedule):
   assert counts.min() >= 1 and counts.max() <= n
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "linear", "log"])
+@pytest.mark.parametrize('schedule', ['cosine', 'linear', 'log'])
 def test_sample_mask_exact_counts(schedule):
   rng = jax.random.PRNGKey(1)
   b, n = 64, 50
@@ -49,7 +51,7 @@ def test_mask_from_counts_extremes():
 
 def test_sample_mask_uniform_positions():
   b, n = 4000, 16
-  mask = np.asarray(mvtm.sample_mask(jax.random.PRNGKey(2), b, n, "linear"))
+  mask = np.asarray(mvtm.sample_mask(jax.random.PRNGKey(2), b, n, 'linear'))
   freq = mask.mean(axis=0)
   # With linear gamma the expected masked fraction is about 0.5 (+ ceil bias).
   expected = mask.mean()
@@ -58,16 +60,16 @@ def test_sample_mask_uniform_positions():
 
 
 def test_sample_mask_deterministic():
-  a = mvtm.sample_mask(jax.random.PRNGKey(3), 8, 20, "cosine")
-  b = mvtm.sample_mask(jax.random.PRNGKey(3), 8, 20, "cosine")
-  c = mvtm.sample_mask(jax.random.PRNGKey(4), 8, 20, "cosine")
+  a = mvtm.sample_mask(jax.random.PRNGKey(3), 8, 20, 'cosine')
+  b = mvtm.sample_mask(jax.random.PRNGKey(3), 8, 20, 'cosine')
+  c = mvtm.sample_mask(jax.random.PRNGKey(4), 8, 20, 'cosine')
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
 
 
 def test_sample_mask_jittable():
   f = jax.jit(mvtm.sample_mask, static_argnums=(1, 2, 3))
-  mask = f(jax.random.PRNGKey(0), 4, 10, "cosine")
+  mask = f(jax.random.PRNGKey(0), 4, 10, 'cosine')
   assert mask.shape == (4, 10)
 
 
@@ -103,15 +105,17 @@ def test_masked_cross_entropy_matches_numpy():
   targets = rng.integers(0, k, size=(b, n)).astype(np.int32)
   mask = np.array([[True, False, True, True], [False, False, True, False]])
   loss, metrics = mvtm.masked_cross_entropy(
-      jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask), label_smoothing=0.1)
+    jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask), label_smoothing=0.1
+  )
   ref_loss, ref_acc = _numpy_loss(logits, targets, mask, 0.1)
   assert loss.dtype == jnp.float32 and loss.shape == ()
   np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
-  np.testing.assert_allclose(float(metrics["accuracy"]), ref_acc, rtol=1e-6)
-  np.testing.assert_allclose(float(metrics["num_masked"]), 2.0)
+  np.testing.assert_allclose(float(metrics['accuracy']), ref_acc, rtol=1e-6)
+  np.testing.assert_allclose(float(metrics['num_masked']), 2.0)
   # Without smoothing, too.
   loss0, _ = mvtm.masked_cross_entropy(
-      jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask), label_smoothing=0.0)
+    jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask), label_smoothing=0.0
+  )
   np.testing.assert_allclose(float(loss0), _numpy_loss(logits, targets, mask, 0.0)[0], rtol=1e-5)
 
 
@@ -135,19 +139,19 @@ def test_masked_cross_entropy_no_masked_tokens():
   targets = jnp.zeros((2, 3), jnp.int32)
   mask = jnp.zeros((2, 3), bool)
   loss, metrics = mvtm.masked_cross_entropy(logits, targets, mask, 0.1)
-  assert float(loss) == 0.0 and np.isfinite(float(metrics["accuracy"]))
+  assert float(loss) == 0.0 and np.isfinite(float(metrics['accuracy']))
   # A row without masked tokens next to one with them.
   mask = jnp.array([[False, False, False], [True, False, False]])
   loss, metrics = mvtm.masked_cross_entropy(logits, targets, mask, 0.0)
   np.testing.assert_allclose(float(loss), math.log(4.0), rtol=1e-6)
-  np.testing.assert_allclose(float(metrics["num_masked"]), 0.5)
+  np.testing.assert_allclose(float(metrics['num_masked']), 0.5)
 
 
 def test_unmasked_positions_get_zero_gradient():
   rng = jax.random.PRNGKey(0)
   logits = jax.random.normal(rng, (3, 6, 7))
   targets = jax.random.randint(jax.random.PRNGKey(1), (3, 6), 0, 7)
-  mask = mvtm.sample_mask(jax.random.PRNGKey(2), 3, 6, "cosine")
+  mask = mvtm.sample_mask(jax.random.PRNGKey(2), 3, 6, 'cosine')
   grad = jax.grad(lambda z: mvtm.masked_cross_entropy(z, targets, mask, 0.1)[0])(logits)
   grad = np.asarray(grad)
   m = np.asarray(mask)
@@ -160,7 +164,7 @@ def test_factorised_loss_is_the_sum_of_sub_token_losses():
   rng = np.random.default_rng(0)
   b, n, s, k_sub = 2, 5, 2, 4
   logits = rng.normal(size=(b, n, s, k_sub)).astype(np.float32)
-  targets = rng.integers(0, k_sub ** s, size=(b, n)).astype(np.int32)
+  targets = rng.integers(0, k_sub**s, size=(b, n)).astype(np.int32)
   mask = rng.random((b, n)) < 0.6
   mask[0, 0] = True
   loss, _ = mvtm.masked_token_loss(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask))
@@ -169,4 +173,5 @@ def test_factorised_loss_is_the_sum_of_sub_token_losses():
   nll = -np.take_along_axis(logp, subs[..., None], -1)[..., 0].sum(-1)  # [b, n]
   np.testing.assert_allclose(float(loss), nll[mask].mean(), rtol=1e-5)
   np.testing.assert_array_equal(
-      np.asarray(mvtm.split_sub_tokens(jnp.asarray(targets), s, k_sub)), subs)
+    np.asarray(mvtm.split_sub_tokens(jnp.asarray(targets), s, k_sub)), subs
+  )

@@ -1,8 +1,8 @@
 """The notebooks in notebooks/: each runs top to bottom with tiny settings (MAGVIT_NOTEBOOK_FAST=1)
 in a fresh kernel of this interpreter, and what it computed is checked; every committed notebook
 carries no outputs."""
+
 import json
-import os
 import pathlib
 import sys
 import time
@@ -24,9 +24,15 @@ def kernel_env(tmp_path, monkeypatch):
   interpreter, one CPU device, the notebooks' tiny settings, runs under tmp_path."""
   spec_dir = tmp_path / 'jupyter' / 'kernels' / KERNEL
   spec_dir.mkdir(parents=True)
-  (spec_dir / 'kernel.json').write_text(json.dumps({
-      'argv': [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
-      'display_name': 'magvit_jax test', 'language': 'python'}))
+  (spec_dir / 'kernel.json').write_text(
+    json.dumps(
+      {
+        'argv': [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
+        'display_name': 'magvit_jax test',
+        'language': 'python',
+      }
+    )
+  )
   monkeypatch.setenv('JUPYTER_PATH', str(tmp_path / 'jupyter'))
   monkeypatch.setenv('JUPYTER_PLATFORM_DIRS', '1')
   monkeypatch.setenv('IPYTHONDIR', str(tmp_path / 'ipython'))
@@ -35,9 +41,15 @@ def kernel_env(tmp_path, monkeypatch):
   monkeypatch.delenv('MPLBACKEND', raising=False)  # the kernel's inline backend
   monkeypatch.setenv('MAGVIT_NOTEBOOK_FAST', '1')
   monkeypatch.setenv('MAGVIT_NOTEBOOK_WORKDIR', str(tmp_path / 'runs'))
-  for name in ('MAGVIT_NOTEBOOK_STEPS', 'MAGVIT_TOKENIZER_WORKDIR',
-               'MAGVIT_VIDEO_TOKENIZER_WORKDIR', 'MAGVIT_TRANSFORMER_WORKDIR',
-               'MAGVIT_VQGAN2D_WORKDIR', 'MAGVIT_TOKENIZER3D_WORKDIR', 'MAGVIT_COMMIT_WORKDIR'):
+  for name in (
+    'MAGVIT_NOTEBOOK_STEPS',
+    'MAGVIT_TOKENIZER_WORKDIR',
+    'MAGVIT_VIDEO_TOKENIZER_WORKDIR',
+    'MAGVIT_TRANSFORMER_WORKDIR',
+    'MAGVIT_VQGAN2D_WORKDIR',
+    'MAGVIT_TOKENIZER3D_WORKDIR',
+    'MAGVIT_COMMIT_WORKDIR',
+  ):
     monkeypatch.delenv(name, raising=False)
   return tmp_path
 
@@ -46,31 +58,38 @@ def run_notebook(name: str, cwd: pathlib.Path, probe: str):
   """Executes notebooks/<name> in cwd, then `probe` (code whose value is a JSON-able dict) in
   the same kernel; returns (executed notebook, the probe's dict, seconds)."""
   nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-  nb.cells.append(nbformat.v4.new_code_cell(
-      f'import json as _json\nprint({PROBE_MARK!r} + _json.dumps({probe}))'))
+  nb.cells.append(
+    nbformat.v4.new_code_cell(f'import json as _json\nprint({PROBE_MARK!r} + _json.dumps({probe}))')
+  )
   t0 = time.perf_counter()
-  NotebookClient(nb, kernel_name=KERNEL, timeout=CELL_TIMEOUT_S,
-                 resources={'metadata': {'path': str(cwd)}}).execute()
+  NotebookClient(
+    nb, kernel_name=KERNEL, timeout=CELL_TIMEOUT_S, resources={'metadata': {'path': str(cwd)}}
+  ).execute()
   seconds = time.perf_counter() - t0
   print(f'{name}: executed in {seconds:.1f} s')
   text = ''.join(o.get('text', '') for o in nb.cells[-1].outputs if o.output_type == 'stream')
   line = next(l for l in text.splitlines() if l.startswith(PROBE_MARK))
-  return nb, json.loads(line[len(PROBE_MARK):]), seconds
+  return nb, json.loads(line[len(PROBE_MARK) :]), seconds
 
 
 def displayed(nb, mime: str) -> int:
-  return sum(mime in o.get('data', {}) for c in nb.cells if c.cell_type == 'code'
-             for o in c.outputs)
+  return sum(
+    mime in o.get('data', {}) for c in nb.cells if c.cell_type == 'code' for o in c.outputs
+  )
 
 
 def test_tokenizer_notebook_runs(kernel_env):
-  nb, got, _ = run_notebook('tokenizer.ipynb', kernel_env, '''{
+  nb, got, _ = run_notebook(
+    'tokenizer.ipynb',
+    kernel_env,
+    """{
       'vq_psnr': vq_psnr, 'vq_usage': vq_usage, 'vq_vocab': vq_vocab,
       'vq_recon': [list(vq_recon.shape), str(vq_recon.dtype)], 'vq_tokens': list(vq_tokens.shape),
       'v2_psnr': v2_psnr, 'v2_usage': v2_usage, 'v2_vocab': v2_vocab,
       'v2_recon': [list(v2_recon.shape), str(v2_recon.dtype)], 'v2_tokens': list(v2_tokens.shape),
       'v2_image_psnr': v2_image_psnr, 'image_tokens': list(image_tokens.shape),
-      'gif': os.path.getsize(gif_path), 'vq_dir': vq_dir}''')
+      'gif': os.path.getsize(gif_path), 'vq_dir': vq_dir}""",
+  )
   # VQGAN: the whole 300-digit test split, 32x32 -> 8x8 tokens, learned something in 30 steps
   # (an untrained tokenizer scores ~8 dB, 30 steps ~18 dB).
   assert got['vq_recon'] == [[300, 32, 32, 3], 'uint8']
@@ -90,7 +109,10 @@ def test_tokenizer_notebook_runs(kernel_env):
 
 
 def test_maskgit_notebook_runs(kernel_env):
-  nb, got, _ = run_notebook('maskgit.ipynb', kernel_env, '''{
+  nb, got, _ = run_notebook(
+    'maskgit.ipynb',
+    kernel_env,
+    """{
       'images': [list(generated['images'].shape), str(generated['images'].dtype)],
       'labels': generated['labels'].tolist(), 'history': list(generated['history'].shape),
       'masked_per_step': masked_per_step.tolist(), 'follows': bool(follows),
@@ -99,7 +121,8 @@ def test_maskgit_notebook_runs(kernel_env):
       'inpainted': list(inpainted['images'].shape), 'outpainted': list(outpainted['images'].shape),
       'retargeted': list(retargeted['images'].shape),
       'inpainted_tokens': inpainted['tokens'].tolist(),
-      'original_tokens': inpainted['original_tokens'].tolist()}''')
+      'original_tokens': inpainted['original_tokens'].tolist()}""",
+  )
   assert got['images'] == [[10, 32, 32, 3], 'uint8']
   assert got['labels'] == list(range(10))
   assert got['history'] == [8, 10, 64]  # T = 8 steps of 8x8 tokens
@@ -115,9 +138,11 @@ def test_maskgit_notebook_runs(kernel_env):
   assert displayed(nb, 'image/png') >= 5  # samples, steps, schedule plot, edits
 
 
-
 def test_magvit_notebook_runs(kernel_env):
-  nb, got, _ = run_notebook('magvit.ipynb', kernel_env, '''{
+  nb, got, _ = run_notebook(
+    'magvit.ipynb',
+    kernel_env,
+    """{
       'max_abs_diff': inflation_max_abs_diff, 'tokens_equal': inflation_tokens_equal,
       'recon': [list(clip_recon.shape), str(clip_recon.dtype)], 'tokens': list(clip_tokens.shape),
       'psnr': tokenizer_psnr, 'known_all': list(known_all.shape),
@@ -133,10 +158,12 @@ def test_magvit_notebook_runs(kernel_env):
       'gifs': {t: os.path.getsize(p) for t, p in task_gifs.items()},
       'recon_gif': os.path.getsize(recon_gif),
       'written': sorted(os.listdir(os.path.join(WORKDIR, 'magvit_tasks', 'FP'))),
-      'dirs': [dir2d, dir3d, commit_dir]}''')
+      'dirs': [dir2d, dir3d, commit_dir]}""",
+  )
   runs = kernel_env / 'runs'
-  assert got['dirs'] == [str(runs / d) for d in ('magvit_vqgan2d', 'magvit_tokenizer3d',
-                                                  'magvit_commit')]
+  assert got['dirs'] == [
+    str(runs / d) for d in ('magvit_vqgan2d', 'magvit_tokenizer3d', 'magvit_commit')
+  ]
   # Inflation: on a static clip the inflated 3D-VQ reproduces the 2D VQGAN's reconstruction.
   assert got['max_abs_diff'] < 1e-3 and got['tokens_equal']
   # The 3D-VQ (tiny: 4 frames of 16x16 -> 2 x 8 x 8 tokens) on 8 held-out clips.
@@ -146,13 +173,24 @@ def test_magvit_notebook_runs(kernel_env):
   # The condition picture: the known pixels of the ten tasks (fp_frames 2, fi_frames 1, boxes
   # half the height and width).
   assert got['known_all'] == [10, 4, 16, 16]
-  assert got['known_fraction'] == {'FP': 0.5, 'FI': 0.5, 'OPC': 0.25, 'OPV': 0.5, 'OPH': 0.5,
-                                   'OPD': 0.25, 'IPC': 0.75, 'IPD': 0.75, 'CG': 0.0, 'CFP': 0.5}
+  assert got['known_fraction'] == {
+    'FP': 0.5,
+    'FI': 0.5,
+    'OPC': 0.25,
+    'OPV': 0.5,
+    'OPH': 0.5,
+    'OPD': 0.25,
+    'IPC': 0.75,
+    'IPD': 0.75,
+    'CG': 0.0,
+    'CFP': 0.5,
+  }
   # Every task on 2 clips: full videos, known pixels exactly the ground truth, nothing left
   # masked, the class given to CG / CFP only.
   assert sorted(got['tasks']) == sorted(got['known_fraction'])
-  for task, (shape, dtype, known, unchanged, some_known, some_unknown, left_masked,
-             labels) in got['tasks'].items():
+  for task, (shape, dtype, known, unchanged, some_known, some_unknown, left_masked, labels) in got[
+    'tasks'
+  ].items():
     assert shape == [2, 4, 16, 16, 3] and dtype == 'uint8' and known == [2, 4, 16, 16], task
     assert unchanged and got['kept'][task], task
     assert some_unknown and (some_known or task == 'CG'), task
@@ -176,13 +214,21 @@ def test_magvit_notebook_runs(kernel_env):
 def test_committed_notebook_has_no_outputs(path):
   nb = nbformat.read(path, as_version=4)
   nbformat.validate(nb)
-  dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == 'code' and
-           (c.outputs or c.execution_count is not None)]
-  assert not dirty, (f'{path.name}: code cells {dirty} carry outputs or execution counts; '
-                     f'clear them before committing (Jupyter: Edit > Clear All Outputs; or see '
-                     f'notebooks/README.md)')
+  dirty = [
+    i
+    for i, c in enumerate(nb.cells)
+    if c.cell_type == 'code' and (c.outputs or c.execution_count is not None)
+  ]
+  assert not dirty, (
+    f'{path.name}: code cells {dirty} carry outputs or execution counts; '
+    f'clear them before committing (Jupyter: Edit > Clear All Outputs; or see '
+    f'notebooks/README.md)'
+  )
 
 
 def test_notebooks_exist():
-  assert {p.name for p in NOTEBOOKS.glob('*.ipynb')} >= {'tokenizer.ipynb', 'maskgit.ipynb',
-                                                        'magvit.ipynb'}
+  assert {p.name for p in NOTEBOOKS.glob('*.ipynb')} >= {
+    'tokenizer.ipynb',
+    'maskgit.ipynb',
+    'magvit.ipynb',
+  }

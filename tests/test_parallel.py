@@ -1,4 +1,5 @@
 """Mesh construction, batch checks, and 8-device == 1-device train steps for both stages."""
+
 import importlib.util
 import pathlib
 
@@ -34,6 +35,7 @@ def test_eight_fake_devices():
 
 # ----------------------------------------------------------------------------- make_mesh
 
+
 def test_make_mesh_all_data():
   mesh = parallel.make_mesh({'data': -1})
   assert dict(mesh.shape) == {'data': 8, 'fsdp': 1, 'tensor': 1}
@@ -57,13 +59,16 @@ def test_make_mesh_subset_of_devices():
   assert dict(mesh.shape) == {'data': 2, 'fsdp': 2, 'tensor': 1}
 
 
-@pytest.mark.parametrize('shape, match', [
+@pytest.mark.parametrize(
+  'shape, match',
+  [
     ({'data': -1, 'fsdp': -1}, 'at most one axis'),
     ({'data': 2, 'model': 4}, 'unknown axes'),
     ({'data': 3}, 'needs 3 devices'),
     ({'data': 2, 'fsdp': 2}, 'needs 4 devices'),
     ({'data': -1, 'fsdp': 3}, 'not divisible by 3'),
-])
+  ],
+)
 def test_make_mesh_errors(shape, match):
   with pytest.raises(ValueError, match=match) as e:
     parallel.make_mesh(shape)
@@ -85,12 +90,15 @@ def _interleaved_slice(device):
   return device.id % 2
 
 
-@pytest.mark.parametrize('shape', [
+@pytest.mark.parametrize(
+  'shape',
+  [
     {'data': 2, 'fsdp': 4},
     {'data': 4, 'fsdp': 2},
     {'data': -1, 'fsdp': 2, 'tensor': 2},
     {'data': 2, 'fsdp': -1},
-])
+  ],
+)
 def test_make_mesh_multislice_data_spans_slices(shape):
   mesh = parallel.make_mesh({**shape, 'num_slices': 2}, slice_of=_interleaved_slice)
   assert mesh.axis_names == ('data', 'fsdp', 'tensor') and mesh.devices.size == 8
@@ -107,18 +115,33 @@ def test_make_mesh_multislice_four_slices():
   assert [[d.id for d in row.flat] for row in mesh.devices] == [[6, 7], [4, 5], [2, 3], [0, 1]]
 
 
-@pytest.mark.parametrize('shape, slice_of, match', [
-    ({'data': 1, 'fsdp': 8, 'num_slices': 2}, _interleaved_slice,
-     r'config\.mesh\.data=1 must be a multiple of config\.mesh\.num_slices=2'),
-    ({'data': -1, 'num_slices': 3}, _interleaved_slice,
-     r'config\.mesh\.num_slices=3: 8 devices are not divisible by 3'),
-    ({'data': 4, 'fsdp': 2, 'num_slices': 2}, lambda d: d.id % 4,
-     r'from 4 slice\(s\).*set config\.mesh\.num_slices=4'),
-    ({'data': 2, 'fsdp': 4, 'num_slices': 2}, lambda d: int(d.id < 5),
-     r'config\.mesh\.num_slices=2.*slice 0: 3, slice 1: 5'),
+@pytest.mark.parametrize(
+  'shape, slice_of, match',
+  [
+    (
+      {'data': 1, 'fsdp': 8, 'num_slices': 2},
+      _interleaved_slice,
+      r'config\.mesh\.data=1 must be a multiple of config\.mesh\.num_slices=2',
+    ),
+    (
+      {'data': -1, 'num_slices': 3},
+      _interleaved_slice,
+      r'config\.mesh\.num_slices=3: 8 devices are not divisible by 3',
+    ),
+    (
+      {'data': 4, 'fsdp': 2, 'num_slices': 2},
+      lambda d: d.id % 4,
+      r'from 4 slice\(s\).*set config\.mesh\.num_slices=4',
+    ),
+    (
+      {'data': 2, 'fsdp': 4, 'num_slices': 2},
+      lambda d: int(d.id < 5),
+      r'config\.mesh\.num_slices=2.*slice 0: 3, slice 1: 5',
+    ),
     ({'data': 2, 'fsdp': 4, 'num_slices': 2}, None, r'no `slice_index`.*num_slices=1'),
     ({'data': 2, 'fsdp': 4, 'num_slices': 0}, None, r'config\.mesh\.num_slices must be >= 1'),
-])
+  ],
+)
 def test_make_mesh_multislice_errors(shape, slice_of, match):
   with pytest.raises(ValueError, match=match):
     parallel.make_mesh(shape, slice_of=slice_of)
@@ -126,6 +149,7 @@ def test_make_mesh_multislice_errors(shape, slice_of, match):
 
 def test_base_config_mesh_has_num_slices():
   from magvit_jax import config_schema  # pylint: disable=g-import-not-at-top
+
   mesh_config = config_schema.base_config('tokenizer').mesh
   assert mesh_config.num_slices == 1
   assert dict(parallel.make_mesh(mesh_config).shape) == {'data': 8, 'fsdp': 1, 'tensor': 1}
@@ -153,21 +177,29 @@ def test_shard_batch_layout():
 
 # ----------------------------------------------------------------------------- train steps
 
-TOKENIZER = dict(filters=16, channel_multipliers=(1, 2, 2), num_res_blocks=1, embedding_dim=8,
-                 codebook_size=32, num_groups=4)
+TOKENIZER = dict(
+  filters=16,
+  channel_multipliers=(1, 2, 2),
+  num_res_blocks=1,
+  embedding_dim=8,
+  codebook_size=32,
+  num_groups=4,
+)
 
 
 def _meshes():
   return {
-      'one': parallel.make_mesh({'data': 1}, devices=jax.devices()[:1]),
-      'eight': parallel.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}),
+    'one': parallel.make_mesh({'data': 1}, devices=jax.devices()[:1]),
+    'eight': parallel.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}),
   }
 
 
 def _batch(size=16):
   rng = np.random.default_rng(0)
-  return {'image': rng.integers(0, 256, (16, size, size, 3), dtype=np.uint8),
-          'label': rng.integers(0, 10, (16,), dtype=np.int32)}
+  return {
+    'image': rng.integers(0, 256, (16, size, size, 3), dtype=np.uint8),
+    'label': rng.integers(0, 10, (16,), dtype=np.int32),
+  }
 
 
 def _optimizer_overrides(config):
@@ -186,15 +218,19 @@ def _optimizer(opt_config):
   sharding check with an update that is linear in the gradient.
   """
   return optax.chain(
-      optax.clip_by_global_norm(opt_config.grad_clip_norm),
-      optax.add_decayed_weights(opt_config.weight_decay),
-      optax.sgd(ts.learning_rate_schedule(opt_config), momentum=0.9))
+    optax.clip_by_global_norm(opt_config.grad_clip_norm),
+    optax.add_decayed_weights(opt_config.weight_decay),
+    optax.sgd(ts.learning_rate_schedule(opt_config), momentum=0.9),
+  )
 
 
 def _run(step, init_params, tx, mesh, config, image_size=16):
   init_fn, shardings, _ = ts.state_layout(init_params, tx, mesh, config.logical_axis_rules)
-  step_fn = jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                    out_shardings=(shardings, parallel.replicated(mesh)))
+  step_fn = jax.jit(
+    step,
+    in_shardings=(shardings, parallel.batch_sharding(mesh)),
+    out_shardings=(shardings, parallel.replicated(mesh)),
+  )
   metrics = []
   state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(int(config.seed)))
   init = jax.device_get(state.params)
@@ -202,8 +238,7 @@ def _run(step, init_params, tx, mesh, config, image_size=16):
   for _ in range(NUM_STEPS):
     state, m = step_fn(state, batch)
     metrics.append(jax.device_get(m))
-  return {'init': init, 'state': state, 'params': jax.device_get(state.params),
-          'metrics': metrics}
+  return {'init': init, 'state': state, 'params': jax.device_get(state.params), 'metrics': metrics}
 
 
 def _assert_trees_close(a, b):
@@ -211,8 +246,9 @@ def _assert_trees_close(a, b):
   flat_b = jax.tree_util.tree_leaves_with_path(b)
   assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
   for (path, x), (_, y) in zip(flat_a, flat_b):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=ATOL, rtol=RTOL,
-                               err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(
+      np.asarray(x), np.asarray(y), atol=ATOL, rtol=RTOL, err_msg=jax.tree_util.keystr(path)
+    )
 
 
 def _numpy_params(shapes):
@@ -227,20 +263,33 @@ def _numpy_params(shapes):
       return np.zeros(x.shape, np.float32)
     fan_in = int(np.prod(x.shape[:-1]))
     return (rng.standard_normal(x.shape) / np.sqrt(fan_in)).astype(np.float32)
+
   return jax.tree_util.tree_map_with_path(make, shapes)
 
 
 @pytest.fixture(scope='module')
 def transformer_runs():
   config = _load_config('maskgit_imagenet.py', 'digits')
-  config.model.update(dict(codebook_size=32, num_classes=10, hidden_size=32, num_layers=2,
-                           num_heads=2, mlp_dim=64, dropout_rate=0.1))
+  config.model.update(
+    dict(
+      codebook_size=32,
+      num_classes=10,
+      hidden_size=32,
+      num_layers=2,
+      num_heads=2,
+      mlp_dim=64,
+      dropout_rate=0.1,
+    )
+  )
   _optimizer_overrides(config)
   assert config.masking.class_dropout > 0  # the class-dropout path is exercised too
   tokenizer = VQGAN(**TOKENIZER)
   assert tokenizer.downsample_factor == 4  # 16x16 images -> 4x4 = 16 tokens
-  tok_params = _numpy_params(nn.unbox(jax.eval_shape(
-      tokenizer.init, jax.random.PRNGKey(42), jnp.zeros((1, 16, 16, 3))))['params'])
+  tok_params = _numpy_params(
+    nn.unbox(jax.eval_shape(tokenizer.init, jax.random.PRNGKey(42), jnp.zeros((1, 16, 16, 3))))[
+      'params'
+    ]
+  )
   model = tf_trainer.build_model(config, seq_len=16)
   assert model.dropout_rate == 0.1
   tx = _optimizer(config.optimizer)
@@ -251,8 +300,9 @@ def transformer_runs():
   runs = {}
   for name, mesh in _meshes().items():
     params = jax.device_put(tok_params, parallel.replicated(mesh))
-    step = tf_trainer.make_train_step(model, tf_trainer.make_tokenize_fn(tokenizer), params, tx,
-                                      config)
+    step = tf_trainer.make_train_step(
+      model, tf_trainer.make_tokenize_fn(tokenizer), params, tx, config
+    )
     runs[name] = _run(step, init_params, tx, mesh, config)
   return runs
 
@@ -270,8 +320,10 @@ def tokenizer_runs():
     return model.init(rng, jnp.zeros((1, 8, 8, 3), jnp.float32))['params']
 
   runs = {}
-  meshes = {'one': parallel.make_mesh({'data': 1}, devices=jax.devices()[:1]),
-            'eight': parallel.make_mesh({'data': 8})}
+  meshes = {
+    'one': parallel.make_mesh({'data': 1}, devices=jax.devices()[:1]),
+    'eight': parallel.make_mesh({'data': 8}),
+  }
   for name, mesh in meshes.items():
     step = tok_trainer.make_train_step(model, tx, config.losses)
     runs[name] = _run(step, init_params, tx, mesh, config, image_size=8)
@@ -290,9 +342,12 @@ def _check_runs(runs, loss_keys):
       np.testing.assert_allclose(m8[k], m1[k], atol=ATOL, rtol=RTOL, err_msg=k)
   _assert_trees_close(one['params'], eight['params'])
   # The steps really changed the params (else the comparison above would be vacuous).
-  moved = [np.abs(np.asarray(a) - np.asarray(b)).max()
-           for a, b in zip(jax.tree_util.tree_leaves(one['init']),
-                           jax.tree_util.tree_leaves(one['params']))]
+  moved = [
+    np.abs(np.asarray(a) - np.asarray(b)).max()
+    for a, b in zip(
+      jax.tree_util.tree_leaves(one['init']), jax.tree_util.tree_leaves(one['params'])
+    )
+  ]
   assert max(moved) > 1e-3
   assert int(one['state'].step) == int(eight['state'].step) == NUM_STEPS
 
@@ -301,7 +356,7 @@ def test_transformer_step_8_devices_equals_1(transformer_runs):
   _check_runs(transformer_runs, ['loss'])
   m = transformer_runs['one']['metrics']
   assert m[0]['loss'] != m[1]['loss']
-  np.testing.assert_allclose(m[0]["lr"], LR)
+  np.testing.assert_allclose(m[0]['lr'], LR)
 
 
 def test_transformer_params_really_sharded(transformer_runs):

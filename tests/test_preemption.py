@@ -6,6 +6,7 @@ slows each step down so that the SIGTERM reliably lands mid-run. The resumed
 and the uninterrupted runs are in-process (both on the 8 fake CPU devices of
 tests/conftest.py, the mesh of the subprocess too).
 """
+
 import importlib.util
 import os
 import pathlib
@@ -26,7 +27,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 8
 
 # The CLI, with every training batch delayed by $STEP_DELAY seconds.
-DRIVER = textwrap.dedent('''\
+DRIVER = textwrap.dedent("""\
     import os
     import sys
     import time
@@ -46,13 +47,12 @@ DRIVER = textwrap.dedent('''\
 
     tokenizer.mixed_batches = slow_batches
     app.run(train.main)
-    ''')
+    """)
 
 
 def _write_files(tmp_path):
   # The only checkpoints: at preemption and at the end.
-  config = write_tiny_tokenizer_config(tmp_path / 'tiny_tokenizer.py', STEPS,
-                                       checkpoint_every=100)
+  config = write_tiny_tokenizer_config(tmp_path / 'tiny_tokenizer.py', STEPS, checkpoint_every=100)
   driver = tmp_path / 'driver.py'
   driver.write_text(DRIVER)
   return config, driver
@@ -62,8 +62,13 @@ def _start(driver, config, workdir, delay):
   env = dict(os.environ, STEP_DELAY=str(delay), PYTHONPATH=str(REPO))
   env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
   return subprocess.Popen(
-      [sys.executable, str(driver), f'--config={config}', f'--workdir={workdir}'],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    [sys.executable, str(driver), f'--config={config}', f'--workdir={workdir}'],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def _losses(workdir):

@@ -1,5 +1,6 @@
 """Trainer-level tests: learning, exact kill-and-resume, NaN stop, config and checkpoint errors,
 and the sample CLI, on tiny versions of the digits configs."""
+
 import importlib.util
 import json
 import os
@@ -34,8 +35,16 @@ def load_config(filename, arg='digits'):
 def tiny_tokenizer_config(steps=6):
   c = load_config('vqgan_imagenet.py')
   c.data.image_size = 16
-  c.model.update(dict(filters=16, channel_multipliers=(1, 2, 2), num_res_blocks=1,
-                      embedding_dim=8, codebook_size=32, num_groups=4))
+  c.model.update(
+    dict(
+      filters=16,
+      channel_multipliers=(1, 2, 2),
+      num_res_blocks=1,
+      embedding_dim=8,
+      codebook_size=32,
+      num_groups=4,
+    )
+  )
   c.batch_size = 16
   c.eval_batch_size = 100
   c.num_train_steps = steps
@@ -103,8 +112,9 @@ def test_tokenizer_kill_and_resume_matches_uninterrupted(tokenizer_run, tmp_path
   np.testing.assert_allclose(losses(workdir), losses(tokenizer_run[0]), rtol=1e-6, atol=0)
 
 
-def test_transformer_kill_and_resume_matches_uninterrupted(transformer_run, tokenizer_run,
-                                                           tmp_path):
+def test_transformer_kill_and_resume_matches_uninterrupted(
+  transformer_run, tokenizer_run, tmp_path
+):
   workdir = str(tmp_path / 'run')
   config = tiny_transformer_config(tokenizer_run[0])
   transformer_trainer.train_and_evaluate(config, workdir, max_steps=3)
@@ -146,9 +156,19 @@ def test_invalid_config_values_name_the_field(tmp_path):
 
 def test_unknown_config_override_is_rejected(tmp_path):
   proc = subprocess.run(
-      [sys.executable, '-m', 'magvit_jax.train', '--config=configs/vqgan_imagenet.py:digits',
-       f'--workdir={tmp_path}', '--config.model.filterz=3'],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      '-m',
+      'magvit_jax.train',
+      '--config=configs/vqgan_imagenet.py:digits',
+      f'--workdir={tmp_path}',
+      '--config.model.filterz=3',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode != 0
   assert 'filterz' in proc.stderr
   assert not os.path.exists(tmp_path / 'config.json')
@@ -170,9 +190,17 @@ def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path):
   checkpointer = ckpt_lib.Checkpointer(str(tmp_path / 'checkpoints'), {'stage': 'test'})
   writer = mw.MetricsWriter(str(tmp_path))
   with pytest.raises(mw.NonFiniteLossError, match=r'at step 5.*Last good checkpoint: .*/4'):
-    loop.run_loop(state=state, train_step=step, batches=batches, mesh=mesh,
-                  checkpointer=checkpointer, writer=writer, config=config, start_step=0,
-                  stage='test')
+    loop.run_loop(
+      state=state,
+      train_step=step,
+      batches=batches,
+      mesh=mesh,
+      checkpointer=checkpointer,
+      writer=writer,
+      config=config,
+      start_step=0,
+      stage='test',
+    )
   assert checkpointer.all_steps() == [2, 4]  # nothing written after the NaN
 
 
@@ -192,8 +220,11 @@ def test_tokenizer_overfits_one_batch():
   tx = ts.make_optimizer(config.optimizer)
   mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
   init_fn, shardings, _ = ts.state_layout(
-      lambda r: model.init(r, jnp.zeros((1, 16, 16, 3)))['params'], tx, mesh,
-      config.logical_axis_rules)
+    lambda r: model.init(r, jnp.zeros((1, 16, 16, 3)))['params'],
+    tx,
+    mesh,
+    config.logical_axis_rules,
+  )
   state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(0))
   images = np.random.RandomState(0).randint(0, 256, (8, 16, 16, 3)).astype(np.uint8)
   images = np.repeat(np.repeat(images[:, ::4, ::4], 4, 1), 4, 2)  # smooth-ish content
@@ -213,14 +244,22 @@ def test_transformer_learns_tokens_of_one_batch(tokenizer_run):
   tx = ts.make_optimizer(config.optimizer)
   mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
   init_fn, shardings, _ = ts.state_layout(
-      lambda r: model.init(r, jnp.zeros((1, 16), jnp.int32), jnp.zeros((1,), jnp.int32))['params'],
-      tx, mesh, config.logical_axis_rules)
+    lambda r: model.init(r, jnp.zeros((1, 16), jnp.int32), jnp.zeros((1,), jnp.int32))['params'],
+    tx,
+    mesh,
+    config.logical_axis_rules,
+  )
   state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(0))
   rs = np.random.RandomState(1)
-  batch = {'image': rs.randint(0, 256, (8, 16, 16, 3)).astype(np.uint8),
-           'label': rs.randint(0, 10, (8,)).astype(np.int32)}
-  step = jax.jit(transformer_trainer.make_train_step(
-      model, transformer_trainer.make_tokenize_fn(tokenizer), tok_params, tx, config))
+  batch = {
+    'image': rs.randint(0, 256, (8, 16, 16, 3)).astype(np.uint8),
+    'label': rs.randint(0, 10, (8,)).astype(np.int32),
+  }
+  step = jax.jit(
+    transformer_trainer.make_train_step(
+      model, transformer_trainer.make_tokenize_fn(tokenizer), tok_params, tx, config
+    )
+  )
   curve = _repeat_same_batch(step, state, batch, 60)
   assert curve[-5:].mean() < curve[:3].mean() / 2, curve
 
@@ -228,9 +267,22 @@ def test_transformer_learns_tokens_of_one_batch(tokenizer_run):
 def test_sample_cli_writes_grid_and_npz(transformer_run, tmp_path):
   out = tmp_path / 'samples'
   proc = subprocess.run(
-      [sys.executable, '-m', 'magvit_jax.sample', f'--workdir={transformer_run}',
-       f'--output={out}', '--num_samples=6', '--classes=3,5', '--steps=4', '--seed=1'],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      '-m',
+      'magvit_jax.sample',
+      f'--workdir={transformer_run}',
+      f'--output={out}',
+      '--num_samples=6',
+      '--classes=3,5',
+      '--steps=4',
+      '--seed=1',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   data = np.load(out / 'samples.npz')
   assert data['images'].dtype == np.uint8 and data['images'].shape == (6, 16, 16, 3)
@@ -241,6 +293,7 @@ def test_sample_cli_writes_grid_and_npz(transformer_run, tmp_path):
 
 def test_editing_keeps_tokens_outside_the_region(transformer_run):
   from magvit_jax.sampling import Sampler
+
   sampler = Sampler(transformer_run)
   images = np.random.RandomState(2).randint(0, 256, (3, 16, 16, 3)).astype(np.uint8)
   region = np.zeros((4, 4), bool)

@@ -1,4 +1,5 @@
 """Tests for the lookup vector quantizer (magvit_jax/quantizers/vq.py)."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,8 +68,7 @@ def test_loss_value_and_gradient_split():
 
   g_params, g_z = jax.grad(loss_fn, argnums=(0, 1))(params, z)
   # Encoder input: only the commitment term, beta * 2 (z - q) / z.size.
-  np.testing.assert_allclose(np.asarray(g_z), BETA * 2.0 * (zn - q) / zn.size,
-                             rtol=1e-4, atol=1e-8)
+  np.testing.assert_allclose(np.asarray(g_z), BETA * 2.0 * (zn - q) / zn.size, rtol=1e-4, atol=1e-8)
   # Codebook: only the codebook term, sum over assigned z of 2 (e - z) / z.size (no beta).
   flat_z = zn.reshape(-1, D)
   flat_t = np.asarray(aux['tokens']).reshape(-1)
@@ -95,15 +95,22 @@ def test_loss_zero_when_z_on_codebook():
   np.testing.assert_allclose(float(aux['usage']), 5 / K, rtol=1e-6)
 
 
-@pytest.mark.parametrize('tokens, k, usage, perplexity', [
+@pytest.mark.parametrize(
+  'tokens, k, usage, perplexity',
+  [
     (np.zeros((4, 4), np.int32), 8, 1 / 8, 1.0),
     (np.full((10,), 3, np.int32), 5, 1 / 5, 1.0),
     (np.arange(8, dtype=np.int32).reshape(2, 4), 8, 1.0, 8.0),
     (np.tile(np.arange(4, dtype=np.int32), 3), 16, 4 / 16, 4.0),
     # Two codes with probs 3/4, 1/4: perplexity = exp(H).
-    (np.array([0, 0, 0, 1], np.int32), 4, 2 / 4,
-     float(np.exp(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25))))),
-])
+    (
+      np.array([0, 0, 0, 1], np.int32),
+      4,
+      2 / 4,
+      float(np.exp(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25)))),
+    ),
+  ],
+)
 def test_codebook_usage(tokens, k, usage, perplexity):
   u, p = codebook_usage(jnp.asarray(tokens), k)
   assert u.dtype == jnp.float32 and p.dtype == jnp.float32

@@ -1,4 +1,5 @@
 """Tests for the MAGVIT 3D-VQ tokenizer (`VQGAN3D`) and 2D -> 3D inflation."""
+
 import functools
 
 import flax.linen as nn
@@ -11,8 +12,14 @@ from magvit_jax.models.transformer import count_params
 from magvit_jax.models.vqgan import VQGAN
 from magvit_jax.models.vqgan3d import VQGAN3D, inflate_kernel, inflate_params
 
-TINY = dict(filters=16, channel_multipliers=(1, 2, 2), num_res_blocks=1, embedding_dim=8,
-            codebook_size=32, num_groups=8)
+TINY = dict(
+  filters=16,
+  channel_multipliers=(1, 2, 2),
+  num_res_blocks=1,
+  embedding_dim=8,
+  codebook_size=32,
+  num_groups=8,
+)
 B, T, H, W = 2, 8, 16, 16
 
 
@@ -28,6 +35,7 @@ def _numpy_params(shapes, seed=0):
       return jnp.asarray(0.1 * rng.standard_normal(x.shape), jnp.float32)
     fan_in = int(np.prod(x.shape[:-1])) if name.endswith("['kernel']") else x.shape[-1]
     return jnp.asarray(rng.standard_normal(x.shape) / np.sqrt(fan_in), jnp.float32)
+
   return jax.tree_util.tree_map_with_path(make, nn.unbox(shapes))
 
 
@@ -55,6 +63,7 @@ def model_2d():
 
 # ----------------------------------------------------------------------------- shapes
 
+
 def test_shapes_and_roundtrip(model_2d):
   _, variables_2d, _, _, _ = model_2d
   model = VQGAN3D(**TINY, temporal_downsample=(True, False))
@@ -79,8 +88,7 @@ def test_shapes_and_roundtrip(model_2d):
   np.testing.assert_array_equal(np.asarray(aux_e['tokens']), np.asarray(aux['tokens']))
   np.testing.assert_allclose(np.asarray(decoded), np.asarray(recon), atol=1e-5)
   codebook = np.asarray(nn.unbox(variables['params']['quantizer']['codebook']))
-  np.testing.assert_allclose(np.asarray(quantized), codebook[np.asarray(aux['tokens'])],
-                             atol=1e-6)
+  np.testing.assert_allclose(np.asarray(quantized), codebook[np.asarray(aux['tokens'])], atol=1e-6)
   np.testing.assert_allclose(np.asarray(from_tokens), np.asarray(recon), atol=1e-5)
 
 
@@ -88,13 +96,15 @@ def test_temporal_and_paper_shapes_via_eval_shape():
   model = VQGAN3D(filters=16, num_groups=8, codebook_size=32, embedding_dim=8)  # (1, 2, 2, 4)
   assert model.temporal_downsample_factor == 4 and model.downsample_factor == 8
   variables = _template(model, frames=4)
-  recon, aux = jax.eval_shape(model.apply, variables,
-                              jax.ShapeDtypeStruct((2, 16, 32, 32, 3), jnp.float32))
+  recon, aux = jax.eval_shape(
+    model.apply, variables, jax.ShapeDtypeStruct((2, 16, 32, 32, 3), jnp.float32)
+  )
   assert aux['tokens'].shape == (2, 4, 4, 4) and recon.shape == (2, 16, 32, 32, 3)
   # The paper's 3D-VQ-B: 16x128x128 -> 4x16x16 tokens.
   paper = VQGAN3D()
-  recon, aux = jax.eval_shape(paper.apply, _template(paper, frames=4),
-                              jax.ShapeDtypeStruct((1, 16, 128, 128, 3), jnp.float32))
+  recon, aux = jax.eval_shape(
+    paper.apply, _template(paper, frames=4), jax.ShapeDtypeStruct((1, 16, 128, 128, 3), jnp.float32)
+  )
   assert aux['tokens'].shape == (1, 4, 16, 16) and aux['tokens'].dtype == jnp.int32
   assert recon.shape == (1, 16, 128, 128, 3)
 
@@ -115,16 +125,36 @@ def _frames_seen_by(model, variables, video_shape, names):
 
 def test_temporal_resampling_per_level():
   """Encoder halves time after the levels flagged in temporal_downsample; decoder mirrors it."""
-  model = VQGAN3D(filters=16, num_groups=8, codebook_size=32, embedding_dim=8,
-                  temporal_downsample=(True, True, False))
-  names = ('down_1_res_0', 'down_2_res_0', 'down_3_res_0', 'mid_res_0',
-           'up_3_conv', 'up_2_conv', 'up_1_conv', 'conv_out')
+  model = VQGAN3D(
+    filters=16,
+    num_groups=8,
+    codebook_size=32,
+    embedding_dim=8,
+    temporal_downsample=(True, True, False),
+  )
+  names = (
+    'down_1_res_0',
+    'down_2_res_0',
+    'down_3_res_0',
+    'mid_res_0',
+    'up_3_conv',
+    'up_2_conv',
+    'up_1_conv',
+    'conv_out',
+  )
   frames = _frames_seen_by(model, _template(model, frames=4), (1, 16, 32, 32, 3), names)
   assert frames == {
-      ('encoder', 'down_1_res_0'): 8, ('encoder', 'down_2_res_0'): 4,
-      ('encoder', 'down_3_res_0'): 4, ('encoder', 'mid_res_0'): 4, ('encoder', 'conv_out'): 4,
-      ('decoder', 'mid_res_0'): 4, ('decoder', 'up_3_conv'): 4, ('decoder', 'up_2_conv'): 8,
-      ('decoder', 'up_1_conv'): 16, ('decoder', 'conv_out'): 16}, frames
+    ('encoder', 'down_1_res_0'): 8,
+    ('encoder', 'down_2_res_0'): 4,
+    ('encoder', 'down_3_res_0'): 4,
+    ('encoder', 'mid_res_0'): 4,
+    ('encoder', 'conv_out'): 4,
+    ('decoder', 'mid_res_0'): 4,
+    ('decoder', 'up_3_conv'): 4,
+    ('decoder', 'up_2_conv'): 8,
+    ('decoder', 'up_1_conv'): 16,
+    ('decoder', 'conv_out'): 16,
+  }, frames
   # Temporal downsampling only at the last level: (False, True).
   model = VQGAN3D(**TINY, temporal_downsample=(False, True))
   frames = _frames_seen_by(model, _template(model), (1, 8, 16, 16, 3), names)
@@ -134,17 +164,25 @@ def test_temporal_resampling_per_level():
 
 def test_module_names_mirror_2d_vqgan():
   def flat(tree):
-    return {jax.tree_util.keystr(p): x.shape
-            for p, x in jax.tree_util.tree_leaves_with_path(nn.unbox(tree))}
-  shapes_2d = flat(jax.eval_shape(VQGAN(**TINY).init, jax.random.PRNGKey(0),
-                                  jax.ShapeDtypeStruct((1, H, W, 3), jnp.float32)))
+    return {
+      jax.tree_util.keystr(p): x.shape
+      for p, x in jax.tree_util.tree_leaves_with_path(nn.unbox(tree))
+    }
+
+  shapes_2d = flat(
+    jax.eval_shape(
+      VQGAN(**TINY).init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, H, W, 3), jnp.float32)
+    )
+  )
   boxed_3d = _template(VQGAN3D(**TINY, temporal_downsample=(True, False)))
   shapes_3d = flat(boxed_3d)
   assert set(shapes_2d) == set(shapes_3d)
   for name, s3 in shapes_3d.items():
     s2 = shapes_2d[name]
     if name.endswith("['kernel']"):
-      k = 1 if ("['shortcut']" in name or name.startswith("['params']['encoder']['conv_out']")) else 3
+      k = (
+        1 if ("['shortcut']" in name or name.startswith("['params']['encoder']['conv_out']")) else 3
+      )
       assert s3 == (k,) + s2, name
     else:
       assert s3 == s2, name
@@ -154,6 +192,7 @@ def test_module_names_mirror_2d_vqgan():
 
 
 # ----------------------------------------------------------------------------- inflation
+
 
 def test_inflate_kernel_methods():
   k2 = jax.random.normal(jax.random.PRNGKey(0), (3, 3, 4, 5))
@@ -171,26 +210,33 @@ def test_inflate_params_boxing(model_2d):
   model = VQGAN3D(**TINY, temporal_downsample=(True, False))
   boxed = _template(model)
   boxed_2d = jax.tree_util.tree_map(
-      lambda b, v: b.replace_boxed(v),
-      jax.eval_shape(VQGAN(**TINY).init, jax.random.PRNGKey(0),
-                     jax.ShapeDtypeStruct((1, H, W, 3), jnp.float32)),
-      variables_2d, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
-  out_boxed = inflate_params(boxed_2d, boxed)   # boxed 2D in, boxed 3D template
+    lambda b, v: b.replace_boxed(v),
+    jax.eval_shape(
+      VQGAN(**TINY).init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, H, W, 3), jnp.float32)
+    ),
+    variables_2d,
+    is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned),
+  )
+  out_boxed = inflate_params(boxed_2d, boxed)  # boxed 2D in, boxed 3D template
   out_plain = inflate_params(variables_2d, nn.unbox(boxed))  # plain in, plain template
   conv = out_boxed['params']['decoder']['up_1_conv']
   assert isinstance(conv['kernel'], nn.LogicallyPartitioned)
   assert conv['kernel'].names == ('conv_0', 'conv_1', 'conv_2', 'conv_in', 'conv_out')
-  assert not isinstance(out_plain['params']['decoder']['up_1_conv']['kernel'],
-                        nn.LogicallyPartitioned)
-  for a, b in zip(jax.tree_util.tree_leaves(nn.unbox(out_boxed)),
-                  jax.tree_util.tree_leaves(out_plain)):
+  assert not isinstance(
+    out_plain['params']['decoder']['up_1_conv']['kernel'], nn.LogicallyPartitioned
+  )
+  for a, b in zip(
+    jax.tree_util.tree_leaves(nn.unbox(out_boxed)), jax.tree_util.tree_leaves(out_plain)
+  ):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   np.testing.assert_array_equal(
-      np.asarray(out_plain['params']['quantizer']['codebook']),
-      np.asarray(variables_2d['params']['quantizer']['codebook']))
+    np.asarray(out_plain['params']['quantizer']['codebook']),
+    np.asarray(variables_2d['params']['quantizer']['codebook']),
+  )
   np.testing.assert_array_equal(
-      np.asarray(out_plain['params']['encoder']['mid_res_0']['norm_1']['scale']),
-      np.asarray(variables_2d['params']['encoder']['mid_res_0']['norm_1']['scale']))
+    np.asarray(out_plain['params']['encoder']['mid_res_0']['norm_1']['scale']),
+    np.asarray(variables_2d['params']['encoder']['mid_res_0']['norm_1']['scale']),
+  )
 
 
 @pytest.mark.parametrize('method', ['central', 'average'])
@@ -244,8 +290,10 @@ def _frames_2d_with_clip_group_norm(model_2d, variables_2d, videos):
       return model_2d.apply(variables, frames)
 
   recon, aux = jax.jit(run)(variables_2d, videos.reshape((b * t,) + videos.shape[2:]))
-  return (np.asarray(recon).reshape(videos.shape),
-          np.asarray(aux['tokens']).reshape((b, t) + aux['tokens'].shape[1:]))
+  return (
+    np.asarray(recon).reshape(videos.shape),
+    np.asarray(aux['tokens']).reshape((b, t) + aux['tokens'].shape[1:]),
+  )
 
 
 def test_central_inflation_is_framewise_without_temporal_downsampling(model_2d):
@@ -269,6 +317,7 @@ def test_central_inflation_is_framewise_without_temporal_downsampling(model_2d):
 
 
 # ----------------------------------------------------------------------------- errors
+
 
 def test_input_and_config_errors(model_2d):
   _, variables_2d, _, _, _ = model_2d
@@ -297,30 +346,45 @@ def test_inflation_errors(model_2d):
   with pytest.raises(ValueError, match='unknown inflation method'):
     inflate_params(variables_2d, template, 'middle')
   wide = VQGAN(**dict(TINY, filters=32))
-  wide_vars = _numpy_params(jax.eval_shape(wide.init, jax.random.PRNGKey(0),
-                                           jax.ShapeDtypeStruct((1, H, W, 3), jnp.float32)))
-  with pytest.raises(ValueError,
-                     match=r"parameter params/(en|de)coder/conv_in/\w+: .*\(\d+[,)].*\(\d+") as e:
+  wide_vars = _numpy_params(
+    jax.eval_shape(
+      wide.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, H, W, 3), jnp.float32)
+    )
+  )
+  with pytest.raises(
+    ValueError, match=r'parameter params/(en|de)coder/conv_in/\w+: .*\(\d+[,)].*\(\d+'
+  ) as e:
     inflate_params(wide_vars, template)
   assert 'expected' in str(e.value)
   deeper = VQGAN(**dict(TINY, num_res_blocks=2))
-  deeper_vars = _numpy_params(jax.eval_shape(deeper.init, jax.random.PRNGKey(0),
-                                             jax.ShapeDtypeStruct((1, H, W, 3), jnp.float32)))
+  deeper_vars = _numpy_params(
+    jax.eval_shape(
+      deeper.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, H, W, 3), jnp.float32)
+    )
+  )
   with pytest.raises(ValueError, match=r'absent from the 3D template.*res_1'):
     inflate_params(deeper_vars, template)
-  shallow_template = _template(VQGAN3D(**dict(TINY, num_res_blocks=2),
-                                       temporal_downsample=(True, False)))
+  shallow_template = _template(
+    VQGAN3D(**dict(TINY, num_res_blocks=2), temporal_downsample=(True, False))
+  )
   with pytest.raises(ValueError, match=r'parameter params/decoder/mid_res_1/\S+ .* missing'):
     inflate_params(variables_2d, shallow_template)
 
 
 # ----------------------------------------------------------------------------- sizes
 
+
 def _counts(filters):
-  model = VQGAN3D(filters=filters, channel_multipliers=(1, 2, 2, 4), num_res_blocks=2,
-                  embedding_dim=256, codebook_size=1024)
-  params = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                          jax.ShapeDtypeStruct((1, 4, 8, 8, 3), jnp.float32))['params']
+  model = VQGAN3D(
+    filters=filters,
+    channel_multipliers=(1, 2, 2, 4),
+    num_res_blocks=2,
+    embedding_dim=256,
+    codebook_size=1024,
+  )
+  params = jax.eval_shape(
+    model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 4, 8, 8, 3), jnp.float32)
+  )['params']
   return {k: count_params(params[k]) for k in ('encoder', 'decoder', 'quantizer')}
 
 
@@ -330,8 +394,10 @@ def test_parameter_counts_b_and_l():
     c = _counts(filters)
     c['total'] = sum(c.values())
     counts[name] = c
-    print(f"3D-VQ-{name}: encoder {c['encoder'] / 1e6:.3f}M, decoder {c['decoder'] / 1e6:.3f}M, "
-          f"codebook {c['quantizer'] / 1e6:.3f}M, total {c['total'] / 1e6:.3f}M")
+    print(
+      f'3D-VQ-{name}: encoder {c["encoder"] / 1e6:.3f}M, decoder {c["decoder"] / 1e6:.3f}M, '
+      f'codebook {c["quantizer"] / 1e6:.3f}M, total {c["total"] / 1e6:.3f}M'
+    )
     assert all(v > 0 for v in c.values())
     assert c['quantizer'] == 1024 * 256
   assert counts['L']['total'] > 3.5 * counts['B']['total']

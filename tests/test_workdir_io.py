@@ -5,6 +5,7 @@ No cloud access: the object-store code path runs on a local tmp dir (the
 is served from a tmp dir through etils' own `epath.testing.mock_epath`, with
 GCS's limits (no append, no rename) enforced.
 """
+
 from __future__ import annotations
 
 import io
@@ -81,10 +82,16 @@ def test_metrics_parts_several_flushes_read_back(tmp_path):
 def test_metrics_single_file_is_still_read_with_parts(tmp_path):
   """Backward compatible: an old workdir's metrics.jsonl comes first, then metrics/ parts."""
   (tmp_path / 'metrics.jsonl').write_text(
-      json.dumps({'step': 1, 'loss': 2.0}) + '\n' + json.dumps({'step': 2, 'loss': 1.0}) + '\n'
-      + '{"step": 3, "lo')  # Truncated by a kill while appending: skipped.
-  assert mw.read_metrics(str(tmp_path)) == {1: {'step': 1, 'loss': 2.0},
-                                            2: {'step': 2, 'loss': 1.0}}
+    json.dumps({'step': 1, 'loss': 2.0})
+    + '\n'
+    + json.dumps({'step': 2, 'loss': 1.0})
+    + '\n'
+    + '{"step": 3, "lo'
+  )  # Truncated by a kill while appending: skipped.
+  assert mw.read_metrics(str(tmp_path)) == {
+    1: {'step': 1, 'loss': 2.0},
+    2: {'step': 2, 'loss': 1.0},
+  }
   writer = mw.MetricsWriter(str(tmp_path), parts=True)
   writer.write(2, {'loss': 0.9})
   writer.close()
@@ -111,16 +118,26 @@ def test_loop_writes_parts_up_to_checkpoints_and_on_nan(tmp_path):
   writer = mw.MetricsWriter(str(tmp_path), parts=True, part_every_s=3600)
   batches = iter([{'x': np.zeros((1,), np.float32)}] * 8)
   with pytest.raises(mw.NonFiniteLossError, match='at step 7'):
-    loop.run_loop(state={'w': jnp.zeros(())}, train_step=step, batches=batches, mesh=mesh,
-                  checkpointer=checkpointer, writer=writer, config=config, start_step=0,
-                  stage='test')
+    loop.run_loop(
+      state={'w': jnp.zeros(())},
+      train_step=step,
+      batches=batches,
+      mesh=mesh,
+      checkpointer=checkpointer,
+      writer=writer,
+      config=config,
+      start_step=0,
+      stage='test',
+    )
   assert checkpointer.all_steps() == [4]
   metrics = mw.read_metrics(str(tmp_path))
   # Steps 1-4: a part forced before checkpoint 4. Steps 5-6 (logged at step 6, still buffered
   # at the NaN of step 7): the part the loop forces when it raises.
   assert [metrics[s]['loss'] for s in sorted(metrics)] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
   assert sorted(n.rsplit('-', 2)[1:] for n in os.listdir(tmp_path / 'metrics')) == [
-      ['000000001', '000000004.jsonl'], ['000000005', '000000006.jsonl']]
+    ['000000001', '000000004.jsonl'],
+    ['000000005', '000000006.jsonl'],
+  ]
   checkpointer.close()
 
 
@@ -136,10 +153,10 @@ class _FakeBucket:
 
   def local(self, path) -> str:
     path = os.fspath(path)
-    return self.root + path[len(BUCKET):] if path.startswith(BUCKET) else path
+    return self.root + path[len(BUCKET) :] if path.startswith(BUCKET) else path
 
   def remote(self, path: str) -> str:
-    return BUCKET + path[len(self.root):] if path.startswith(self.root) else path
+    return BUCKET + path[len(self.root) :] if path.startswith(self.root) else path
 
   def mocks(self):
     def passthrough(name):
@@ -147,6 +164,7 @@ class _FakeBucket:
         if os.fspath(path).startswith(BUCKET):
           self.calls.append(name)
         return original(self.local(path), *args, **kwargs)
+
       return fn
 
     def open_(original, path, mode):
@@ -165,8 +183,9 @@ class _FakeBucket:
       return [self.remote(p) for p in original(self.local(pattern))]
 
     names = ('exists', 'isdir', 'listdir', 'makedirs', 'mkdir', 'remove', 'rmtree', 'stat')
-    return dict({n: passthrough(n) for n in names}, open=open_, glob=glob, rename=no_rename,
-                replace=no_rename)
+    return dict(
+      {n: passthrough(n) for n in names}, open=open_, glob=glob, rename=no_rename, replace=no_rename
+    )
 
 
 @pytest.fixture

@@ -1,12 +1,13 @@
 """A config *file* for the subprocess tests (multi-host, preemption): a tiny version of
 configs/vqgan_imagenet.py:digits on a data=2 x fsdp=4 mesh, loadable by path like a user's
 config."""
+
 import pathlib
 import textwrap
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-_TEMPLATE = textwrap.dedent('''\
+_TEMPLATE = textwrap.dedent("""\
     import importlib.util
 
     def get_config(arg=None):
@@ -26,11 +27,18 @@ _TEMPLATE = textwrap.dedent('''\
       c.mesh.data = 2
       c.mesh.fsdp = 4
       return c
-    ''')
+    """)
 
 
-def write_tiny_tokenizer_config(path: pathlib.Path, steps: int, checkpoint_every: int) -> pathlib.Path:
+def write_tiny_tokenizer_config(
+  path: pathlib.Path, steps: int, checkpoint_every: int
+) -> pathlib.Path:
   """Writes the tiny tokenizer config file to `path` and returns it."""
-  path.write_text(_TEMPLATE.format(base=str(REPO / 'configs' / 'vqgan_imagenet.py'),
-                                   steps=steps, checkpoint_every=checkpoint_every))
+  path.write_text(
+    _TEMPLATE.format(
+      base=str(REPO / 'configs' / 'vqgan_imagenet.py'),
+      steps=steps,
+      checkpoint_every=checkpoint_every,
+    )
+  )
   return path

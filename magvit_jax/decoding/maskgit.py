@@ -16,6 +16,7 @@ The whole loop is one jitted ``lax.fori_loop`` with static shapes. Known input t
 never changed, so editing, inpainting and outpainting are decoding from a partial token
 map (see ``mask_region``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -44,16 +45,17 @@ class DecodeOutput:
     history: [T, b, n] int32, the tokens after each step, the mask id where a position
       is still masked.
   """
+
   tokens: jax.Array
   history: jax.Array
 
 
 def num_masked_after_step(
-    step: jax.Array,
-    num_steps: int,
-    num_unknown_at_start: jax.Array,
-    num_unknown_now: jax.Array,
-    schedule: str,
+  step: jax.Array,
+  num_steps: int,
+  num_unknown_at_start: jax.Array,
+  num_unknown_now: jax.Array,
+  schedule: str,
 ) -> jax.Array:
   """How many positions stay masked after step ``step`` (0-based).
 
@@ -87,9 +89,12 @@ def _logits(apply_fn, params, tokens, labels, tasks, mask_token_id, guidance_sca
   if guidance_scale != 0.0:
     b = tokens.shape[0]
     extra2 = () if tasks is None else (jnp.concatenate([tasks, tasks], axis=0),)
-    both = apply_fn(params, jnp.concatenate([tokens, tokens], axis=0),
-                    jnp.concatenate([labels, jnp.full_like(labels, null_label)], axis=0),
-                    *extra2)
+    both = apply_fn(
+      params,
+      jnp.concatenate([tokens, tokens], axis=0),
+      jnp.concatenate([labels, jnp.full_like(labels, null_label)], axis=0),
+      *extra2,
+    )
     both = both.astype(jnp.float32)
     cond, uncond = both[:b], both[b:]
     logits = cond + guidance_scale * (cond - uncond)
@@ -102,8 +107,9 @@ def _logits(apply_fn, params, tokens, labels, tasks, mask_token_id, guidance_sca
   return logits
 
 
-def _step_noise(rng: jax.Array, sample_shape: tuple[int, ...] | None,
-                choice_shape: tuple[int, ...] | None):
+def _step_noise(
+  rng: jax.Array, sample_shape: tuple[int, ...] | None, choice_shape: tuple[int, ...] | None
+):
   """Gumbel noise for one step: (sample_shape noise or None, choice_shape noise or None).
 
   Both are cut from one flat draw: on CPU, XLA takes about a second to compile random
@@ -142,25 +148,34 @@ def _sample_with_logp(logits: jax.Array, noise: jax.Array | None, temperature: f
 
 
 @functools.partial(
-    jax.jit,
-    static_argnames=("apply_fn", "mask_token_id", "num_steps", "schedule",
-                     "choice_temperature", "temperature", "guidance_scale", "null_label"))
+  jax.jit,
+  static_argnames=(
+    'apply_fn',
+    'mask_token_id',
+    'num_steps',
+    'schedule',
+    'choice_temperature',
+    'temperature',
+    'guidance_scale',
+    'null_label',
+  ),
+)
 def decode(
-    apply_fn: ApplyFn,
-    params: Any,
-    rng: jax.Array,
-    init_tokens: jax.Array,
-    labels: jax.Array,
-    *,
-    mask_token_id: int,
-    num_steps: int,
-    schedule: str = "cosine",
-    choice_temperature: float = 4.5,
-    temperature: float = 1.0,
-    guidance_scale: float = 0.0,
-    null_label: int | None = None,
-    tasks: jax.Array | None = None,
-    condition_tokens: jax.Array | None = None,
+  apply_fn: ApplyFn,
+  params: Any,
+  rng: jax.Array,
+  init_tokens: jax.Array,
+  labels: jax.Array,
+  *,
+  mask_token_id: int,
+  num_steps: int,
+  schedule: str = 'cosine',
+  choice_temperature: float = 4.5,
+  temperature: float = 1.0,
+  guidance_scale: float = 0.0,
+  null_label: int | None = None,
+  tasks: jax.Array | None = None,
+  condition_tokens: jax.Array | None = None,
 ) -> DecodeOutput:
   """MaskGIT iterative decoding in ``num_steps`` steps (one jitted ``lax.fori_loop``).
 
@@ -199,14 +214,15 @@ def decode(
   distribution before temperature, plus the annealed Gumbel noise.
   """
   if num_steps < 1:
-    raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
+    raise ValueError(f'num_steps must be >= 1, got {num_steps}.')
   if guidance_scale != 0.0 and null_label is None:
-    raise ValueError("guidance_scale != 0 needs null_label (the unconditional class id).")
+    raise ValueError('guidance_scale != 0 needs null_label (the unconditional class id).')
   if init_tokens.ndim != 2:
-    raise ValueError(f"init_tokens must be [batch, n], got shape {init_tokens.shape}.")
+    raise ValueError(f'init_tokens must be [batch, n], got shape {init_tokens.shape}.')
   if condition_tokens is not None and condition_tokens.shape != init_tokens.shape:
-    raise ValueError(f"condition_tokens must match init_tokens {init_tokens.shape}, got "
-                     f"{condition_tokens.shape}.")
+    raise ValueError(
+      f'condition_tokens must match init_tokens {init_tokens.shape}, got {condition_tokens.shape}.'
+    )
   schedules.get_schedule(schedule)  # validate the name early
   init_tokens = init_tokens.astype(jnp.int32)
   labels = jnp.asarray(labels).astype(jnp.int32)
@@ -219,13 +235,17 @@ def decode(
     unknown = tokens == mask_token_id
     model_in = tokens
     if condition_tokens is not None:
-      model_in = jnp.where(unknown & (condition_tokens != mask_token_id),
-                           condition_tokens.astype(jnp.int32), tokens)
-    logits = _logits(apply_fn, params, model_in, labels, tasks, mask_token_id, guidance_scale,
-                     null_label)
+      model_in = jnp.where(
+        unknown & (condition_tokens != mask_token_id), condition_tokens.astype(jnp.int32), tokens
+      )
+    logits = _logits(
+      apply_fn, params, model_in, labels, tasks, mask_token_id, guidance_scale, null_label
+    )
     sample_noise, choice_noise = _step_noise(
-        jax.random.fold_in(rng, t), logits.shape if temperature != 0.0 else None,
-        (b, n) if choice_temperature != 0.0 else None)
+      jax.random.fold_in(rng, t),
+      logits.shape if temperature != 0.0 else None,
+      (b, n) if choice_temperature != 0.0 else None,
+    )
     sampled, confidence = _sample_with_logp(logits, sample_noise, temperature)
     sampled = jnp.where(unknown, sampled, tokens)
     if choice_temperature != 0.0:
@@ -263,10 +283,12 @@ def mask_region(tokens: jax.Array, region_mask: jax.Array, mask_token_id: int) -
     tokens elsewhere.
   """
   if tokens.ndim < 2:
-    raise ValueError(f"tokens must be [batch, *grid], got shape {tokens.shape}.")
+    raise ValueError(f'tokens must be [batch, *grid], got shape {tokens.shape}.')
   if region_mask.shape not in (tokens.shape[1:], tokens.shape):
-    raise ValueError(f"region_mask must be the token grid {tokens.shape[1:]} or match tokens "
-                     f"{tokens.shape}, got {region_mask.shape}.")
+    raise ValueError(
+      f'region_mask must be the token grid {tokens.shape[1:]} or match tokens '
+      f'{tokens.shape}, got {region_mask.shape}.'
+    )
   region = jnp.broadcast_to(region_mask.astype(bool), tokens.shape)
   out = jnp.where(region, jnp.int32(mask_token_id), tokens.astype(jnp.int32))
   return out.reshape(tokens.shape[0], -1)

@@ -10,6 +10,7 @@ holding the same raw torch arrays under the same keys (no torch needed).
 `--lpips` optionally adds the LPIPS v0.1 linear layers (`lin{k}.model.1.weight`
 [1, C, 1, 1], same .pth/.npz rule) as `lin{k}` [C]. Nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,9 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(
-        f'Reading {path} needs PyTorch (`pip install torch`, CPU build is enough). '
-        'Alternatively pass an .npz holding the state_dict arrays under the same keys.') from e
+      f'Reading {path} needs PyTorch (`pip install torch`, CPU build is enough). '
+      'Alternatively pass an .npz holding the state_dict arrays under the same keys.'
+    ) from e
   state = torch.load(path, map_location='cpu', weights_only=True)
   if isinstance(state, Mapping) and 'state_dict' in state:
     state = state['state_dict']
@@ -46,11 +48,12 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
 
 def _strip_prefix(raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   # DataParallel checkpoints prefix keys with 'module.'.
-  return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in raw.items()}
+  return {k[len('module.') :] if k.startswith('module.') else k: v for k, v in raw.items()}
 
 
-def convert_state_dict(raw: Mapping[str, np.ndarray],
-                       lpips: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def convert_state_dict(
+  raw: Mapping[str, np.ndarray], lpips: Mapping[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
   """torch-layout arrays -> flat `{'conv1_1/kernel': [3,3,in,out], ..., 'lin0': [C]}` float32."""
   raw = _strip_prefix(raw)
   out: dict[str, np.ndarray] = {}
@@ -58,13 +61,16 @@ def convert_state_dict(raw: Mapping[str, np.ndarray],
     wkey, bkey = f'features.{idx}.weight', f'features.{idx}.bias'
     for key, shape in ((wkey, (cout, cin, 3, 3)), (bkey, (cout,))):
       if key not in raw:
-        raise ValueError(f'{key!r} ({name}) missing from the input state_dict; expected '
-                         "torchvision's vgg16 (features.{0,2,5,7,10,12,14,17,19,21,24,26,28})")
+        raise ValueError(
+          f'{key!r} ({name}) missing from the input state_dict; expected '
+          "torchvision's vgg16 (features.{0,2,5,7,10,12,14,17,19,21,24,26,28})"
+        )
       if tuple(raw[key].shape) != shape:
         raise ValueError(f'{key!r} ({name}): expected shape {shape}, found {tuple(raw[key].shape)}')
     # torch [out, in, kh, kw] -> flax [kh, kw, in, out].
     out[f'{name}/kernel'] = np.ascontiguousarray(
-        np.transpose(raw[wkey].astype(np.float32), (2, 3, 1, 0)))
+      np.transpose(raw[wkey].astype(np.float32), (2, 3, 1, 0))
+    )
     out[f'{name}/bias'] = raw[bkey].astype(np.float32)
   if lpips is not None:
     lpips = _strip_prefix(lpips)
@@ -90,8 +96,9 @@ def convert_file(input_path: str, output_path: str, lpips_path: str | None = Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   parser.add_argument('--input', required=True, help='torchvision vgg16 .pth or raw .npz')
   parser.add_argument('--output', required=True, help='output .npz')
   parser.add_argument('--lpips', default=None, help='optional LPIPS v0.1 vgg.pth (or .npz)')

@@ -12,6 +12,7 @@ Conventions used by the trainer:
                          + generator_gan_weight(step, disc_start, w)
                            * [adaptive_generator_weight(...)] * g_loss(fake)
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -54,8 +55,8 @@ def non_saturating_g_loss(fake_logits: jax.Array) -> jax.Array:
 
 
 _GAN_LOSSES = {
-    'hinge': (hinge_d_loss, hinge_g_loss),
-    'non_saturating': (non_saturating_d_loss, non_saturating_g_loss),
+  'hinge': (hinge_d_loss, hinge_g_loss),
+  'non_saturating': (non_saturating_d_loss, non_saturating_g_loss),
 }
 
 
@@ -70,8 +71,9 @@ def get_gan_losses(name: str) -> tuple[Callable[..., jax.Array], Callable[..., j
 # LeCAM regularization (Tseng et al., CVPR 2021).
 
 
-def lecam_loss(real_logits: jax.Array, fake_logits: jax.Array,
-               ema_real: jax.Array, ema_fake: jax.Array) -> jax.Array:
+def lecam_loss(
+  real_logits: jax.Array, fake_logits: jax.Array, ema_real: jax.Array, ema_fake: jax.Array
+) -> jax.Array:
   """LeCAM regularizer for the discriminator.
 
   mean(relu(real - ema_fake)^2) + mean(relu(ema_real - fake)^2), where `ema_real` /
@@ -82,12 +84,18 @@ def lecam_loss(real_logits: jax.Array, fake_logits: jax.Array,
   fake = jnp.asarray(fake_logits, jnp.float32)
   ema_real = jax.lax.stop_gradient(jnp.asarray(ema_real, jnp.float32))
   ema_fake = jax.lax.stop_gradient(jnp.asarray(ema_fake, jnp.float32))
-  return (jnp.mean(jnp.square(jax.nn.relu(real - ema_fake))) +
-          jnp.mean(jnp.square(jax.nn.relu(ema_real - fake))))
+  return jnp.mean(jnp.square(jax.nn.relu(real - ema_fake))) + jnp.mean(
+    jnp.square(jax.nn.relu(ema_real - fake))
+  )
 
 
-def update_lecam_ema(ema_real: jax.Array, ema_fake: jax.Array, real_logits: jax.Array,
-                     fake_logits: jax.Array, decay: float = 0.999) -> tuple[jax.Array, jax.Array]:
+def update_lecam_ema(
+  ema_real: jax.Array,
+  ema_fake: jax.Array,
+  real_logits: jax.Array,
+  fake_logits: jax.Array,
+  decay: float = 0.999,
+) -> tuple[jax.Array, jax.Array]:
   """One EMA step: ema <- decay * ema + (1 - decay) * mean(logits).
 
   Returns `(new_ema_real, new_ema_fake)`, scalar float32, gradient-free. The trainer
@@ -137,8 +145,9 @@ def _global_norm(tree: Any) -> jax.Array:
   return optax.tree.norm(jax.tree_util.tree_map(lambda l: jnp.asarray(l, jnp.float32), tree))
 
 
-def adaptive_generator_weight(nll_grads_last_layer: Any, g_grads_last_layer: Any,
-                              max_weight: float = 1e4) -> jax.Array:
+def adaptive_generator_weight(
+  nll_grads_last_layer: Any, g_grads_last_layer: Any, max_weight: float = 1e4
+) -> jax.Array:
   """VQGAN's adaptive adversarial weight.
 
   w = ||grad_last nll|| / (||grad_last g_loss|| + 1e-4), clipped to [0, max_weight] and
@@ -151,8 +160,7 @@ def adaptive_generator_weight(nll_grads_last_layer: Any, g_grads_last_layer: Any
   return jax.lax.stop_gradient(jnp.clip(w, 0.0, max_weight))
 
 
-def generator_gan_weight(step: jax.Array | int, disc_start_step: int,
-                         weight: float) -> jax.Array:
+def generator_gan_weight(step: jax.Array | int, disc_start_step: int, weight: float) -> jax.Array:
   """The adversarial weight at `step`: 0 before `disc_start_step`, `weight` from it on.
 
   Before the start step the discriminator is neither used for the generator loss

@@ -19,6 +19,7 @@ Weights file (`.npz`, made by `python -m magvit_jax.losses.convert_vgg16`):
 This module's only I/O is `load_vgg16_weights` / `make_perceptual_loss`; the loss
 itself is a pure function of (params, x, y).
 """
+
 from __future__ import annotations
 
 import os
@@ -35,19 +36,28 @@ from magvit_jax.models.layers import conv
 # (name, in_channels, out_channels) in torchvision order; a max-pool follows the
 # last conv of every stage.
 VGG16_LAYERS: tuple[tuple[str, int, int], ...] = (
-    ('conv1_1', 3, 64), ('conv1_2', 64, 64),
-    ('conv2_1', 64, 128), ('conv2_2', 128, 128),
-    ('conv3_1', 128, 256), ('conv3_2', 256, 256), ('conv3_3', 256, 256),
-    ('conv4_1', 256, 512), ('conv4_2', 512, 512), ('conv4_3', 512, 512),
-    ('conv5_1', 512, 512), ('conv5_2', 512, 512), ('conv5_3', 512, 512),
+  ('conv1_1', 3, 64),
+  ('conv1_2', 64, 64),
+  ('conv2_1', 64, 128),
+  ('conv2_2', 128, 128),
+  ('conv3_1', 128, 256),
+  ('conv3_2', 256, 256),
+  ('conv3_3', 256, 256),
+  ('conv4_1', 256, 512),
+  ('conv4_2', 512, 512),
+  ('conv4_3', 512, 512),
+  ('conv5_1', 512, 512),
+  ('conv5_2', 512, 512),
+  ('conv5_3', 512, 512),
 )
 FEATURE_LAYERS = ('conv1_2', 'conv2_2', 'conv3_3', 'conv4_3', 'conv5_3')
 STAGE_CHANNELS = (64, 128, 256, 512, 512)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-CONVERT_COMMAND = ('python -m magvit_jax.losses.convert_vgg16 --input vgg16-397923af.pth '
-                   '--output {path}')
+CONVERT_COMMAND = (
+  'python -m magvit_jax.losses.convert_vgg16 --input vgg16-397923af.pth --output {path}'
+)
 
 
 def expected_shapes() -> dict[str, tuple[int, ...]]:
@@ -65,6 +75,7 @@ class VGG16Features(nn.Module):
   x: float `[b, H, W, 3]`, already ImageNet-normalized (H, W >= 16) ->
   tuple of the 5 ReLU stages `[b, H/2^s, W/2^s, C_s]`, C = (64, 128, 256, 512, 512).
   """
+
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -102,8 +113,7 @@ class PerceptualLoss:
     self.params = params
     self.net = VGG16Features(dtype=dtype)
 
-  def per_example_apply(self, params: Mapping[str, Any], x: jax.Array,
-                        y: jax.Array) -> jax.Array:
+  def per_example_apply(self, params: Mapping[str, Any], x: jax.Array, y: jax.Array) -> jax.Array:
     if x.shape != y.shape:
       raise ValueError(f'perceptual loss: x {x.shape} and y {y.shape} differ')
     if x.ndim not in (4, 5) or x.shape[-1] != 3:
@@ -123,7 +133,7 @@ class PerceptualLoss:
     total = jnp.zeros((n,), jnp.float32)
     for k, f in enumerate(feats):
       f = _unit_normalize(f.astype(jnp.float32))
-      d = jnp.square(f[:n] - f[n:])                       # [n, h, w, c]
+      d = jnp.square(f[:n] - f[n:])  # [n, h, w, c]
       if lin is not None:
         d = d * lin[f'lin{k}']
       total = total + jnp.mean(jnp.sum(d, axis=-1), axis=(1, 2))
@@ -150,9 +160,10 @@ def load_vgg16_weights(path: str) -> dict[str, Any]:
   """
   if not path or not os.path.exists(path):
     raise FileNotFoundError(
-        f'VGG-16 weights for the perceptual loss not found at {path!r}. Create them from '
-        "torchvision's public vgg16-397923af.pth with:\n  " + CONVERT_COMMAND.format(
-            path=path or 'vgg16.npz'))
+      f'VGG-16 weights for the perceptual loss not found at {path!r}. Create them from '
+      "torchvision's public vgg16-397923af.pth with:\n  "
+      + CONVERT_COMMAND.format(path=path or 'vgg16.npz')
+    )
   with np.load(path, allow_pickle=False) as data:
     arrays = {k: np.asarray(data[k]) for k in data.files}
   expected = dict(expected_shapes())
@@ -167,9 +178,10 @@ def load_vgg16_weights(path: str) -> dict[str, Any]:
   extra = sorted(set(arrays) - set(expected))
   if extra:
     raise ValueError(
-        f'{path}: unexpected entries {extra[:5]}{"..." if len(extra) > 5 else ""}; expected '
-        f'conv{{s}}_{{i}}/kernel|bias (and lin0..lin4). A raw torch state_dict must first be '
-        f'converted: ' + CONVERT_COMMAND.format(path=path))
+      f'{path}: unexpected entries {extra[:5]}{"..." if len(extra) > 5 else ""}; expected '
+      f'conv{{s}}_{{i}}/kernel|bias (and lin0..lin4). A raw torch state_dict must first be '
+      f'converted: ' + CONVERT_COMMAND.format(path=path)
+    )
   vgg: dict[str, dict[str, jax.Array]] = {}
   lin: dict[str, jax.Array] = {}
   for key, shape in expected.items():
@@ -177,8 +189,9 @@ def load_vgg16_weights(path: str) -> dict[str, Any]:
       raise ValueError(f'{path}: layer {key!r} is missing (expected shape {shape})')
     value = arrays[key]
     if tuple(value.shape) != shape:
-      raise ValueError(f'{path}: layer {key!r} has the wrong shape: expected {shape}, '
-                       f'found {tuple(value.shape)}')
+      raise ValueError(
+        f'{path}: layer {key!r} has the wrong shape: expected {shape}, found {tuple(value.shape)}'
+      )
     if not np.all(np.isfinite(value)):
       raise ValueError(f'{path}: layer {key!r} holds non-finite values')
     value = jnp.asarray(value, jnp.float32)
@@ -193,8 +206,9 @@ def load_vgg16_weights(path: str) -> dict[str, Any]:
   return params
 
 
-def make_perceptual_loss(path: str | None, required: bool,
-                         dtype: Any = jnp.float32) -> PerceptualLoss | None:
+def make_perceptual_loss(
+  path: str | None, required: bool, dtype: Any = jnp.float32
+) -> PerceptualLoss | None:
   """The perceptual loss built from the weights at `path`.
 
   When the file is missing: `required=True` raises FileNotFoundError (with the
@@ -206,7 +220,9 @@ def make_perceptual_loss(path: str | None, required: bool,
     if required:
       return PerceptualLoss(load_vgg16_weights(path or ''), dtype)  # raises FileNotFoundError
     warnings.warn(
-        f'Perceptual loss disabled: VGG-16 weights not found at {path!r}. Create them with: '
-        + CONVERT_COMMAND.format(path=path or 'vgg16.npz'), stacklevel=2)
+      f'Perceptual loss disabled: VGG-16 weights not found at {path!r}. Create them with: '
+      + CONVERT_COMMAND.format(path=path or 'vgg16.npz'),
+      stacklevel=2,
+    )
     return None
   return PerceptualLoss(load_vgg16_weights(path), dtype)

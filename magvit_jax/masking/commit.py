@@ -32,6 +32,7 @@ nearest known frame (FP repeats the last condition frame; FI fills the first hal
 with the first known frame and the second half with the last), other unknown pixels are 0
 (mid-grey in [-1, 1]). Everything here is pure jnp and jittable; task ids may be traced.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,14 +63,18 @@ class TaskSettings:
     fi_frames: frames known at each end in FI.
     box_fraction: size of the central / moving box and of the bands, as a fraction of H and W.
   """
+
   fp_frames: int = 1
   fi_frames: int = 1
   box_fraction: float = 0.5
 
   @classmethod
   def from_config(cls, commit_config) -> 'TaskSettings':
-    return cls(fp_frames=int(commit_config.fp_frames), fi_frames=int(commit_config.fi_frames),
-               box_fraction=float(commit_config.box_fraction))
+    return cls(
+      fp_frames=int(commit_config.fp_frames),
+      fi_frames=int(commit_config.fi_frames),
+      box_fraction=float(commit_config.box_fraction),
+    )
 
 
 def task_ids(names: Sequence[str]) -> list[int]:
@@ -90,8 +95,9 @@ def _table(mapping: dict, default=0) -> jax.Array:
   return jnp.asarray([mapping.get(name, default) for name in TASKS], jnp.int32)
 
 
-def _moving_boxes(rng: jax.Array, batch: int, num_frames: int, height: int, width: int,
-                  bh: int, bw: int) -> tuple[jax.Array, jax.Array]:
+def _moving_boxes(
+  rng: jax.Array, batch: int, num_frames: int, height: int, width: int, bh: int, bw: int
+) -> tuple[jax.Array, jax.Array]:
   """Top-left corners [b, T] (y, x) of a box moving linearly from a random start to a random
   end position over the clip, staying inside the frame."""
   start_rng, end_rng = jax.random.split(rng)
@@ -103,8 +109,14 @@ def _moving_boxes(rng: jax.Array, batch: int, num_frames: int, height: int, widt
   return pos[..., 0].astype(jnp.int32), pos[..., 1].astype(jnp.int32)
 
 
-def known_pixels(tasks: jax.Array, rng: jax.Array, num_frames: int, height: int, width: int,
-                 settings: TaskSettings = TaskSettings()) -> jax.Array:
+def known_pixels(
+  tasks: jax.Array,
+  rng: jax.Array,
+  num_frames: int,
+  height: int,
+  width: int,
+  settings: TaskSettings = TaskSettings(),
+) -> jax.Array:
   """Which pixels each task gives as condition.
 
   Args:
@@ -118,11 +130,13 @@ def known_pixels(tasks: jax.Array, rng: jax.Array, num_frames: int, height: int,
   """
   b, t_, h_, w_ = tasks.shape[0], num_frames, height, width
   if not 0 < settings.fp_frames < t_:
-    raise ValueError(f'commit.fp_frames={settings.fp_frames}: expected 1..{t_ - 1} '
-                     f'for {t_}-frame videos')
+    raise ValueError(
+      f'commit.fp_frames={settings.fp_frames}: expected 1..{t_ - 1} for {t_}-frame videos'
+    )
   if not 0 < 2 * settings.fi_frames < t_:
-    raise ValueError(f'commit.fi_frames={settings.fi_frames}: expected 1..{(t_ - 1) // 2} '
-                     f'for {t_}-frame videos')
+    raise ValueError(
+      f'commit.fi_frames={settings.fi_frames}: expected 1..{(t_ - 1) // 2} for {t_}-frame videos'
+    )
   if not 0.0 < settings.box_fraction < 1.0:
     raise ValueError(f'commit.box_fraction={settings.box_fraction}: expected a float in (0, 1)')
   temporal = _table(_TEMPORAL)[tasks]  # [b]
@@ -130,9 +144,13 @@ def known_pixels(tasks: jax.Array, rng: jax.Array, num_frames: int, height: int,
   inverted = jnp.asarray([n in _INVERTED for n in TASKS])[tasks]
 
   t = jnp.arange(t_)[None]  # [1, T]
-  frames = jnp.where(temporal[:, None] == 1, t < settings.fp_frames,
-                     jnp.where(temporal[:, None] == 2,
-                               (t < settings.fi_frames) | (t >= t_ - settings.fi_frames), False))
+  frames = jnp.where(
+    temporal[:, None] == 1,
+    t < settings.fp_frames,
+    jnp.where(
+      temporal[:, None] == 2, (t < settings.fi_frames) | (t >= t_ - settings.fi_frames), False
+    ),
+  )
 
   bh = max(1, int(round(h_ * settings.box_fraction)))
   bw = max(1, int(round(w_ * settings.box_fraction)))
@@ -140,18 +158,30 @@ def known_pixels(tasks: jax.Array, rng: jax.Array, num_frames: int, height: int,
   my, mx = _moving_boxes(rng, b, t_, h_, w_, bh, bw)  # [b, T]
   # Box rows [y0, y1) and columns [x0, x1) per example and frame.
   full = jnp.zeros((b, t_), jnp.int32)
-  y0 = jnp.select([box[:, None] == 1, box[:, None] == 2, box[:, None] == 4],
-                  [full + cy, full + cy, my], full)
-  y1 = jnp.select([box[:, None] == 1, box[:, None] == 2, box[:, None] == 4],
-                  [full + cy + bh, full + cy + bh, my + bh], full + h_)
-  x0 = jnp.select([box[:, None] == 1, box[:, None] == 3, box[:, None] == 4],
-                  [full + cx, full + cx, mx], full)
-  x1 = jnp.select([box[:, None] == 1, box[:, None] == 3, box[:, None] == 4],
-                  [full + cx + bw, full + cx + bw, mx + bw], full + w_)
+  y0 = jnp.select(
+    [box[:, None] == 1, box[:, None] == 2, box[:, None] == 4], [full + cy, full + cy, my], full
+  )
+  y1 = jnp.select(
+    [box[:, None] == 1, box[:, None] == 2, box[:, None] == 4],
+    [full + cy + bh, full + cy + bh, my + bh],
+    full + h_,
+  )
+  x0 = jnp.select(
+    [box[:, None] == 1, box[:, None] == 3, box[:, None] == 4], [full + cx, full + cx, mx], full
+  )
+  x1 = jnp.select(
+    [box[:, None] == 1, box[:, None] == 3, box[:, None] == 4],
+    [full + cx + bw, full + cx + bw, mx + bw],
+    full + w_,
+  )
   ys = jnp.arange(h_)[None, None, :, None]
   xs = jnp.arange(w_)[None, None, None, :]
-  inside = ((ys >= y0[..., None, None]) & (ys < y1[..., None, None]) &
-            (xs >= x0[..., None, None]) & (xs < x1[..., None, None]))  # [b, T, H, W]
+  inside = (
+    (ys >= y0[..., None, None])
+    & (ys < y1[..., None, None])
+    & (xs >= x0[..., None, None])
+    & (xs < x1[..., None, None])
+  )  # [b, T, H, W]
   spatial = jnp.where(inverted[:, None, None, None], ~inside, inside)
   spatial = spatial & (box > 0)[:, None, None, None]
   return frames[:, :, None, None] | spatial
@@ -180,7 +210,9 @@ def pad_condition(videos: jax.Array, known: jax.Array) -> jax.Array:
   return jnp.where(known[..., None], videos, fill).astype(videos.dtype)
 
 
-def condition_region(known: jax.Array, token_grid: Sequence[int], causal: bool = False) -> jax.Array:
+def condition_region(
+  known: jax.Array, token_grid: Sequence[int], causal: bool = False
+) -> jax.Array:
   """Interior condition tokens: True where the token's supervoxel holds a known pixel.
 
   Args:
@@ -211,8 +243,9 @@ def condition_region(known: jax.Array, token_grid: Sequence[int], causal: bool =
   return region.reshape(b, t * h * w)
 
 
-def compose_inputs(tokens: jax.Array, cond_tokens: jax.Array, region: jax.Array,
-                   mask: jax.Array, mask_token_id: int) -> jax.Array:
+def compose_inputs(
+  tokens: jax.Array, cond_tokens: jax.Array, region: jax.Array, mask: jax.Array, mask_token_id: int
+) -> jax.Array:
   """COMMIT's multivariate mask m(z | z~).
 
   Args:
@@ -230,13 +263,20 @@ def compose_inputs(tokens: jax.Array, cond_tokens: jax.Array, region: jax.Array,
   return jnp.where(mask, masked, tokens.astype(jnp.int32))
 
 
-def loss_weights(mask: jax.Array, region: jax.Array, *, mask_weight: float = 1.0,
-                 refine_weight: float = 1.0, recon_weight: float = 1.0) -> jax.Array:
+def loss_weights(
+  mask: jax.Array,
+  region: jax.Array,
+  *,
+  mask_weight: float = 1.0,
+  refine_weight: float = 1.0,
+  recon_weight: float = 1.0,
+) -> jax.Array:
   """Per-position loss weight [b, n] float32: masked & ~region -> mask_weight (predict),
   masked & region -> refine_weight (refine the condition token), ~masked -> recon_weight
   (reconstruct the visible token)."""
-  return jnp.where(mask, jnp.where(region, refine_weight, mask_weight),
-                   recon_weight).astype(jnp.float32)
+  return jnp.where(mask, jnp.where(region, refine_weight, mask_weight), recon_weight).astype(
+    jnp.float32
+  )
 
 
 def decoding_condition(cond_tokens: jax.Array, region: jax.Array, mask_token_id: int) -> jax.Array:
@@ -245,9 +285,17 @@ def decoding_condition(cond_tokens: jax.Array, region: jax.Array, mask_token_id:
   return jnp.where(region, cond_tokens.astype(jnp.int32), jnp.int32(mask_token_id))
 
 
-def commit_loss(logits: jax.Array, tokens: jax.Array, mask: jax.Array, region: jax.Array, *,
-                mask_weight: float = 1.0, refine_weight: float = 1.0, recon_weight: float = 1.0,
-                label_smoothing: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+def commit_loss(
+  logits: jax.Array,
+  tokens: jax.Array,
+  mask: jax.Array,
+  region: jax.Array,
+  *,
+  mask_weight: float = 1.0,
+  refine_weight: float = 1.0,
+  recon_weight: float = 1.0,
+  label_smoothing: float = 0.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """COMMIT loss: sum_i w_i CE_i / sum_i w_i against the target tokens at every position.
 
   Args:
@@ -263,19 +311,24 @@ def commit_loss(logits: jax.Array, tokens: jax.Array, mask: jax.Array, region: j
     number of positions of each kind per example ('num_masked', 'num_refine').
   """
   ce, correct = mvtm.token_cross_entropy(logits, tokens, label_smoothing)
-  w = loss_weights(mask, region, mask_weight=mask_weight, refine_weight=refine_weight,
-                   recon_weight=recon_weight)
+  w = loss_weights(
+    mask, region, mask_weight=mask_weight, refine_weight=refine_weight, recon_weight=recon_weight
+  )
   loss = jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1e-6)
 
   def mean_over(sel):
     sel = sel.astype(jnp.float32)
     return jnp.sum(sel * ce) / jnp.maximum(sel.sum(), 1.0)
+
   predict, refine = mask & ~region, mask & region
   masked = mask.astype(jnp.float32)
   metrics = {
-      'loss': loss, 'mask_ce': mean_over(predict), 'refine_ce': mean_over(refine),
-      'recon_ce': mean_over(~mask),
-      'accuracy': jnp.sum(correct * masked) / jnp.maximum(masked.sum(), 1.0),
-      'num_masked': masked.sum(axis=-1).mean(),
-      'num_refine': refine.astype(jnp.float32).sum(axis=-1).mean()}
+    'loss': loss,
+    'mask_ce': mean_over(predict),
+    'refine_ce': mean_over(refine),
+    'recon_ce': mean_over(~mask),
+    'accuracy': jnp.sum(correct * masked) / jnp.maximum(masked.sum(), 1.0),
+    'num_masked': masked.sum(axis=-1).mean(),
+    'num_refine': refine.astype(jnp.float32).sum(axis=-1).mean(),
+  }
   return loss, metrics

@@ -4,6 +4,7 @@ Per example a ratio ``r ~ U(0, 1)`` is drawn, ``ceil(gamma(r) * n)`` of the ``n`
 (clipped to ``[1, n]``) are chosen uniformly at random and replaced by the mask token,
 and the transformer is trained with cross-entropy on the masked positions only.
 """
+
 from __future__ import annotations
 
 import jax
@@ -83,10 +84,10 @@ def apply_mask(tokens: jax.Array, mask: jax.Array, mask_token_id: int) -> jax.Ar
 
 
 def masked_cross_entropy(
-    logits: jax.Array,
-    targets: jax.Array,
-    mask: jax.Array,
-    label_smoothing: float = 0.0,
+  logits: jax.Array,
+  targets: jax.Array,
+  mask: jax.Array,
+  label_smoothing: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Label-smoothed softmax cross-entropy averaged over the masked positions.
 
@@ -117,7 +118,7 @@ def masked_cross_entropy(
   correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
   accuracy = (correct * weights).sum() / denom
   num_masked = weights.sum(axis=-1).mean()
-  metrics = {"loss": loss, "accuracy": accuracy, "num_masked": num_masked}
+  metrics = {'loss': loss, 'accuracy': accuracy, 'num_masked': num_masked}
   return loss, metrics
 
 
@@ -128,10 +129,10 @@ def split_sub_tokens(tokens: jax.Array, num_sub_tokens: int, sub_codebook_size: 
 
 
 def masked_token_loss(
-    logits: jax.Array,
-    targets: jax.Array,
-    mask: jax.Array,
-    label_smoothing: float = 0.0,
+  logits: jax.Array,
+  targets: jax.Array,
+  mask: jax.Array,
+  label_smoothing: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """`masked_cross_entropy` for plain [b, n, k] or factorised [b, n, s, k_sub] logits.
 
@@ -144,16 +145,17 @@ def masked_token_loss(
   b, n, s, k_sub = logits.shape
   sub_targets = split_sub_tokens(targets, s, k_sub).reshape(b, n * s)
   sub_mask = jnp.repeat(mask, s, axis=1)
-  loss, metrics = masked_cross_entropy(logits.reshape(b, n * s, k_sub), sub_targets, sub_mask,
-                                       label_smoothing)
-  metrics = dict(metrics, loss=loss * s, num_masked=metrics["num_masked"] / s)
+  loss, metrics = masked_cross_entropy(
+    logits.reshape(b, n * s, k_sub), sub_targets, sub_mask, label_smoothing
+  )
+  metrics = dict(metrics, loss=loss * s, num_masked=metrics['num_masked'] / s)
   return loss * s, metrics
 
 
 def token_cross_entropy(
-    logits: jax.Array,
-    targets: jax.Array,
-    label_smoothing: float = 0.0,
+  logits: jax.Array,
+  targets: jax.Array,
+  label_smoothing: float = 0.0,
 ) -> tuple[jax.Array, jax.Array]:
   """Per-token label-smoothed cross-entropy for plain or factorised logits.
 

@@ -23,6 +23,7 @@ they are normalised to hit the endpoints exactly while keeping their shape:
 All functions take a float array of any shape and return a float array of the same shape
 and dtype (inputs are clipped to [0, 1] and outputs to [0, 1]).
 """
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 
 Schedule = Callable[[jax.Array], jax.Array]
 
-SCHEDULES: tuple[str, ...] = ("linear", "cosine", "square", "cubic", "sqrt", "log", "exp")
+SCHEDULES: tuple[str, ...] = ('linear', 'cosine', 'square', 'cubic', 'sqrt', 'log', 'exp')
 
 # Constants of the normalised log / exp schedules (see the module docstring).
 _LOG_C = 255.0
@@ -72,13 +73,13 @@ def _exp(r: jax.Array) -> jax.Array:
 
 
 _FNS: dict[str, Schedule] = {
-    "linear": _linear,
-    "cosine": _cosine,
-    "square": _square,
-    "cubic": _cubic,
-    "sqrt": _sqrt,
-    "log": _log,
-    "exp": _exp,
+  'linear': _linear,
+  'cosine': _cosine,
+  'square': _square,
+  'cubic': _cubic,
+  'sqrt': _sqrt,
+  'log': _log,
+  'exp': _exp,
 }
 
 
@@ -97,8 +98,7 @@ def get_schedule(name: str) -> Schedule:
     ValueError: if ``name`` is not a known schedule.
   """
   if name not in _FNS:
-    raise ValueError(
-        f"Unknown mask schedule {name!r}; expected one of {', '.join(SCHEDULES)}.")
+    raise ValueError(f'Unknown mask schedule {name!r}; expected one of {", ".join(SCHEDULES)}.')
   fn = _FNS[name]
 
   def gamma(r: jax.Array) -> jax.Array:
@@ -108,6 +108,6 @@ def get_schedule(name: str) -> Schedule:
     r = jnp.clip(r, 0.0, 1.0)
     return jnp.clip(fn(r), 0.0, 1.0)
 
-  gamma.__name__ = f"gamma_{name}"
-  gamma.__doc__ = f"MaskGIT mask schedule {name!r}: r in [0, 1] -> masked fraction."
+  gamma.__name__ = f'gamma_{name}'
+  gamma.__doc__ = f'MaskGIT mask schedule {name!r}: r in [0, 1] -> masked fraction.'
   return gamma

@@ -37,6 +37,7 @@ The mapping is derived from the Flax module's own variables, so every one of
 them must be found (a missing name is an error naming it) with the right shape,
 and any other name except `num_batches_tracked` is refused.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,9 @@ from magvit_jax.metrics import i3d
 from magvit_jax.metrics import inception
 
 
-def read_state_dict(path: str, how_to_get: str = inception.INCEPTION_HOW_TO_GET
-                    ) -> Dict[str, np.ndarray]:
+def read_state_dict(
+  path: str, how_to_get: str = inception.INCEPTION_HOW_TO_GET
+) -> Dict[str, np.ndarray]:
   """A PyTorch state_dict as name -> numpy array, from .pth/.pt (needs torch) or .npz.
 
   A `module.` prefix (nn.DataParallel) is removed from every name.
@@ -64,8 +66,8 @@ def read_state_dict(path: str, how_to_get: str = inception.INCEPTION_HOW_TO_GET
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(
-        f'reading {path} needs torch (pip install torch), or convert it elsewhere to an .npz of '
-        'its raw arrays: np.savez(out, **{k: v.numpy() for k, v in torch.load(pth).items()})'
+      f'reading {path} needs torch (pip install torch), or convert it elsewhere to an .npz of '
+      'its raw arrays: np.savez(out, **{k: v.numpy() for k, v in torch.load(pth).items()})'
     ) from e
   state = torch.load(path, map_location='cpu')
   if isinstance(state, dict) and 'state_dict' in state:
@@ -75,7 +77,7 @@ def read_state_dict(path: str, how_to_get: str = inception.INCEPTION_HOW_TO_GET
 
 def _strip_module_prefix(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
   if state and all(k.startswith('module.') for k in state):
-    return {k[len('module.'):]: v for k, v in state.items()}
+    return {k[len('module.') :]: v for k, v in state.items()}
   return state
 
 
@@ -99,10 +101,12 @@ def inception_from_torch(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
       elif part == 'bn' and leaf in ('weight', 'bias'):
         out[f'params/{path}/bn/{"scale" if leaf == "weight" else "bias"}'] = value
       elif part == 'bn' and leaf in ('running_mean', 'running_var'):
-        out[f'batch_stats/{path}/bn/{leaf[len("running_"):]}'] = value
+        out[f'batch_stats/{path}/bn/{leaf[len("running_") :]}'] = value
       else:
-        raise ValueError(f'unexpected name {name!r} (shape {value.shape}) in the InceptionV3 '
-                         'state_dict: not a pytorch-fid FID InceptionV3 checkpoint?')
+        raise ValueError(
+          f'unexpected name {name!r} (shape {value.shape}) in the InceptionV3 '
+          'state_dict: not a pytorch-fid FID InceptionV3 checkpoint?'
+        )
   return out
 
 
@@ -118,20 +122,20 @@ def convert_inception(src: str, dst: str) -> None:
 
 # Our InceptionBlock3D branch units -> the attribute names of pytorch-i3d's InceptionModule.
 I3D_BRANCHES = {
-    'Branch_0/Conv3d_0a_1x1': 'b0',
-    'Branch_1/Conv3d_0a_1x1': 'b1a',
-    'Branch_1/Conv3d_0b_3x3': 'b1b',
-    'Branch_2/Conv3d_0a_1x1': 'b2a',
-    'Branch_2/Conv3d_0b_3x3': 'b2b',
-    'Branch_3/Conv3d_0b_1x1': 'b3b',  # b3a is the parameterless max pool.
+  'Branch_0/Conv3d_0a_1x1': 'b0',
+  'Branch_1/Conv3d_0a_1x1': 'b1a',
+  'Branch_1/Conv3d_0b_3x3': 'b1b',
+  'Branch_2/Conv3d_0a_1x1': 'b2a',
+  'Branch_2/Conv3d_0b_3x3': 'b2b',
+  'Branch_3/Conv3d_0b_1x1': 'b3b',  # b3a is the parameterless max pool.
 }
 # (collection, Flax submodule, Flax leaf) of a Unit3D -> pytorch-i3d Unit3D suffix.
 _I3D_UNIT_LEAVES = {
-    ('params', 'conv', 'kernel'): 'conv3d.weight',
-    ('params', 'bn', 'scale'): 'bn.weight',
-    ('params', 'bn', 'bias'): 'bn.bias',
-    ('batch_stats', 'bn', 'mean'): 'bn.running_mean',
-    ('batch_stats', 'bn', 'var'): 'bn.running_var',
+  ('params', 'conv', 'kernel'): 'conv3d.weight',
+  ('params', 'bn', 'scale'): 'bn.weight',
+  ('params', 'bn', 'bias'): 'bn.bias',
+  ('batch_stats', 'bn', 'mean'): 'bn.running_mean',
+  ('batch_stats', 'bn', 'var'): 'bn.running_var',
 }
 _I3D_LOGITS = 'Logits/Conv3d_0c_1x1'
 
@@ -140,7 +144,7 @@ def i3d_torch_name(flax_name: str) -> str:
   """'params/Mixed_3b/Branch_1/Conv3d_0b_3x3/conv/kernel' -> 'Mixed_3b.b1b.conv3d.weight'."""
   collection, _, path = flax_name.partition('/')
   if path.startswith(_I3D_LOGITS + '/'):
-    leaf = path[len(_I3D_LOGITS) + 1:]
+    leaf = path[len(_I3D_LOGITS) + 1 :]
     return {'kernel': 'logits.conv3d.weight', 'bias': 'logits.conv3d.bias'}[leaf]
   unit, module, leaf = path.rsplit('/', 2)
   block, _, branch = unit.partition('/')
@@ -156,8 +160,10 @@ def _torch_conv_shape(kernel_shape: Tuple[int, ...]) -> Tuple[int, ...]:
 
 def i3d_torch_shapes() -> Dict[str, Tuple[int, ...]]:
   """pytorch-i3d state_dict name -> torch shape, for every variable of our I3D."""
-  return {i3d_torch_name(name): _torch_conv_shape(shape) if name.endswith('/kernel') else shape
-          for name, shape in i3d.expected_weight_shapes().items()}
+  return {
+    i3d_torch_name(name): _torch_conv_shape(shape) if name.endswith('/kernel') else shape
+    for name, shape in i3d.expected_weight_shapes().items()
+  }
 
 
 def i3d_from_torch(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -186,15 +192,22 @@ def i3d_from_torch(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
       value = value.transpose(2, 3, 4, 1, 0)  # [out, in, t, h, w] -> [t, h, w, in, out]
     out[name] = value
   if missing:
-    problems.append(f'{len(missing)} name(s) missing from the state_dict: ' + ', '.join(missing[:8])
-                    + (f' and {len(missing) - 8} more' if len(missing) > 8 else ''))
+    problems.append(
+      f'{len(missing)} name(s) missing from the state_dict: '
+      + ', '.join(missing[:8])
+      + (f' and {len(missing) - 8} more' if len(missing) > 8 else '')
+    )
   unknown = sorted(k for k in set(state) - used if not k.endswith('num_batches_tracked'))
   if unknown:
-    problems.append(f'unexpected names (not in the Kinetics-400 I3D): {unknown[:8]}'
-                    + (f' and {len(unknown) - 8} more' if len(unknown) > 8 else ''))
+    problems.append(
+      f'unexpected names (not in the Kinetics-400 I3D): {unknown[:8]}'
+      + (f' and {len(unknown) - 8} more' if len(unknown) > 8 else '')
+    )
   if problems:
-    raise ValueError('not a pytorch-i3d Kinetics-400 RGB InceptionI3d state_dict '
-                     f'({len(problems)} problem(s)):\n  ' + '\n  '.join(problems[:20]))
+    raise ValueError(
+      'not a pytorch-i3d Kinetics-400 RGB InceptionI3d state_dict '
+      f'({len(problems)} problem(s)):\n  ' + '\n  '.join(problems[:20])
+    )
   return out
 
 

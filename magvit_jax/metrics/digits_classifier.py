@@ -7,6 +7,7 @@ digits of the *train* split (the split rule of the TFDS builder). Generated
 class each sample was asked for measures class-conditional generation. It
 never sees our tokenizer or transformer, so it cannot share their mistakes.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +18,9 @@ def _to_8x8(images: np.ndarray) -> np.ndarray:
   images = np.asarray(images, np.float32)
   n, s = images.shape[0], images.shape[1]
   if images.ndim != 4 or s % 8 or images.shape[2] != s:
-    raise ValueError(f'images must be square [n, s, s, 3] with s a multiple of 8, got {images.shape}')
+    raise ValueError(
+      f'images must be square [n, s, s, 3] with s a multiple of 8, got {images.shape}'
+    )
   grey = images.mean(axis=-1)
   k = s // 8
   small = grey.reshape(n, 8, k, 8, k).mean(axis=(2, 4))
@@ -30,6 +33,7 @@ class DigitsClassifier:
   def __init__(self):
     from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
     from sklearn.linear_model import LogisticRegression  # pylint: disable=g-import-not-at-top
+
     digits = load_digits()
     index = np.arange(len(digits.target))
     train, test = index % 6 != 0, index % 6 == 0

@@ -18,6 +18,7 @@ averaged over frames.
 Numbers from this network are only comparable with numbers from the same
 network (same `VERSION` and training settings), never with published FIDs.
 """
+
 from __future__ import annotations
 
 import os
@@ -70,17 +71,26 @@ def _to_float(images: jax.Array) -> jax.Array:
 def load_digits_split(split: str, data_dir: str | None = None) -> Tuple[np.ndarray, np.ndarray]:
   """The whole `magvit_digits` split as numpy: (images uint8 [n, 32, 32, 3], labels int32 [n])."""
   from magvit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   config = {'name': 'magvit_digits', 'data_dir': data_dir, 'image_size': IMAGE_SIZE}
   images, labels = [], []
-  for batch in pipeline.create_dataset(config, split=split, batch_size=512, train=False,
-                                       drop_remainder=False, process_index=0, process_count=1):
+  for batch in pipeline.create_dataset(
+    config,
+    split=split,
+    batch_size=512,
+    train=False,
+    drop_remainder=False,
+    process_index=0,
+    process_count=1,
+  ):
     images.append(batch['image'])
     labels.append(batch['label'])
   return np.concatenate(images), np.concatenate(labels).astype(np.int32)
 
 
-def train_digits_features(data_dir: str | None = None, steps: int = DEFAULT_STEPS,
-                          seed: int = 0, verbose: bool = False) -> Params:
+def train_digits_features(
+  data_dir: str | None = None, steps: int = DEFAULT_STEPS, seed: int = 0, verbose: bool = False
+) -> Params:
   """Trains the feature network on the `magvit_digits` train split.
 
   Adam (lr 3e-3), batch 64 drawn with replacement from the 1497 train images,
@@ -98,8 +108,9 @@ def train_digits_features(data_dir: str | None = None, steps: int = DEFAULT_STEP
   """
   images, labels = load_digits_split('train', data_dir)
   rng = np.random.default_rng(seed)
-  params = _NET.init(jax.random.PRNGKey(seed),
-                     jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.float32))['params']
+  params = _NET.init(
+    jax.random.PRNGKey(seed), jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.float32)
+  )['params']
   tx = optax.adam(LEARNING_RATE)
   opt_state = tx.init(params)
 
@@ -108,6 +119,7 @@ def train_digits_features(data_dir: str | None = None, steps: int = DEFAULT_STEP
     def loss_fn(p):
       _, logits = _NET.apply({'params': p}, _to_float(x))
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
@@ -116,11 +128,15 @@ def train_digits_features(data_dir: str | None = None, steps: int = DEFAULT_STEP
   loss = jnp.nan
   for _ in range(steps):
     idx = rng.integers(0, len(images), BATCH_SIZE)
-    params, opt_state, loss = step(params, opt_state, jnp.asarray(images[idx]),
-                                   jnp.asarray(labels[idx]))
+    params, opt_state, loss = step(
+      params, opt_state, jnp.asarray(images[idx]), jnp.asarray(labels[idx])
+    )
   if verbose:
-    print(f'[digits_features] trained {steps} steps in {time.perf_counter() - t0:.1f}s, '
-          f'last loss {float(loss):.3f}', flush=True)
+    print(
+      f'[digits_features] trained {steps} steps in {time.perf_counter() - t0:.1f}s, '
+      f'last loss {float(loss):.3f}',
+      flush=True,
+    )
   return jax.device_get(params)
 
 
@@ -129,8 +145,9 @@ def network_id(steps: int = DEFAULT_STEPS, seed: int = 0) -> str:
   return f'digits_features-{VERSION}-steps{steps}-bs{BATCH_SIZE}-lr{LEARNING_RATE:g}-seed{seed}'
 
 
-def load_or_train_digits_features(cache_dir: str, data_dir: str | None = None,
-                                  steps: int = DEFAULT_STEPS, seed: int = 0) -> Params:
+def load_or_train_digits_features(
+  cache_dir: str, data_dir: str | None = None, steps: int = DEFAULT_STEPS, seed: int = 0
+) -> Params:
   """Params from `<cache_dir>/<network_id>.npz`, training and writing them on a miss.
 
   The file name holds `VERSION` and the training settings, so changing either
@@ -141,8 +158,10 @@ def load_or_train_digits_features(cache_dir: str, data_dir: str | None = None,
     with np.load(path) as f:
       flat = {tuple(k.split('/')): jnp.asarray(f[k]) for k in f.files}
     return traverse_util.unflatten_dict(flat)
-  print(f'[digits_features] training the digits feature network ({steps} steps), '
-        f'cached in {path}', flush=True)
+  print(
+    f'[digits_features] training the digits feature network ({steps} steps), cached in {path}',
+    flush=True,
+  )
   params = train_digits_features(data_dir, steps, seed, verbose=True)
   os.makedirs(cache_dir, exist_ok=True)
   flat = {'/'.join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(params).items()}
@@ -158,8 +177,9 @@ def _apply(params: Params, images: jax.Array) -> Tuple[jax.Array, jax.Array]:
   return features, jax.nn.softmax(logits)
 
 
-def digits_features(params: Params, images: np.ndarray,
-                    batch_size: int = 500) -> Tuple[np.ndarray, np.ndarray]:
+def digits_features(
+  params: Params, images: np.ndarray, batch_size: int = 500
+) -> Tuple[np.ndarray, np.ndarray]:
   """Features and class probabilities of digit images or videos.
 
   Args:
@@ -178,13 +198,15 @@ def digits_features(params: Params, images: np.ndarray,
   """
   images = np.asarray(images)
   if images.ndim not in (4, 5) or images.shape[-1] != 3 or images.shape[-2] != images.shape[-3]:
-    raise ValueError('images must be uint8 [N, S, S, 3] or [N, T, S, S, 3] (S = 32), '
-                     f'got {images.shape}')
+    raise ValueError(
+      f'images must be uint8 [N, S, S, 3] or [N, T, S, S, 3] (S = 32), got {images.shape}'
+    )
   n = images.shape[0]
   frames = images.reshape((-1,) + images.shape[-3:])
   if frames.shape[1] != IMAGE_SIZE:
-    resized = jax.image.resize(jnp.asarray(frames, jnp.float32),
-                               (frames.shape[0], IMAGE_SIZE, IMAGE_SIZE, 3), 'bilinear')
+    resized = jax.image.resize(
+      jnp.asarray(frames, jnp.float32), (frames.shape[0], IMAGE_SIZE, IMAGE_SIZE, 3), 'bilinear'
+    )
     frames = np.asarray(jnp.clip(jnp.round(resized), 0, 255)).astype(np.uint8)
   feats, probs = apply_in_batches(lambda x: _apply(params, x), frames, batch_size)
   feats = feats.reshape(n, -1, FEATURE_DIM).mean(axis=1)

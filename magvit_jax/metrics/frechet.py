@@ -21,6 +21,7 @@ s sigma2 s, so both share eigenvalues and
 Tiny negative eigenvalues from rounding are clipped to 0, which also makes
 rank-deficient (singular) covariances, e.g. from n < d samples, well defined.
 """
+
 from __future__ import annotations
 
 from typing import Any, Tuple
@@ -30,8 +31,9 @@ import numpy as np
 ArrayLike = Any
 
 
-def feature_statistics(features: ArrayLike,
-                       chunk_size: int = 4096) -> Tuple[np.ndarray, np.ndarray]:
+def feature_statistics(
+  features: ArrayLike, chunk_size: int = 4096
+) -> Tuple[np.ndarray, np.ndarray]:
   """Mean and covariance of a feature set, accumulated in float64.
 
   Two passes over `features` in row chunks of `chunk_size` (mean, then the
@@ -62,7 +64,7 @@ def feature_statistics(features: ArrayLike,
 
   def chunks():
     for start in range(0, n, chunk_size):
-      chunk = np.asarray(features[start:start + chunk_size], dtype=np.float64)
+      chunk = np.asarray(features[start : start + chunk_size], dtype=np.float64)
       if not np.all(np.isfinite(chunk)):
         raise ValueError('features hold NaN or inf values')
       yield chunk
@@ -81,8 +83,9 @@ def feature_statistics(features: ArrayLike,
   return mu, sigma
 
 
-def _check_stats(mu: ArrayLike, sigma: ArrayLike, mu_name: str, sigma_name: str,
-                 d: int | None) -> Tuple[np.ndarray, np.ndarray]:
+def _check_stats(
+  mu: ArrayLike, sigma: ArrayLike, mu_name: str, sigma_name: str, d: int | None
+) -> Tuple[np.ndarray, np.ndarray]:
   """Validates one (mu [d], sigma [d, d]) pair; returns float64 copies."""
   mu = np.asarray(mu, dtype=np.float64)
   sigma = np.asarray(sigma, dtype=np.float64)
@@ -113,8 +116,7 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
   return float(np.sum(np.sqrt(np.clip(eig, 0.0, None))))
 
 
-def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike,
-                     sigma2: ArrayLike) -> float:
+def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike) -> float:
   """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
 
   Args:
@@ -134,13 +136,13 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike,
   mu1, sigma1 = _check_stats(mu1, sigma1, 'mu1', 'sigma1', None)
   mu2, sigma2 = _check_stats(mu2, sigma2, 'mu2', 'sigma2', mu1.shape[0])
   diff = mu1 - mu2
-  fd = (diff @ diff + np.trace(sigma1) + np.trace(sigma2)
-        - 2.0 * trace_sqrt_product(sigma1, sigma2))
+  fd = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2)
   return max(float(fd), 0.0)
 
 
-def frechet_distance_from_features(features1: ArrayLike, features2: ArrayLike,
-                                   chunk_size: int = 4096) -> float:
+def frechet_distance_from_features(
+  features1: ArrayLike, features2: ArrayLike, chunk_size: int = 4096
+) -> float:
   """Frechet distance between two feature sets [n1, d] and [n2, d]."""
   mu1, sigma1 = feature_statistics(features1, chunk_size)
   mu2, sigma2 = feature_statistics(features2, chunk_size)

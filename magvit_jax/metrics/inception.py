@@ -29,6 +29,7 @@ lists all of them. `python -m magvit_jax.metrics.convert_weights inception
 pt_inception-2015-12-05-6726825d.pth inception_fid.npz` writes this file from
 pytorch-fid's published PyTorch weights.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,10 @@ from magvit_jax.metrics.batching import apply_in_batches
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
 NUM_CLASSES = 1008
-PYTORCH_FID_URL = ('https://github.com/mseitzer/pytorch-fid/releases/download/'
-                   'fid_weights/pt_inception-2015-12-05-6726825d.pth')
+PYTORCH_FID_URL = (
+  'https://github.com/mseitzer/pytorch-fid/releases/download/'
+  'fid_weights/pt_inception-2015-12-05-6726825d.pth'
+)
 
 Variables = Dict[str, Any]
 Padding = Sequence[Tuple[int, int]] | str
@@ -54,6 +57,7 @@ Padding = Sequence[Tuple[int, int]] | str
 
 class BasicConv(nn.Module):
   """Conv (no bias) + BatchNorm (eps 1e-3, running statistics) + ReLU, NHWC."""
+
   features: int
   kernel: Tuple[int, int]
   strides: Tuple[int, int] = (1, 1)
@@ -61,8 +65,9 @@ class BasicConv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.Conv(self.features, self.kernel, self.strides, padding=self.padding, use_bias=False,
-                name='conv')(x)
+    x = nn.Conv(
+      self.features, self.kernel, self.strides, padding=self.padding, use_bias=False, name='conv'
+    )(x)
     x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, name='bn')(x)
     return nn.relu(x)
 
@@ -83,6 +88,7 @@ def _max_pool_3x3_s2(x: jax.Array) -> jax.Array:
 
 class InceptionA(nn.Module):
   """Mixed_5b/5c/5d: 64 + 64 + 96 + pool_features channels."""
+
   pool_features: int
 
   @nn.compact
@@ -111,6 +117,7 @@ class InceptionB(nn.Module):
 
 class InceptionC(nn.Module):
   """Mixed_6b..6e (factorized 7x7): 4 x 192 = 768 channels."""
+
   channels_7x7: int
 
   @nn.compact
@@ -148,20 +155,29 @@ class InceptionE(nn.Module):
 
   pool: 'avg' (Mixed_7b, padded cells not counted) or 'max' (Mixed_7c).
   """
+
   pool: str = 'avg'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b1 = BasicConv(320, (1, 1), name='branch1x1')(x)
     b3 = BasicConv(384, (1, 1), name='branch3x3_1')(x)
-    b3 = jnp.concatenate([
+    b3 = jnp.concatenate(
+      [
         BasicConv(384, (1, 3), padding=_pad(1, 3), name='branch3x3_2a')(b3),
-        BasicConv(384, (3, 1), padding=_pad(3, 1), name='branch3x3_2b')(b3)], axis=-1)
+        BasicConv(384, (3, 1), padding=_pad(3, 1), name='branch3x3_2b')(b3),
+      ],
+      axis=-1,
+    )
     bd = BasicConv(448, (1, 1), name='branch3x3dbl_1')(x)
     bd = BasicConv(384, (3, 3), padding=_pad(3, 3), name='branch3x3dbl_2')(bd)
-    bd = jnp.concatenate([
+    bd = jnp.concatenate(
+      [
         BasicConv(384, (1, 3), padding=_pad(1, 3), name='branch3x3dbl_3a')(bd),
-        BasicConv(384, (3, 1), padding=_pad(3, 1), name='branch3x3dbl_3b')(bd)], axis=-1)
+        BasicConv(384, (3, 1), padding=_pad(3, 1), name='branch3x3dbl_3b')(bd),
+      ],
+      axis=-1,
+    )
     if self.pool == 'max':
       pooled = nn.max_pool(x, (3, 3), (1, 1), padding=((1, 1), (1, 1)))
     else:
@@ -202,8 +218,7 @@ def preprocess(images: jax.Array) -> jax.Array:
   """uint8 [b, H, W, 3] -> float32 [b, 299, 299, 3] in [-1, 1] (pytorch-fid's resize)."""
   x = images.astype(jnp.float32) / 255.0
   if x.shape[1:3] != (INPUT_SIZE, INPUT_SIZE):
-    x = jax.image.resize(x, (x.shape[0], INPUT_SIZE, INPUT_SIZE, 3), 'bilinear',
-                         antialias=False)
+    x = jax.image.resize(x, (x.shape[0], INPUT_SIZE, INPUT_SIZE, 3), 'bilinear', antialias=False)
   return x * 2.0 - 1.0
 
 
@@ -215,8 +230,7 @@ def _abstract_variables(module: nn.Module, example_shape: Tuple[int, ...]) -> Va
 
 def flat_shapes(abstract: Variables) -> Dict[str, Tuple[Tuple[str, ...], Tuple[int, ...]]]:
   """Flat name ('/'-joined variable path) -> (path tuple, shape) of every variable."""
-  return {'/'.join(k): (k, tuple(v.shape))
-          for k, v in traverse_util.flatten_dict(abstract).items()}
+  return {'/'.join(k): (k, tuple(v.shape)) for k, v in traverse_util.flatten_dict(abstract).items()}
 
 
 def expected_weight_shapes() -> Dict[str, Tuple[int, ...]]:
@@ -248,30 +262,39 @@ def load_npz_variables(path: str, abstract: Variables, what: str, how_to_get: st
   with np.load(path) as f:
     found = {k: f[k] for k in f.files}
   # Wrong shapes first: they are the informative ones when a file is truncated or mismatched.
-  problems = [f'{name}: expected shape {shape}, found {tuple(found[name].shape)}'
-              for name, (_, shape) in expected.items()
-              if name in found and tuple(found[name].shape) != shape]
+  problems = [
+    f'{name}: expected shape {shape}, found {tuple(found[name].shape)}'
+    for name, (_, shape) in expected.items()
+    if name in found and tuple(found[name].shape) != shape
+  ]
   missing = [name for name in expected if name not in found]
   if missing:
-    problems.append(f'{len(missing)} variable(s) missing from the file, e.g. '
-                    + ', '.join(f'{m} {expected[m][1]}' for m in missing[:5]))
+    problems.append(
+      f'{len(missing)} variable(s) missing from the file, e.g. '
+      + ', '.join(f'{m} {expected[m][1]}' for m in missing[:5])
+    )
   unknown = sorted(set(found) - set(expected))
   if unknown:
-    problems.append(f'unexpected names (not in {what}): {unknown[:5]}'
-                    + (f' and {len(unknown) - 5} more' if len(unknown) > 5 else ''))
+    problems.append(
+      f'unexpected names (not in {what}): {unknown[:5]}'
+      + (f' and {len(unknown) - 5} more' if len(unknown) > 5 else '')
+    )
   if problems:
-    raise ValueError(f'{path} does not hold {what} weights in the expected layout '
-                     f'({len(problems)} problem(s)):\n  ' + '\n  '.join(problems[:20]))
+    raise ValueError(
+      f'{path} does not hold {what} weights in the expected layout '
+      f'({len(problems)} problem(s)):\n  ' + '\n  '.join(problems[:20])
+    )
   flat = {key: jnp.asarray(found[name], jnp.float32) for name, (key, _) in expected.items()}
   return traverse_util.unflatten_dict(flat)
 
 
 INCEPTION_HOW_TO_GET = (
-    'magvit_jax never downloads weights. Download pytorch-fid\'s InceptionV3 weights '
-    f'({PYTORCH_FID_URL}) on a machine with network access, then convert them: '
-    '`python -m magvit_jax.metrics.convert_weights inception '
-    'pt_inception-2015-12-05-6726825d.pth inception_fid.npz` (needs torch, or an .npz of the '
-    'raw state_dict arrays), and pass --weights=inception_fid.npz.')
+  "magvit_jax never downloads weights. Download pytorch-fid's InceptionV3 weights "
+  f'({PYTORCH_FID_URL}) on a machine with network access, then convert them: '
+  '`python -m magvit_jax.metrics.convert_weights inception '
+  'pt_inception-2015-12-05-6726825d.pth inception_fid.npz` (needs torch, or an .npz of the '
+  'raw state_dict arrays), and pass --weights=inception_fid.npz.'
+)
 
 
 def load_inception_weights(path: str) -> Variables:
@@ -289,8 +312,9 @@ def _apply(variables: Variables, images: jax.Array) -> Tuple[jax.Array, jax.Arra
   return features, jax.nn.softmax(logits)
 
 
-def inception_features(variables: Variables, images: np.ndarray,
-                       batch_size: int = 50) -> Tuple[np.ndarray, np.ndarray]:
+def inception_features(
+  variables: Variables, images: np.ndarray, batch_size: int = 50
+) -> Tuple[np.ndarray, np.ndarray]:
   """uint8 [N, H, W, 3] -> (pool features float32 [N, 2048], probs float32 [N, 1008])."""
   images = np.asarray(images)
   if images.ndim != 4 or images.shape[-1] != 3:

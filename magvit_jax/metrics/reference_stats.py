@@ -8,6 +8,7 @@ dataset fingerprint (TFDS builder version and number of examples of the split)
 and the network id; a mismatch with the current ones recomputes it, so a
 rebuilt dataset or a retrained network never reuses stale statistics.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,11 +33,13 @@ def _cfg_get(config: Any, key: str, default: Any = None) -> Any:
   return getattr(config, key, default)
 
 
-def dataset_fingerprint(name: str, split: str, data_dir: str | None = None,
-                        folder: str | None = None) -> str:
+def dataset_fingerprint(
+  name: str, split: str, data_dir: str | None = None, folder: str | None = None
+) -> str:
   """'<builder version>:<number of examples of split>' of a prepared TFDS dataset; for a video
   folder (`data.name='video_folder'`) 'folder:<number of clips>:<hash of the clip paths>'."""
   from magvit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   if name == pipeline.VIDEO_FOLDER:
     paths, _, _ = pipeline.scan_video_folder(folder, split)
     digest = hashlib.sha1('\n'.join(paths).encode()).hexdigest()[:16]
@@ -45,32 +48,49 @@ def dataset_fingerprint(name: str, split: str, data_dir: str | None = None,
   return f'{info.version}:{info.splits[split].num_examples}'
 
 
-def cache_path(cache_dir: str, name: str, split: str, image_size: int,
-               num_frames: int | None, network_id: str) -> str:
+def cache_path(
+  cache_dir: str, name: str, split: str, image_size: int, num_frames: int | None, network_id: str
+) -> str:
   """The .npz file holding the statistics of one (dataset, split, size, frames, network)."""
   key = f'{name}_{split}_{image_size}px_{num_frames or 0}f_{network_id}'
   return os.path.join(cache_dir, re.sub(r'[^A-Za-z0-9_.\-]+', '-', key) + '.npz')
 
 
-def _featurize(feature_fn: FeatureFn, data_config: dict, split: str,
-               batch_size: int) -> np.ndarray:
+def _featurize(feature_fn: FeatureFn, data_config: dict, split: str, batch_size: int) -> np.ndarray:
   """feature_fn over the whole split, one pass in file order -> float [n, d]."""
   from magvit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   features, done, t0 = [], 0, time.perf_counter()
-  for batch in pipeline.create_dataset(data_config, split=split, batch_size=batch_size,
-                                       train=False, drop_remainder=False, process_index=0,
-                                       process_count=1):
+  for batch in pipeline.create_dataset(
+    data_config,
+    split=split,
+    batch_size=batch_size,
+    train=False,
+    drop_remainder=False,
+    process_index=0,
+    process_count=1,
+  ):
     x = batch['video'] if 'video' in batch else batch['image']
     features.append(np.asarray(feature_fn(x)))
     done += len(x)
-    print(f'[reference] {data_config["name"]}/{split}: featurized {done} examples, '
-          f'{done / (time.perf_counter() - t0):.1f}/s', flush=True)
+    print(
+      f'[reference] {data_config["name"]}/{split}: featurized {done} examples, '
+      f'{done / (time.perf_counter() - t0):.1f}/s',
+      flush=True,
+    )
   return np.concatenate(features)
 
 
-def reference_statistics(name: str, feature_fn: FeatureFn, data_config: Any, split: str,
-                         cache_dir: str, network_id: str, batch_size: int = 256,
-                         return_features: bool = False):
+def reference_statistics(
+  name: str,
+  feature_fn: FeatureFn,
+  data_config: Any,
+  split: str,
+  cache_dir: str,
+  network_id: str,
+  batch_size: int = 256,
+  return_features: bool = False,
+):
   """(mu, sigma) of `feature_fn` over a dataset split, cached in `cache_dir`.
 
   Args:
@@ -100,8 +120,11 @@ def reference_statistics(name: str, feature_fn: FeatureFn, data_config: Any, spl
   path = cache_path(cache_dir, name, split, image_size, num_frames, network_id)
   if os.path.exists(path):
     with np.load(path) as f:
-      valid = (str(f['fingerprint']) == fingerprint and str(f['network_id']) == network_id
-               and (not return_features or 'features' in f.files))
+      valid = (
+        str(f['fingerprint']) == fingerprint
+        and str(f['network_id']) == network_id
+        and (not return_features or 'features' in f.files)
+      )
       if valid:
         if return_features:
           return f['mu'], f['sigma'], f['features']
@@ -119,8 +142,9 @@ def reference_statistics(name: str, feature_fn: FeatureFn, data_config: Any, spl
   mu, sigma = frechet.feature_statistics(features)
   compute_count += 1
   os.makedirs(cache_dir, exist_ok=True)
-  arrays = dict(mu=mu, sigma=sigma, fingerprint=np.asarray(fingerprint),
-                network_id=np.asarray(network_id))
+  arrays = dict(
+    mu=mu, sigma=sigma, fingerprint=np.asarray(fingerprint), network_id=np.asarray(network_id)
+  )
   if return_features:
     arrays['features'] = np.asarray(features, np.float32)
   tmp = path + '.tmp.npz'
@@ -129,4 +153,3 @@ def reference_statistics(name: str, feature_fn: FeatureFn, data_config: Any, spl
   if return_features:
     return mu, sigma, arrays['features']
   return mu, sigma
-

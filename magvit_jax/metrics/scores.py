@@ -4,6 +4,7 @@ Both take features/predictions already computed by a network (Inception for
 images, I3D for videos) and are plain NumPy in float64. Inputs may be NumPy or
 JAX arrays.
 """
+
 from __future__ import annotations
 
 from typing import Any, Tuple
@@ -44,8 +45,10 @@ def inception_score(probs: ArrayLike, num_splits: int = 10) -> Tuple[float, floa
     raise ValueError('probs must be finite and >= 0 (softmax outputs, not logits)')
   row_sums = probs.sum(axis=1)
   if not np.allclose(row_sums, 1.0, rtol=0.0, atol=1e-3):
-    raise ValueError('probs rows must sum to 1 (softmax outputs, not logits); '
-                     f'got sums in [{row_sums.min():.4g}, {row_sums.max():.4g}]')
+    raise ValueError(
+      'probs rows must sum to 1 (softmax outputs, not logits); '
+      f'got sums in [{row_sums.min():.4g}, {row_sums.max():.4g}]'
+    )
 
   scores = []
   for part in np.array_split(probs, num_splits, axis=0):
@@ -71,26 +74,28 @@ def _knn_radii_sq(x: np.ndarray, k: int, chunk_size: int) -> np.ndarray:
   x_sq = np.sum(x * x, axis=1)
   radii = np.empty((x.shape[0],), np.float64)
   for start in range(0, x.shape[0], chunk_size):
-    d2 = _squared_distances(x[start:start + chunk_size], x, x_sq)
+    d2 = _squared_distances(x[start : start + chunk_size], x, x_sq)
     # Index 0 of the sorted row is the point itself (distance 0), so the k-th
     # neighbour excluding itself is at index k.
-    radii[start:start + chunk_size] = np.partition(d2, k, axis=1)[:, k]
+    radii[start : start + chunk_size] = np.partition(d2, k, axis=1)[:, k]
   return radii
 
 
-def _coverage(queries: np.ndarray, refs: np.ndarray, ref_radii_sq: np.ndarray,
-              chunk_size: int) -> float:
+def _coverage(
+  queries: np.ndarray, refs: np.ndarray, ref_radii_sq: np.ndarray, chunk_size: int
+) -> float:
   """Fraction of queries inside the union of balls B(refs_j, radius_j)."""
   refs_sq = np.sum(refs * refs, axis=1)
   inside = 0
   for start in range(0, queries.shape[0], chunk_size):
-    d2 = _squared_distances(queries[start:start + chunk_size], refs, refs_sq)
+    d2 = _squared_distances(queries[start : start + chunk_size], refs, refs_sq)
     inside += int(np.sum(np.any(d2 <= ref_radii_sq[None, :], axis=1)))
   return inside / queries.shape[0]
 
 
-def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3,
-                     chunk_size: int = 1024) -> Tuple[float, float]:
+def precision_recall(
+  real: ArrayLike, fake: ArrayLike, k: int = 3, chunk_size: int = 1024
+) -> Tuple[float, float]:
   """Improved precision and recall (Kynkaanniemi et al. 2019), k-NN manifolds.
 
   The real manifold is the union of balls around each real feature with
@@ -117,7 +122,9 @@ def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3,
   if real.ndim != 2:
     raise ValueError(f'real must be [n, d], got shape {real.shape}')
   if fake.ndim != 2 or fake.shape[1] != real.shape[1]:
-    raise ValueError(f'fake must be [m, d] with d = {real.shape[1]} (as real), got shape {fake.shape}')
+    raise ValueError(
+      f'fake must be [m, d] with d = {real.shape[1]} (as real), got shape {fake.shape}'
+    )
   if k < 1:
     raise ValueError(f'k must be >= 1, got {k}')
   for name, x in (('real', real), ('fake', fake)):

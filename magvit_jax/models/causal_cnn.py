@@ -52,6 +52,7 @@ is static, so `jax.jit` retraces once for the first chunk and once for the rest)
 Concatenating the chunk outputs along time equals `enc.apply(enc_vars, video)`
 (resp. `dec.apply(dec_vars, latents)`) up to float rounding.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -66,7 +67,8 @@ Cache = Any  # pytree of float arrays [b, n, h, w, c] (or None), nested like the
 
 def _kernel_init(axes: tuple[str, ...]):
   return nn.with_logical_partitioning(
-      nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'), axes)
+    nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'), axes
+  )
 
 
 def _bias_init():
@@ -114,7 +116,7 @@ def causal_upsample_time(x: jax.Array, factor: int, first: bool) -> jax.Array:
   if factor == 1:
     return x
   x = jnp.repeat(x, factor, axis=1)
-  return x[:, factor - 1:] if first else x
+  return x[:, factor - 1 :] if first else x
 
 
 def resize_latent(z: jax.Array, time_factor: int, space_factor: int, first: bool) -> jax.Array:
@@ -137,14 +139,16 @@ class CausalConv3D(nn.Module):
   Kernel [kt, kh, kw, c_in, features] with logical axes
   ('conv_0', 'conv_1', 'conv_2', 'conv_in', 'conv_out'); bias ('conv_out',).
   """
+
   features: int
   kernel_size: Sequence[int] = (3, 3, 3)
   strides: Sequence[int] = (1, 1, 1)
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, cache: jax.Array | None = None,
-               first: bool = True) -> tuple[jax.Array, jax.Array | None]:
+  def __call__(
+    self, x: jax.Array, cache: jax.Array | None = None, first: bool = True
+  ) -> tuple[jax.Array, jax.Array | None]:
     kt, kh, kw = self.kernel_size
     st, sh, sw = self.strides
     if kt < st:
@@ -169,26 +173,33 @@ class CausalConv3D(nn.Module):
       if cache.shape != (b, n_cache, h, w, c):
         raise ValueError(f'cache shape {cache.shape} != {(b, n_cache, h, w, c)}')
       padded = jnp.concatenate([cache.astype(x.dtype), lead, x], axis=1)
-      new_cache = padded[:, padded.shape[1] - n_cache:]
+      new_cache = padded[:, padded.shape[1] - n_cache :]
     else:
       padded = jnp.concatenate([lead, x], axis=1) if first and st > 1 else x
       new_cache = None
     y = nn.Conv(
-        self.features, (kt, kh, kw), strides=(st, sh, sw),
-        padding=((0, 0), _same_padding(h, kh, sh), _same_padding(w, kw, sw)),
-        dtype=self.dtype,
-        kernel_init=_kernel_init(('conv_0', 'conv_1', 'conv_2', 'conv_in', 'conv_out')),
-        bias_init=_bias_init(), name='conv')(padded)
+      self.features,
+      (kt, kh, kw),
+      strides=(st, sh, sw),
+      padding=((0, 0), _same_padding(h, kh, sh), _same_padding(w, kw, sw)),
+      dtype=self.dtype,
+      kernel_init=_kernel_init(('conv_0', 'conv_1', 'conv_2', 'conv_in', 'conv_out')),
+      bias_init=_bias_init(),
+      name='conv',
+    )(padded)
     return y, new_cache
 
 
 def group_norm(num_groups: int, name: str | None = None, dtype=jnp.float32) -> nn.GroupNorm:
   """GroupNorm (to be applied per frame) with ('norm',)-partitioned scale and bias."""
   return nn.GroupNorm(
-      num_groups=num_groups, epsilon=1e-6, dtype=dtype,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ('norm',)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('norm',)),
-      name=name)
+    num_groups=num_groups,
+    epsilon=1e-6,
+    dtype=dtype,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ('norm',)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('norm',)),
+    name=name,
+  )
 
 
 class AdaptiveGroupNorm(nn.Module):
@@ -198,6 +209,7 @@ class AdaptiveGroupNorm(nn.Module):
   resolution) -> [b, t, h, w, c] = norm(x) * (1 + scale) + bias, with
   (scale, bias) = Dense(cond) (kernel ('conv_in', 'conv_out')).
   """
+
   num_groups: int = 32
   dtype: jnp.dtype = jnp.float32
 
@@ -206,11 +218,22 @@ class AdaptiveGroupNorm(nn.Module):
     if cond.shape[:4] != x.shape[:4]:
       raise ValueError(f'cond {cond.shape} must match x {x.shape} except channels')
     c = x.shape[-1]
-    norm = nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-6, use_scale=False,
-                        use_bias=False, dtype=self.dtype, name='norm')
+    norm = nn.GroupNorm(
+      num_groups=self.num_groups,
+      epsilon=1e-6,
+      use_scale=False,
+      use_bias=False,
+      dtype=self.dtype,
+      name='norm',
+    )
     x = per_frame_group_norm(norm, x)
-    affine = nn.Dense(2 * c, dtype=self.dtype, kernel_init=_kernel_init(('conv_in', 'conv_out')),
-                      bias_init=_bias_init(), name='affine')(cond)
+    affine = nn.Dense(
+      2 * c,
+      dtype=self.dtype,
+      kernel_init=_kernel_init(('conv_in', 'conv_out')),
+      bias_init=_bias_init(),
+      name='affine',
+    )(cond)
     scale, bias = jnp.split(affine, 2, axis=-1)
     return x * (1.0 + scale) + bias
 
@@ -223,6 +246,7 @@ class CausalResBlock(nn.Module):
   `__call__(x, cache=None, first=True, cond=None) -> (y, new_cache)`:
   x [b, t, h, w, c_in] -> y [b, t, h, w, features]; cache {'conv_0', 'conv_1'}.
   """
+
   features: int
   num_groups: int = 32
   adaptive: bool = False
@@ -236,19 +260,23 @@ class CausalResBlock(nn.Module):
     return per_frame_group_norm(group_norm(self.num_groups, name, self.dtype), x)
 
   @nn.compact
-  def __call__(self, x: jax.Array, cache: Cache = None, first: bool = True,
-               cond: jax.Array | None = None) -> tuple[jax.Array, Cache]:
+  def __call__(
+    self, x: jax.Array, cache: Cache = None, first: bool = True, cond: jax.Array | None = None
+  ) -> tuple[jax.Array, Cache]:
     new = {}
     residual = x
     x = nn.swish(self._norm(x, cond, 'norm_0'))
     x, new['conv_0'] = CausalConv3D(self.features, dtype=self.dtype, name='conv_0')(
-        x, _get(cache, 'conv_0'), first)
+      x, _get(cache, 'conv_0'), first
+    )
     x = nn.swish(self._norm(x, cond, 'norm_1'))
     x, new['conv_1'] = CausalConv3D(self.features, dtype=self.dtype, name='conv_1')(
-        x, _get(cache, 'conv_1'), first)
+      x, _get(cache, 'conv_1'), first
+    )
     if residual.shape[-1] != self.features:
       residual, _ = CausalConv3D(self.features, (1, 1, 1), dtype=self.dtype, name='shortcut')(
-          residual, None, first)
+        residual, None, first
+      )
     return x + residual, new
 
 
@@ -259,12 +287,14 @@ class StreamState:
   caches: pytree of the causal convs' trailing input frames (float arrays).
   started: static; False until the first chunk (which must start the video).
   """
+
   caches: Any
   started: bool = flax.struct.field(pytree_node=False, default=False)
 
 
-def _check_temporal(channel_multipliers: Sequence[int],
-                    temporal_downsample: Sequence[bool]) -> tuple[bool, ...]:
+def _check_temporal(
+  channel_multipliers: Sequence[int], temporal_downsample: Sequence[bool]
+) -> tuple[bool, ...]:
   """One flag per downsampling stage (len(channel_multipliers) - 1); a trailing
   extra False (one flag per level, last level never downsamples) is accepted."""
   n = len(channel_multipliers) - 1
@@ -272,8 +302,10 @@ def _check_temporal(channel_multipliers: Sequence[int],
   if len(td) == n + 1 and not td[-1]:
     td = td[:-1]
   if len(td) != n:
-    raise ValueError(f'temporal_downsample {tuple(temporal_downsample)} must have one flag per '
-                     f'downsampling stage (len(channel_multipliers) - 1 = {n})')
+    raise ValueError(
+      f'temporal_downsample {tuple(temporal_downsample)} must have one flag per '
+      f'downsampling stage (len(channel_multipliers) - 1 = {n})'
+    )
   return td
 
 
@@ -292,6 +324,7 @@ def _stream_shapes(module: nn.Module, x: jax.ShapeDtypeStruct, method: str) -> C
 
 class _CausalCNN(nn.Module):
   """The attributes shared by `CausalEncoder` and `CausalDecoder`, and the factors they imply."""
+
   filters: int = 128
   channel_multipliers: Sequence[int] = (1, 2, 2, 4)
   num_res_blocks: int = 4
@@ -324,8 +357,9 @@ class CausalEncoder(_CausalCNN):
   def _validate(self, x: jax.Array, first: bool) -> None:
     f, ft = self.spatial_factor, self.temporal_factor
     if x.ndim != 5 or x.shape[-1] != self.channels:
-      raise ValueError(f'video must be [batch, time, height, width, {self.channels}], '
-                       f'got shape {x.shape}')
+      raise ValueError(
+        f'video must be [batch, time, height, width, {self.channels}], got shape {x.shape}'
+      )
     if x.shape[2] % f or x.shape[3] % f:
       raise ValueError(f'height/width {x.shape[2:4]} must be divisible by {f}')
     t = x.shape[1]
@@ -339,23 +373,28 @@ class CausalEncoder(_CausalCNN):
     td = _check_temporal(self.channel_multipliers, self.temporal_downsample)
     new = {}
     x, new['conv_in'] = CausalConv3D(self.filters, dtype=self.dtype, name='conv_in')(
-        x, _get(cache, 'conv_in'), first)
+      x, _get(cache, 'conv_in'), first
+    )
     for level, mult in enumerate(self.channel_multipliers):
       for i in range(self.num_res_blocks):
         name = f'down_{level}_res_{i}'
-        x, new[name] = CausalResBlock(self.filters * mult, self.num_groups, dtype=self.dtype,
-                                      name=name)(x, _get(cache, name), first)
+        x, new[name] = CausalResBlock(
+          self.filters * mult, self.num_groups, dtype=self.dtype, name=name
+        )(x, _get(cache, name), first)
       if level < len(self.channel_multipliers) - 1:
         name = f'down_{level}_conv'
-        x, new[name] = CausalConv3D(x.shape[-1], strides=(2 if td[level] else 1, 2, 2),
-                                    dtype=self.dtype, name=name)(x, _get(cache, name), first)
+        x, new[name] = CausalConv3D(
+          x.shape[-1], strides=(2 if td[level] else 1, 2, 2), dtype=self.dtype, name=name
+        )(x, _get(cache, name), first)
     for i in range(self.num_res_blocks):
       name = f'mid_res_{i}'
-      x, new[name] = CausalResBlock(x.shape[-1], self.num_groups, dtype=self.dtype,
-                                    name=name)(x, _get(cache, name), first)
+      x, new[name] = CausalResBlock(x.shape[-1], self.num_groups, dtype=self.dtype, name=name)(
+        x, _get(cache, name), first
+      )
     x = nn.swish(per_frame_group_norm(group_norm(self.num_groups, 'norm_out', self.dtype), x))
     x, _ = CausalConv3D(self.embedding_dim, (1, 1, 1), dtype=self.dtype, name='conv_out')(
-        x, None, first)
+      x, None, first
+    )
     return x, new
 
   def __call__(self, video: jax.Array) -> jax.Array:
@@ -389,8 +428,9 @@ class CausalDecoder(_CausalCNN):
 
   def _validate(self, z: jax.Array, first: bool) -> None:
     if z.ndim != 5 or z.shape[-1] != self.embedding_dim:
-      raise ValueError(f'latents must be [batch, time, h, w, {self.embedding_dim}], '
-                       f'got shape {z.shape}')
+      raise ValueError(
+        f'latents must be [batch, time, h, w, {self.embedding_dim}], got shape {z.shape}'
+      )
     if z.shape[1] < 1:
       raise ValueError(f'need at least one latent frame, got shape {z.shape}')
 
@@ -400,32 +440,36 @@ class CausalDecoder(_CausalCNN):
     mults = tuple(self.channel_multipliers)
     new = {}
     x, new['conv_in'] = CausalConv3D(self.filters * mults[-1], dtype=self.dtype, name='conv_in')(
-        z, _get(cache, 'conv_in'), first)
+      z, _get(cache, 'conv_in'), first
+    )
     cond, time_up, space_up = z, 1, 1
     for i in range(self.num_res_blocks):
       name = f'mid_res_{i}'
-      x, new[name] = CausalResBlock(x.shape[-1], self.num_groups, adaptive=True, dtype=self.dtype,
-                                    name=name)(x, _get(cache, name), first, cond)
+      x, new[name] = CausalResBlock(
+        x.shape[-1], self.num_groups, adaptive=True, dtype=self.dtype, name=name
+      )(x, _get(cache, name), first, cond)
     for level in reversed(range(len(mults))):
       for i in range(self.num_res_blocks):
         name = f'up_{level}_res_{i}'
-        x, new[name] = CausalResBlock(self.filters * mults[level], self.num_groups, adaptive=True,
-                                      dtype=self.dtype, name=name)(x, _get(cache, name), first,
-                                                                   cond)
+        x, new[name] = CausalResBlock(
+          self.filters * mults[level], self.num_groups, adaptive=True, dtype=self.dtype, name=name
+        )(x, _get(cache, name), first, cond)
       if level > 0:
         s_t = 2 if td[level - 1] else 1
         c = x.shape[-1]
         name = f'up_{level}_conv'
         x, new[name] = CausalConv3D(c * s_t * 4, dtype=self.dtype, name=name)(
-            x, _get(cache, name), first)
+          x, _get(cache, name), first
+        )
         x = depth_to_space(x, (s_t, 2, 2))
         if first and s_t > 1:
-          x = x[:, s_t - 1:]  # frame 0 stays alone: 1 + k -> 1 + s_t*k
+          x = x[:, s_t - 1 :]  # frame 0 stays alone: 1 + k -> 1 + s_t*k
         time_up, space_up = time_up * s_t, space_up * 2
         cond = resize_latent(z, time_up, space_up, first)
     x = nn.swish(AdaptiveGroupNorm(self.num_groups, self.dtype, name='norm_out')(x, cond))
     x, new['conv_out'] = CausalConv3D(self.channels, dtype=self.dtype, name='conv_out')(
-        x, _get(cache, 'conv_out'), first)
+      x, _get(cache, 'conv_out'), first
+    )
     return x, new
 
   def __call__(self, latents: jax.Array) -> jax.Array:

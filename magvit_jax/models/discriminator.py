@@ -26,6 +26,7 @@ Parameters carry logical axis names from the shared rule table: conv kernels
 (`conv_0`, `conv_1`[, `conv_2`], `conv_in`, `conv_out`), biases (`conv_out`), dense
 kernels (`conv_in`, `conv_out`).
 """
+
 from __future__ import annotations
 
 import math
@@ -75,10 +76,16 @@ def blur_pool(x: jax.Array, down: Sequence[bool]) -> jax.Array:
   kernel = jnp.broadcast_to(jnp.asarray(kernel, x.dtype)[..., None, None], kernel.shape + (1, c))
   letters = _SPATIAL_LETTERS[-rank:]
   dn = jax.lax.conv_dimension_numbers(
-      x.shape, kernel.shape, ('N' + letters + 'C', letters + 'IO', 'N' + letters + 'C'))
+    x.shape, kernel.shape, ('N' + letters + 'C', letters + 'IO', 'N' + letters + 'C')
+  )
   return jax.lax.conv_general_dilated(
-      x, kernel, window_strides=tuple(2 if d else 1 for d in down), padding=padding,
-      dimension_numbers=dn, feature_group_count=c)
+    x,
+    kernel,
+    window_strides=tuple(2 if d else 1 for d in down),
+    padding=padding,
+    dimension_numbers=dn,
+    feature_group_count=c,
+  )
 
 
 def minibatch_stddev(x: jax.Array, group_size: int = 4, eps: float = 1e-8) -> jax.Array:
@@ -98,21 +105,23 @@ def minibatch_stddev(x: jax.Array, group_size: int = 4, eps: float = 1e-8) -> ja
     g -= 1
   m = b // g
   y = x.astype(jnp.float32).reshape((g, m) + x.shape[1:])
-  std = jnp.sqrt(jnp.var(y, axis=0) + eps)                     # [m, *spatial, c]
-  std = jnp.mean(std.reshape(m, -1), axis=-1)                  # [m]
-  std = jnp.tile(std, g)                                       # [b]: example n -> std[n % m]
+  std = jnp.sqrt(jnp.var(y, axis=0) + eps)  # [m, *spatial, c]
+  std = jnp.mean(std.reshape(m, -1), axis=-1)  # [m]
+  std = jnp.tile(std, g)  # [b]: example n -> std[n % m]
   feat = jnp.broadcast_to(std.reshape((b,) + (1,) * (x.ndim - 1)), x.shape[:-1] + (1,))
   return jnp.concatenate([x, feat.astype(x.dtype)], axis=-1)
 
 
 def _dense(features: int, name: str, dtype: Any) -> nn.Dense:
   return nn.Dense(
-      features, dtype=dtype,
-      kernel_init=nn.with_logical_partitioning(
-          nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'),
-          ('conv_in', 'conv_out')),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('conv_out',)),
-      name=name)
+    features,
+    dtype=dtype,
+    kernel_init=nn.with_logical_partitioning(
+      nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'), ('conv_in', 'conv_out')
+    ),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('conv_out',)),
+    name=name,
+  )
 
 
 class DownResBlock(nn.Module):
@@ -122,6 +131,7 @@ class DownResBlock(nn.Module):
   size > 1 is halved (ceil); the first axis of a 3D input (time) only when
   `temporal_down` is True.
   """
+
   features: int
   temporal_down: bool = True
   dtype: Any = jnp.float32
@@ -143,6 +153,7 @@ class DownResBlock(nn.Module):
 
 class _StyleGANDiscriminator(nn.Module):
   """Shared body; see the module docstring. Subclasses fix the input rank."""
+
   filters: int = 64
   channel_multipliers: Sequence[int] = (2, 4, 4, 4, 4)
   mbstd_group_size: int = 4
@@ -163,8 +174,9 @@ class _StyleGANDiscriminator(nn.Module):
     x = leaky_relu(conv(self.filters, k3, 'conv_in', dtype=self.dtype)(x))
     temporal = self._temporal_flags()
     for i, mult in enumerate(self.channel_multipliers):
-      x = DownResBlock(self.filters * mult, temporal_down=bool(temporal[i]), dtype=self.dtype,
-                       name=f'block_{i}')(x)
+      x = DownResBlock(
+        self.filters * mult, temporal_down=bool(temporal[i]), dtype=self.dtype, name=f'block_{i}'
+      )(x)
     x = minibatch_stddev(x, self.mbstd_group_size)
     last = self.filters * (self.channel_multipliers[-1] if self.channel_multipliers else 1)
     x = leaky_relu(conv(last, k3, 'conv_final', dtype=self.dtype)(x))
@@ -193,6 +205,7 @@ class StyleGANDiscriminator3D(_StyleGANDiscriminator):
   block downsamples time (blur + stride 2) only where its flag is True and the
   clip still has more than one frame. Params are tied to the (T, H, W) used at init.
   """
+
   temporal_downsample: bool | Sequence[bool] = True
 
   def _temporal_flags(self) -> Sequence[bool]:
@@ -202,11 +215,13 @@ class StyleGANDiscriminator3D(_StyleGANDiscriminator):
       return (bool(flags),) * n
     flags = tuple(flags)
     if len(flags) != n:
-      raise ValueError(f'temporal_downsample has {len(flags)} entries; expected one per '
-                       f'channel multiplier ({n})')
+      raise ValueError(
+        f'temporal_downsample has {len(flags)} entries; expected one per channel multiplier ({n})'
+      )
     return flags
 
   def _check_input(self, x: jax.Array) -> None:
     if x.ndim != 5:
       raise ValueError(
-          f'StyleGANDiscriminator3D expects videos [b, T, H, W, C]; got shape {x.shape}')
+        f'StyleGANDiscriminator3D expects videos [b, T, H, W, C]; got shape {x.shape}'
+      )

@@ -4,6 +4,7 @@ All modules take channels-last activations: images `[batch, h, w, c]` float32.
 Parameters carry logical axis names (`conv_h`, `conv_w`, `conv_in`, `conv_out`,
 `norm`), mapped to the mesh by the rule table in the config.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -13,25 +14,39 @@ import jax
 import jax.numpy as jnp
 
 
-def conv(features: int, kernel_size: Sequence[int], name: str | None = None,
-         strides: Sequence[int] | None = None, dtype=jnp.float32) -> nn.Conv:
+def conv(
+  features: int,
+  kernel_size: Sequence[int],
+  name: str | None = None,
+  strides: Sequence[int] | None = None,
+  dtype=jnp.float32,
+) -> nn.Conv:
   """Conv with SAME padding and logically-partitioned kernel/bias."""
   spatial = tuple(f'conv_{i}' for i in range(len(kernel_size)))
   return nn.Conv(
-      features, tuple(kernel_size), strides=strides, padding='SAME', dtype=dtype,
-      kernel_init=nn.with_logical_partitioning(
-          nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'),
-          spatial + ('conv_in', 'conv_out')),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('conv_out',)),
-      name=name)
+    features,
+    tuple(kernel_size),
+    strides=strides,
+    padding='SAME',
+    dtype=dtype,
+    kernel_init=nn.with_logical_partitioning(
+      nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'),
+      spatial + ('conv_in', 'conv_out'),
+    ),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('conv_out',)),
+    name=name,
+  )
 
 
 def group_norm(num_groups: int = 32, name: str | None = None, dtype=jnp.float32) -> nn.GroupNorm:
   return nn.GroupNorm(
-      num_groups=num_groups, epsilon=1e-6, dtype=dtype,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ('norm',)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('norm',)),
-      name=name)
+    num_groups=num_groups,
+    epsilon=1e-6,
+    dtype=dtype,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ('norm',)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('norm',)),
+    name=name,
+  )
 
 
 class ResBlock(nn.Module):
@@ -41,6 +56,7 @@ class ResBlock(nn.Module):
   block's *input* (the MaskGIT reference applies it to the residual branch's
   output, a known bug).  x: [b, h, w, c_in] -> [b, h, w, features].
   """
+
   features: int
   num_groups: int = 32
   dtype: jnp.dtype = jnp.float32

@@ -9,6 +9,7 @@ latent vector is its sign bits read as an integer (see `quantizers/lfq.py`).
 Same interface as `VQGAN`: `encode(x) -> (quantized, aux)`, `decode(quantized)`,
 `decode_tokens(tokens)`, `__call__(x) -> (reconstruction, aux)`.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -22,6 +23,7 @@ from magvit_jax.quantizers import lfq
 
 class Magvit2Tokenizer(nn.Module):
   """Attributes mirror `CausalEncoder` plus the LFQ settings; embedding_dim = num_bits."""
+
   filters: int = 128
   channel_multipliers: Sequence[int] = (1, 2, 2, 4)
   num_res_blocks: int = 4
@@ -35,20 +37,28 @@ class Magvit2Tokenizer(nn.Module):
   entropy_groups: int | None = None
 
   def setup(self):
-    kwargs = dict(filters=self.filters, channel_multipliers=tuple(self.channel_multipliers),
-                  num_res_blocks=self.num_res_blocks,
-                  temporal_downsample=tuple(self.temporal_downsample),
-                  embedding_dim=self.num_bits, num_groups=self.num_groups)
+    kwargs = dict(
+      filters=self.filters,
+      channel_multipliers=tuple(self.channel_multipliers),
+      num_res_blocks=self.num_res_blocks,
+      temporal_downsample=tuple(self.temporal_downsample),
+      embedding_dim=self.num_bits,
+      num_groups=self.num_groups,
+    )
     self.encoder = CausalEncoder(**kwargs)
     self.decoder = CausalDecoder(**kwargs)
     self.quantizer = lfq.LookupFreeQuantizer(
-        num_bits=self.num_bits, entropy_weight=self.entropy_weight,
-        commitment_weight=self.commitment_weight, entropy_temperature=self.entropy_temperature,
-        chunk_size=self.entropy_chunk_size, num_groups=self.entropy_groups)
+      num_bits=self.num_bits,
+      entropy_weight=self.entropy_weight,
+      commitment_weight=self.commitment_weight,
+      entropy_temperature=self.entropy_temperature,
+      chunk_size=self.entropy_chunk_size,
+      num_groups=self.entropy_groups,
+    )
 
   @property
   def codebook_size(self) -> int:
-    return 2 ** self.num_bits
+    return 2**self.num_bits
 
   @property
   def spatial_factor(self) -> int:
@@ -60,21 +70,28 @@ class Magvit2Tokenizer(nn.Module):
 
   def token_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
     """Token grid (t, h, w) of a [frames, height, width] input."""
-    return (1 + (frames - 1) // self.temporal_factor, height // self.spatial_factor,
-            width // self.spatial_factor)
+    return (
+      1 + (frames - 1) // self.temporal_factor,
+      height // self.spatial_factor,
+      width // self.spatial_factor,
+    )
 
   def _as_video(self, x: jax.Array) -> jax.Array:
     if x.ndim == 4:
       x = x[:, None]
     if x.ndim != 5 or x.shape[-1] != 3:
-      raise ValueError(f'input must be videos [batch, time, height, width, 3] or images '
-                       f'[batch, height, width, 3], got shape {x.shape}')
+      raise ValueError(
+        f'input must be videos [batch, time, height, width, 3] or images '
+        f'[batch, height, width, 3], got shape {x.shape}'
+      )
     t, f = x.shape[1], self.temporal_factor
     if (t - 1) % f:
       raise ValueError(f'time={t} frames: expected 1 + {f}*k (the first frame is coded alone)')
     if x.shape[2] % self.spatial_factor or x.shape[3] % self.spatial_factor:
-      raise ValueError(f'height/width {x.shape[2:4]} must be divisible by the spatial '
-                       f'downsampling factor {self.spatial_factor}')
+      raise ValueError(
+        f'height/width {x.shape[2:4]} must be divisible by the spatial '
+        f'downsampling factor {self.spatial_factor}'
+      )
     return x
 
   def encode(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:

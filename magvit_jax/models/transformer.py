@@ -19,6 +19,7 @@ Every parameter carries logical axis names (`vocab`, `embed`, `mlp`, `heads`,
 `kv`, `length`); `magvit_jax.parallel` maps them to the mesh with the rule
 table from the config.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -30,26 +31,28 @@ Dtype = jnp.dtype
 
 def _dense(features, axes, name, dtype, use_bias=True):
   return nn.DenseGeneral(
-      features,
-      dtype=dtype,
-      use_bias=use_bias,
-      kernel_init=nn.with_logical_partitioning(
-          nn.initializers.truncated_normal(0.02), axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]),
-      name=name)
+    features,
+    dtype=dtype,
+    use_bias=use_bias,
+    kernel_init=nn.with_logical_partitioning(nn.initializers.truncated_normal(0.02), axes),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), axes[1:]),
+    name=name,
+  )
 
 
 def _layer_norm(name, dtype):
   return nn.LayerNorm(
-      epsilon=1e-12,
-      dtype=dtype,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ('embed',)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('embed',)),
-      name=name)
+    epsilon=1e-12,
+    dtype=dtype,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ('embed',)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('embed',)),
+    name=name,
+  )
 
 
 class Attention(nn.Module):
   """Full (bidirectional) multi-head self-attention. x: [b, n, d] -> [b, n, d]."""
+
   num_heads: int
   dropout_rate: float
   dtype: Dtype = jnp.float32
@@ -69,15 +72,20 @@ class Attention(nn.Module):
     out = jax.nn.dot_product_attention(q, k, v)
     out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
     return nn.DenseGeneral(
-        d, axis=(-2, -1), dtype=self.dtype,
-        kernel_init=nn.with_logical_partitioning(
-            nn.initializers.truncated_normal(0.02), ('heads', 'kv', 'embed')),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('embed',)),
-        name='out')(out)
+      d,
+      axis=(-2, -1),
+      dtype=self.dtype,
+      kernel_init=nn.with_logical_partitioning(
+        nn.initializers.truncated_normal(0.02), ('heads', 'kv', 'embed')
+      ),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('embed',)),
+      name='out',
+    )(out)
 
 
 class EncoderBlock(nn.Module):
   """Pre-LayerNorm transformer block. x: [b, n, d] -> [b, n, d]."""
+
   num_heads: int
   mlp_dim: int
   dropout_rate: float
@@ -111,6 +119,7 @@ class Transformer(nn.Module):
       head; the output is then [b, n, s, k_sub] and token = sum_j sub_j * k_sub^j.
     dtype: activation dtype (parameters stay float32).
   """
+
   codebook_size: int
   num_classes: int
   seq_len: int
@@ -132,9 +141,11 @@ class Transformer(nn.Module):
   def sub_codebook_size(self) -> int:
     """k_sub with k_sub ** num_sub_tokens == codebook_size."""
     k_sub = int(round(self.codebook_size ** (1.0 / self.num_sub_tokens)))
-    if k_sub ** self.num_sub_tokens != self.codebook_size:
-      raise ValueError(f'codebook_size={self.codebook_size} is not a power k_sub^s with '
-                       f's=num_sub_tokens={self.num_sub_tokens}')
+    if k_sub**self.num_sub_tokens != self.codebook_size:
+      raise ValueError(
+        f'codebook_size={self.codebook_size} is not a power k_sub^s with '
+        f's=num_sub_tokens={self.num_sub_tokens}'
+      )
     return k_sub
 
   @property
@@ -146,8 +157,13 @@ class Transformer(nn.Module):
     return self.num_classes
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, labels: jax.Array, tasks: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
+  def __call__(
+    self,
+    tokens: jax.Array,
+    labels: jax.Array,
+    tasks: jax.Array | None = None,
+    deterministic: bool = True,
+  ) -> jax.Array:
     """tokens: [b, n] int32 in [0, K]; labels: [b] int32 in [0, C]; tasks: [b] int32 in
     [0, num_tasks) when num_tasks > 0 (else None).
 
@@ -158,62 +174,84 @@ class Transformer(nn.Module):
     if labels.shape != tokens.shape[:1]:
       raise ValueError(f'labels must be [batch]={tokens.shape[:1]}, got shape {labels.shape}')
     if self.num_tasks and (tasks is None or tasks.shape != tokens.shape[:1]):
-      raise ValueError(f'this model has num_tasks={self.num_tasks}: tasks must be '
-                       f'[batch]={tokens.shape[:1]} int32, got '
-                       f'{None if tasks is None else tasks.shape}')
+      raise ValueError(
+        f'this model has num_tasks={self.num_tasks}: tasks must be '
+        f'[batch]={tokens.shape[:1]} int32, got '
+        f'{None if tasks is None else tasks.shape}'
+      )
     if not self.num_tasks and tasks is not None:
       raise ValueError('tasks were given but the model has num_tasks=0 (no task token)')
     d = self.hidden_size
     init = nn.initializers.truncated_normal(0.02)
     class_table = self.param(
-        'class_embedding', nn.with_logical_partitioning(init, ('classes', 'embed')),
-        (self.num_classes + 1, d), jnp.float32)
+      'class_embedding',
+      nn.with_logical_partitioning(init, ('classes', 'embed')),
+      (self.num_classes + 1, d),
+      jnp.float32,
+    )
     pos_table = self.param(
-        'position_embedding', nn.with_logical_partitioning(init, ('length', 'embed')),
-        (self.seq_len + self.num_prefix, d), jnp.float32)
+      'position_embedding',
+      nn.with_logical_partitioning(init, ('length', 'embed')),
+      (self.seq_len + self.num_prefix, d),
+      jnp.float32,
+    )
     # Output tables: [vocab, d] per head; the head logits are tied to them.
     if self.num_sub_tokens == 1:
       token_table = self.param(
-          'token_embedding', nn.with_logical_partitioning(init, ('vocab', 'embed')),
-          (self.codebook_size + 1, d), jnp.float32)
+        'token_embedding',
+        nn.with_logical_partitioning(init, ('vocab', 'embed')),
+        (self.codebook_size + 1, d),
+        jnp.float32,
+      )
       x_tokens = token_table[tokens]
-      heads = [(token_table[:self.codebook_size], 'head_bias')]
+      heads = [(token_table[: self.codebook_size], 'head_bias')]
     else:
       k_sub = self.sub_codebook_size
-      mask_row = self.param('mask_embedding', nn.with_logical_partitioning(init, (None, 'embed')),
-                            (1, d), jnp.float32)
+      mask_row = self.param(
+        'mask_embedding', nn.with_logical_partitioning(init, (None, 'embed')), (1, d), jnp.float32
+      )
       x_tokens = jnp.zeros(tokens.shape + (d,), jnp.float32)
       heads = []
       for j in range(self.num_sub_tokens):
-        table = self.param(f'token_embedding_{j}',
-                           nn.with_logical_partitioning(init, ('vocab', 'embed')),
-                           (k_sub, d), jnp.float32)
-        x_tokens = x_tokens + table[(tokens // k_sub ** j) % k_sub]
+        table = self.param(
+          f'token_embedding_{j}',
+          nn.with_logical_partitioning(init, ('vocab', 'embed')),
+          (k_sub, d),
+          jnp.float32,
+        )
+        x_tokens = x_tokens + table[(tokens // k_sub**j) % k_sub]
         heads.append((table, f'head_bias_{j}'))
       x_tokens = jnp.where((tokens == self.mask_token_id)[..., None], mask_row[0], x_tokens)
 
     prefix = [class_table[labels][:, None]]
     if self.num_tasks:
       task_table = self.param(
-          'task_embedding', nn.with_logical_partitioning(init, ('classes', 'embed')),
-          (self.num_tasks, d), jnp.float32)
+        'task_embedding',
+        nn.with_logical_partitioning(init, ('classes', 'embed')),
+        (self.num_tasks, d),
+        jnp.float32,
+      )
       prefix.insert(0, task_table[tasks][:, None])
     x = jnp.concatenate(prefix + [x_tokens], axis=1)
     x = (x + pos_table[None]).astype(self.dtype)
     x = _layer_norm('ln_embed', self.dtype)(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
     for i in range(self.num_layers):
-      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype,
-                       name=f'block_{i}')(x, deterministic)
+      x = EncoderBlock(
+        self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype, name=f'block_{i}'
+      )(x, deterministic)
     x = _layer_norm('ln_final', self.dtype)(x)
     # MLM head.
-    x = _dense(d, ('embed', 'embed_out'), 'head_dense', self.dtype)(x[:, self.num_prefix:])
+    x = _dense(d, ('embed', 'embed_out'), 'head_dense', self.dtype)(x[:, self.num_prefix :])
     x = _layer_norm('head_ln', self.dtype)(nn.gelu(x))
     logits = []
     for table, bias_name in heads:
-      bias = self.param(bias_name, nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                                                ('vocab',)),
-                        (table.shape[0],), jnp.float32)
+      bias = self.param(
+        bias_name,
+        nn.with_logical_partitioning(nn.initializers.zeros_init(), ('vocab',)),
+        (table.shape[0],),
+        jnp.float32,
+      )
       logits.append(jnp.einsum('bnd,vd->bnv', x, table.astype(self.dtype)) + bias)
     if self.num_sub_tokens == 1:
       return logits[0].astype(jnp.float32)

@@ -9,13 +9,13 @@ MaskGIT's tokenizer: filters 128, channel multipliers (1, 1, 2, 2, 4), 2 residua
 blocks per level, GroupNorm + swish, average-pool downsampling, nearest + conv
 upsampling, no attention, codebook 1024 x 256 (16x downsampling: 256 -> 16).
 """
+
 from __future__ import annotations
 
 from typing import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from magvit_jax.models import layers
 from magvit_jax.quantizers.vq import VectorQuantizer
@@ -23,6 +23,7 @@ from magvit_jax.quantizers.vq import VectorQuantizer
 
 class Encoder(nn.Module):
   """[b, H, W, 3] -> [b, H/f, W/f, embedding_dim]."""
+
   filters: int
   channel_multipliers: Sequence[int]
   num_res_blocks: int
@@ -45,6 +46,7 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
   """[b, h, w, embedding_dim] -> [b, h*f, w*f, 3]."""
+
   filters: int
   channel_multipliers: Sequence[int]
   num_res_blocks: int
@@ -58,7 +60,9 @@ class Decoder(nn.Module):
       x = layers.ResBlock(x.shape[-1], self.num_groups, name=f'mid_res_{i}')(x)
     for level in reversed(range(len(mults))):
       for i in range(self.num_res_blocks):
-        x = layers.ResBlock(self.filters * mults[level], self.num_groups, name=f'up_{level}_res_{i}')(x)
+        x = layers.ResBlock(
+          self.filters * mults[level], self.num_groups, name=f'up_{level}_res_{i}'
+        )(x)
       if level > 0:
         x = layers.upsample_2x(x)
         x = layers.conv(x.shape[-1], (3, 3), f'up_{level}_conv')(x)
@@ -72,6 +76,7 @@ class VQGAN(nn.Module):
   `__call__(images)` returns `(reconstructions, aux)` where aux holds the
   quantizer's outputs (`tokens` [b, h, w] int32, `loss`, `usage`, `perplexity`).
   """
+
   filters: int = 128
   channel_multipliers: Sequence[int] = (1, 1, 2, 2, 4)
   num_res_blocks: int = 2
@@ -81,11 +86,17 @@ class VQGAN(nn.Module):
   num_groups: int = 32
 
   def setup(self):
-    self.encoder = Encoder(self.filters, self.channel_multipliers, self.num_res_blocks,
-                           self.embedding_dim, self.num_groups)
+    self.encoder = Encoder(
+      self.filters,
+      self.channel_multipliers,
+      self.num_res_blocks,
+      self.embedding_dim,
+      self.num_groups,
+    )
     self.quantizer = VectorQuantizer(self.codebook_size, self.commitment_cost)
-    self.decoder = Decoder(self.filters, self.channel_multipliers, self.num_res_blocks,
-                           self.num_groups)
+    self.decoder = Decoder(
+      self.filters, self.channel_multipliers, self.num_res_blocks, self.num_groups
+    )
 
   @property
   def downsample_factor(self) -> int:
@@ -97,8 +108,10 @@ class VQGAN(nn.Module):
       raise ValueError(f'images must be [batch, height, width, 3], got shape {images.shape}')
     f = self.downsample_factor
     if images.shape[1] % f or images.shape[2] % f:
-      raise ValueError(f'image height/width {images.shape[1:3]} must be divisible by the '
-                       f'downsampling factor {f} (len(channel_multipliers) - 1 halvings)')
+      raise ValueError(
+        f'image height/width {images.shape[1:3]} must be divisible by the '
+        f'downsampling factor {f} (len(channel_multipliers) - 1 halvings)'
+      )
     return self.quantizer(self.encoder(images))
 
   def decode(self, quantized: jax.Array) -> jax.Array:

@@ -26,6 +26,7 @@ over time) is reconstructed by an inflated model exactly as the 2D model
 reconstructs the image, for both inflation methods. GroupNorm statistics are
 taken over (T, H, W) and the channel group.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -44,8 +45,9 @@ INFLATION_METHODS = ('central', 'average')
 
 def _check_temporal_padding(temporal_padding: str) -> None:
   if temporal_padding not in TEMPORAL_PADDINGS:
-    raise ValueError(f'temporal_padding must be one of {TEMPORAL_PADDINGS}, '
-                     f'got {temporal_padding!r}')
+    raise ValueError(
+      f'temporal_padding must be one of {TEMPORAL_PADDINGS}, got {temporal_padding!r}'
+    )
 
 
 class Conv3D(nn.Module):
@@ -58,6 +60,7 @@ class Conv3D(nn.Module):
   axes conv_0, conv_1, conv_2, conv_in, conv_out) and `bias` [features]
   (conv_out), initialised like `layers.conv`.
   """
+
   features: int
   kernel_size: Sequence[int] = (3, 3, 3)
   temporal_padding: str = 'edge'
@@ -70,25 +73,35 @@ class Conv3D(nn.Module):
     if len(kernel_size) != 3:
       raise ValueError(f'Conv3D kernel_size must be (kt, kh, kw), got {kernel_size}')
     if x.ndim != 5:
-      raise ValueError(f'Conv3D input must be [batch, frames, height, width, channels], '
-                       f'got shape {x.shape}')
+      raise ValueError(
+        f'Conv3D input must be [batch, frames, height, width, channels], got shape {x.shape}'
+      )
     kernel = self.param(
-        'kernel',
-        nn.with_logical_partitioning(
-            nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'),
-            ('conv_0', 'conv_1', 'conv_2', 'conv_in', 'conv_out')),
-        kernel_size + (x.shape[-1], self.features), jnp.float32)
+      'kernel',
+      nn.with_logical_partitioning(
+        nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'),
+        ('conv_0', 'conv_1', 'conv_2', 'conv_in', 'conv_out'),
+      ),
+      kernel_size + (x.shape[-1], self.features),
+      jnp.float32,
+    )
     bias = self.param(
-        'bias', nn.with_logical_partitioning(nn.initializers.zeros_init(), ('conv_out',)),
-        (self.features,), jnp.float32)
+      'bias',
+      nn.with_logical_partitioning(nn.initializers.zeros_init(), ('conv_out',)),
+      (self.features,),
+      jnp.float32,
+    )
     pads = [((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel_size]
     if pads[0] != (0, 0):
       mode = 'edge' if self.temporal_padding == 'edge' else 'constant'
       x = jnp.pad(x, ((0, 0), pads[0], (0, 0), (0, 0), (0, 0)), mode=mode)
     y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype), window_strides=(1, 1, 1),
-        padding=[(0, 0), pads[1], pads[2]],
-        dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'))
+      x.astype(self.dtype),
+      kernel.astype(self.dtype),
+      window_strides=(1, 1, 1),
+      padding=[(0, 0), pads[1], pads[2]],
+      dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
+    )
     return y + bias.astype(self.dtype)
 
 
@@ -98,6 +111,7 @@ class ResBlock3D(nn.Module):
   The shortcut is a 1x1x1 conv of the block's input when the channel count
   changes, else the identity. x: [b, t, h, w, c_in] -> [b, t, h, w, features].
   """
+
   features: int
   num_groups: int = 32
   temporal_padding: str = 'edge'
@@ -111,8 +125,9 @@ class ResBlock3D(nn.Module):
     x = nn.swish(layers.group_norm(self.num_groups, 'norm_1', self.dtype)(x))
     x = Conv3D(self.features, (3, 3, 3), self.temporal_padding, self.dtype, name='conv_1')(x)
     if residual.shape[-1] != self.features:
-      residual = Conv3D(self.features, (1, 1, 1), self.temporal_padding, self.dtype,
-                        name='shortcut')(residual)
+      residual = Conv3D(
+        self.features, (1, 1, 1), self.temporal_padding, self.dtype, name='shortcut'
+      )(residual)
     return x + residual
 
 
@@ -129,17 +144,20 @@ def upsample_3d(x: jax.Array, temporal: bool) -> jax.Array:
   return jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
 
 
-def _check_temporal_downsample(channel_multipliers: Sequence[int],
-                               temporal_downsample: Sequence[bool]) -> None:
+def _check_temporal_downsample(
+  channel_multipliers: Sequence[int], temporal_downsample: Sequence[bool]
+) -> None:
   if len(tuple(temporal_downsample)) != len(tuple(channel_multipliers)) - 1:
     raise ValueError(
-        f'temporal_downsample needs one entry per downsampling level '
-        f'(len(channel_multipliers) - 1 = {len(tuple(channel_multipliers)) - 1}), '
-        f'got {tuple(temporal_downsample)}')
+      f'temporal_downsample needs one entry per downsampling level '
+      f'(len(channel_multipliers) - 1 = {len(tuple(channel_multipliers)) - 1}), '
+      f'got {tuple(temporal_downsample)}'
+    )
 
 
 class Encoder3D(nn.Module):
   """[b, T, H, W, 3] -> [b, T/ft, H/f, W/f, embedding_dim]."""
+
   filters: int
   channel_multipliers: Sequence[int]
   num_res_blocks: int
@@ -170,6 +188,7 @@ class Decoder3D(nn.Module):
   Level `level > 0` upsamples time iff the encoder's downsampling after level
   `level - 1` did (`temporal_downsample[level - 1]`).
   """
+
   filters: int
   channel_multipliers: Sequence[int]
   num_res_blocks: int
@@ -187,8 +206,9 @@ class Decoder3D(nn.Module):
       x = ResBlock3D(x.shape[-1], self.num_groups, tp, name=f'mid_res_{i}')(x)
     for level in reversed(range(len(mults))):
       for i in range(self.num_res_blocks):
-        x = ResBlock3D(self.filters * mults[level], self.num_groups, tp,
-                       name=f'up_{level}_res_{i}')(x)
+        x = ResBlock3D(
+          self.filters * mults[level], self.num_groups, tp, name=f'up_{level}_res_{i}'
+        )(x)
       if level > 0:
         x = upsample_3d(x, bool(self.temporal_downsample[level - 1]))
         x = Conv3D(x.shape[-1], (3, 3, 3), tp, name=f'up_{level}_conv')(x)
@@ -203,6 +223,7 @@ class VQGAN3D(nn.Module):
   quantizer's outputs (`tokens` [b, t, h, w] int32, `loss`, `usage`,
   `perplexity`, ...).
   """
+
   filters: int = 64
   channel_multipliers: Sequence[int] = (1, 2, 2, 4)
   num_res_blocks: int = 2
@@ -216,12 +237,24 @@ class VQGAN3D(nn.Module):
   def setup(self):
     _check_temporal_downsample(self.channel_multipliers, self.temporal_downsample)
     _check_temporal_padding(self.temporal_padding)
-    self.encoder = Encoder3D(self.filters, self.channel_multipliers, self.num_res_blocks,
-                             self.embedding_dim, self.temporal_downsample, self.num_groups,
-                             self.temporal_padding)
+    self.encoder = Encoder3D(
+      self.filters,
+      self.channel_multipliers,
+      self.num_res_blocks,
+      self.embedding_dim,
+      self.temporal_downsample,
+      self.num_groups,
+      self.temporal_padding,
+    )
     self.quantizer = VectorQuantizer(self.codebook_size, self.commitment_cost)
-    self.decoder = Decoder3D(self.filters, self.channel_multipliers, self.num_res_blocks,
-                             self.temporal_downsample, self.num_groups, self.temporal_padding)
+    self.decoder = Decoder3D(
+      self.filters,
+      self.channel_multipliers,
+      self.num_res_blocks,
+      self.temporal_downsample,
+      self.num_groups,
+      self.temporal_padding,
+    )
 
   @property
   def downsample_factor(self) -> int:
@@ -236,22 +269,29 @@ class VQGAN3D(nn.Module):
   def encode(self, videos: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """videos: [b, T, H, W, 3] float32 in [-1, 1] -> (quantized [b, t, h, w, d], aux)."""
     if videos.ndim != 5 or videos.shape[-1] != 3:
-      raise ValueError(f'videos must be [batch, frames, height, width, 3], '
-                       f'got shape {videos.shape}')
+      raise ValueError(
+        f'videos must be [batch, frames, height, width, 3], got shape {videos.shape}'
+      )
     ft, f = self.temporal_downsample_factor, self.downsample_factor
     if videos.shape[1] % ft:
-      raise ValueError(f'number of frames {videos.shape[1]} must be divisible by the temporal '
-                       f'downsampling factor {ft} (2^sum(temporal_downsample))')
+      raise ValueError(
+        f'number of frames {videos.shape[1]} must be divisible by the temporal '
+        f'downsampling factor {ft} (2^sum(temporal_downsample))'
+      )
     if videos.shape[2] % f or videos.shape[3] % f:
-      raise ValueError(f'video height/width {videos.shape[2:4]} must be divisible by the '
-                       f'downsampling factor {f} (len(channel_multipliers) - 1 halvings)')
+      raise ValueError(
+        f'video height/width {videos.shape[2:4]} must be divisible by the '
+        f'downsampling factor {f} (len(channel_multipliers) - 1 halvings)'
+      )
     return self.quantizer(self.encoder(videos))
 
   def decode(self, quantized: jax.Array) -> jax.Array:
     """quantized: [b, t, h, w, d] -> videos [b, T, H, W, 3] float32 (unclipped)."""
     if quantized.ndim != 5:
-      raise ValueError(f'quantized latents must be [batch, frames, height, width, '
-                       f'embedding_dim], got shape {quantized.shape}')
+      raise ValueError(
+        f'quantized latents must be [batch, frames, height, width, '
+        f'embedding_dim], got shape {quantized.shape}'
+      )
     return self.decoder(quantized)
 
   def decode_tokens(self, tokens: jax.Array) -> jax.Array:
@@ -266,6 +306,7 @@ class VQGAN3D(nn.Module):
 
 
 # ----------------------------------------------------------------------------- inflation
+
 
 def _is_box(x: Any) -> bool:
   return isinstance(x, nn.meta.AxisMetadata)
@@ -328,8 +369,9 @@ def inflate_params(params_2d: Any, params_3d: Any, method: str = 'central') -> A
   """
   if method not in INFLATION_METHODS:
     raise ValueError(f'unknown inflation method {method!r}, expected one of {INFLATION_METHODS}')
-  flat_2d = {_path_str(p): v for p, v in
-             jax.tree_util.tree_flatten_with_path(nn.unbox(params_2d))[0]}
+  flat_2d = {
+    _path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(nn.unbox(params_2d))[0]
+  }
   leaves_3d, treedef = jax.tree_util.tree_flatten_with_path(params_3d, is_leaf=_is_box)
   used = set()
   out = []
@@ -344,18 +386,24 @@ def inflate_params(params_2d: Any, params_3d: Any, method: str = 'central') -> A
     found = tuple(np.shape(value))
     if name.split('/')[-1] == 'kernel' and len(shape) == len(found) + 1:
       if shape[1:] != found:
-        raise ValueError(f'parameter {name}: 2D kernel shape {found} does not inflate to the '
-                         f'3D shape {shape} (expected 2D shape {shape[1:]})')
+        raise ValueError(
+          f'parameter {name}: 2D kernel shape {found} does not inflate to the '
+          f'3D shape {shape} (expected 2D shape {shape[1:]})'
+        )
       new = inflate_kernel(value, shape[0], method)
     else:
       if shape != found:
-        raise ValueError(f'parameter {name}: expected shape {shape} (from the 3D template), '
-                         f'found {found} in the 2D params')
+        raise ValueError(
+          f'parameter {name}: expected shape {shape} (from the 3D template), '
+          f'found {found} in the 2D params'
+        )
       new = jnp.asarray(value)
     new = new.astype(dtype)
     out.append(leaf.replace_boxed(new) if _is_box(leaf) else new)
   extra = sorted(set(flat_2d) - used)
   if extra:
-    raise ValueError(f'2D params have parameters absent from the 3D template: {extra[:5]}'
-                     f'{" ..." if len(extra) > 5 else ""}')
+    raise ValueError(
+      f'2D params have parameters absent from the 3D template: {extra[:5]}'
+      f'{" ..." if len(extra) > 5 else ""}'
+    )
   return jax.tree_util.tree_unflatten(treedef, out)

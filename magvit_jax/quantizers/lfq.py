@@ -27,6 +27,7 @@ sum_k m_k log m_k, m_k = mean_n q_n(k), is accumulated over chunks of `chunk_siz
 about 4 * N * chunk_size bytes for the loss and twice that for its gradient (float32).
 See docs/lfq.md.
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,8 +54,7 @@ def codes_to_tokens(codes: jax.Array) -> jax.Array:
   d = codes.shape[-1]
   _check_num_bits(d)
   bits = (codes > 0).astype(jnp.int32)
-  return jnp.sum(jnp.left_shift(bits, jnp.arange(d, dtype=jnp.int32)), axis=-1,
-                 dtype=jnp.int32)
+  return jnp.sum(jnp.left_shift(bits, jnp.arange(d, dtype=jnp.int32)), axis=-1, dtype=jnp.int32)
 
 
 def tokens_to_codes(tokens: jax.Array, num_bits: int) -> jax.Array:
@@ -87,8 +87,9 @@ def token_usage(tokens: jax.Array, codebook_size: int) -> tuple[jax.Array, jax.A
   is_new = jnp.concatenate([jnp.ones((1,), bool), flat[1:] != flat[:-1]])
   num_unique = jnp.sum(is_new, dtype=jnp.int32)
   segment = jnp.cumsum(is_new.astype(jnp.int32)) - 1
-  counts = jax.ops.segment_sum(jnp.ones((m,), jnp.float32), segment, num_segments=m,
-                               indices_are_sorted=True)
+  counts = jax.ops.segment_sum(
+    jnp.ones((m,), jnp.float32), segment, num_segments=m, indices_are_sorted=True
+  )
   probs = counts / m
   safe = jnp.where(probs > 0, probs, 1.0)
   entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(safe), 0.0))
@@ -101,13 +102,16 @@ def binary_entropy_from_logits(logits: jax.Array) -> jax.Array:
 
   logits: float [...]. Returns the same shape and dtype.
   """
-  return -(jax.nn.sigmoid(logits) * jax.nn.log_sigmoid(logits)
-           + jax.nn.sigmoid(-logits) * jax.nn.log_sigmoid(-logits))
+  return -(
+    jax.nn.sigmoid(logits) * jax.nn.log_sigmoid(logits)
+    + jax.nn.sigmoid(-logits) * jax.nn.log_sigmoid(-logits)
+  )
 
 
 @functools.partial(jax.checkpoint, static_argnums=(3,))
-def _chunk_neg_entropy(logits: jax.Array, log_norm: jax.Array, start: jax.Array,
-                       chunk: int) -> jax.Array:
+def _chunk_neg_entropy(
+  logits: jax.Array, log_norm: jax.Array, start: jax.Array, chunk: int
+) -> jax.Array:
   """sum_{k in chunk} m_k log m_k for the codes start .. start + chunk - 1 (masked to < 2^d).
 
   logits: [N, d] float, a = 4 z / T. log_norm: [N], sum_i log_sigmoid(-a_ni).
@@ -115,12 +119,13 @@ def _chunk_neg_entropy(logits: jax.Array, log_norm: jax.Array, start: jax.Array,
   recomputes the [N, chunk] block instead of storing one per chunk.
   """
   n, d = logits.shape
-  codes = start + jnp.arange(chunk, dtype=jnp.int32)                        # [C]
+  codes = start + jnp.arange(chunk, dtype=jnp.int32)  # [C]
   bits = jnp.right_shift(codes[:, None], jnp.arange(d, dtype=jnp.int32)) & 1  # [C, d]
   log_q = log_norm[:, None] + jnp.matmul(
-      logits, bits.astype(logits.dtype).T, precision=jax.lax.Precision.HIGHEST)  # [N, C]
-  log_m = jax.nn.logsumexp(log_q, axis=0) - math.log(n)                     # [C]
-  valid = codes < 2 ** d
+    logits, bits.astype(logits.dtype).T, precision=jax.lax.Precision.HIGHEST
+  )  # [N, C]
+  log_m = jax.nn.logsumexp(log_q, axis=0) - math.log(n)  # [C]
+  valid = codes < 2**d
   return jnp.sum(jnp.where(valid, jnp.exp(log_m) * log_m, 0.0))
 
 
@@ -136,7 +141,7 @@ def batch_entropy_from_logits(logits: jax.Array, chunk_size: int = 1024) -> jax.
   _check_num_bits(d)
   if n == 0:
     return jnp.zeros((), logits.dtype)
-  num_codes = 2 ** d
+  num_codes = 2**d
   chunk = max(1, min(chunk_size, num_codes))
   num_chunks = -(-num_codes // chunk)
   log_norm = jnp.sum(jax.nn.log_sigmoid(-logits), axis=-1)
@@ -149,8 +154,9 @@ def batch_entropy_from_logits(logits: jax.Array, chunk_size: int = 1024) -> jax.
   return -total
 
 
-def entropy_terms(z: jax.Array, temperature: float = 1.0, chunk_size: int = 1024,
-                  num_groups: int | None = None) -> tuple[jax.Array, jax.Array]:
+def entropy_terms(
+  z: jax.Array, temperature: float = 1.0, chunk_size: int = 1024, num_groups: int | None = None
+) -> tuple[jax.Array, jax.Array]:
   """Per-token and batch entropy of the LFQ soft assignment.
 
   z: [..., d] float; all leading axes are the batch of N tokens.
@@ -170,8 +176,9 @@ def entropy_terms(z: jax.Array, temperature: float = 1.0, chunk_size: int = 1024
   if num_groups < 1 or d % num_groups:
     raise ValueError(f'num_groups={num_groups} must be >= 1 and divide num_bits={d}.')
   g = d // num_groups
-  batch = sum(batch_entropy_from_logits(logits[:, i * g:(i + 1) * g], chunk_size)
-              for i in range(num_groups))
+  batch = sum(
+    batch_entropy_from_logits(logits[:, i * g : (i + 1) * g], chunk_size) for i in range(num_groups)
+  )
   return per_token, batch
 
 
@@ -189,6 +196,7 @@ class LookupFreeQuantizer(nn.Module):
     num_groups: None = exact batch entropy; G = grouped approximation (G sub-codebooks of
       d/G bits, batch entropies summed: an upper bound of the exact one).
   """
+
   num_bits: int
   entropy_weight: float = 0.1
   commitment_weight: float = 0.25
@@ -198,7 +206,7 @@ class LookupFreeQuantizer(nn.Module):
 
   @property
   def codebook_size(self) -> int:
-    return 2 ** self.num_bits
+    return 2**self.num_bits
 
   def __call__(self, z: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """z: [..., num_bits] float -> (z_q [..., num_bits], aux); see the module docstring."""
@@ -210,20 +218,19 @@ class LookupFreeQuantizer(nn.Module):
     quantized = jnp.where(z >= 0, 1.0, -1.0).astype(dtype)
     tokens = codes_to_tokens(quantized)
     commitment = jnp.mean((z - jax.lax.stop_gradient(quantized)) ** 2)
-    per_token, batch = entropy_terms(z, self.entropy_temperature, self.chunk_size,
-                                     self.num_groups)
+    per_token, batch = entropy_terms(z, self.entropy_temperature, self.chunk_size, self.num_groups)
     entropy_loss = per_token - batch
     usage, perplexity = token_usage(tokens, self.codebook_size)
     z_q = z + jax.lax.stop_gradient(quantized - z)
     aux = {
-        'tokens': tokens,
-        'loss': self.entropy_weight * entropy_loss + self.commitment_weight * commitment,
-        'entropy_loss': entropy_loss,
-        'per_token_entropy': per_token,
-        'batch_entropy': batch,
-        'commitment_loss': commitment,
-        'usage': usage,
-        'perplexity': perplexity,
+      'tokens': tokens,
+      'loss': self.entropy_weight * entropy_loss + self.commitment_weight * commitment,
+      'entropy_loss': entropy_loss,
+      'per_token_entropy': per_token,
+      'batch_entropy': batch,
+      'commitment_loss': commitment,
+      'usage': usage,
+      'perplexity': perplexity,
     }
     return z_q, aux
 

@@ -9,6 +9,7 @@
         'usage': fraction of the codebook used in this batch (scalar),
         'perplexity': exp(entropy of the batch code histogram) (scalar)}.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -36,6 +37,7 @@ class VectorQuantizer(nn.Module):
     codebook_size: number of codes K.
     commitment_cost: beta in the VQ-VAE loss (MaskGIT: 0.25).
   """
+
   codebook_size: int
   commitment_cost: float = 0.25
 
@@ -43,15 +45,20 @@ class VectorQuantizer(nn.Module):
   def __call__(self, z: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     d = z.shape[-1]
     codebook = self.param(
-        'codebook',
-        nn.with_logical_partitioning(
-            nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform'), ('codes', 'code_dim')),
-        (self.codebook_size, d), jnp.float32)
+      'codebook',
+      nn.with_logical_partitioning(
+        nn.initializers.variance_scaling(1.0, 'fan_in', 'uniform'), ('codes', 'code_dim')
+      ),
+      (self.codebook_size, d),
+      jnp.float32,
+    )
     z = z.astype(jnp.float32)
     flat = z.reshape(-1, d)
-    distances = (jnp.sum(flat ** 2, axis=1, keepdims=True)
-                 - 2.0 * flat @ codebook.T
-                 + jnp.sum(codebook ** 2, axis=1)[None, :])
+    distances = (
+      jnp.sum(flat**2, axis=1, keepdims=True)
+      - 2.0 * flat @ codebook.T
+      + jnp.sum(codebook**2, axis=1)[None, :]
+    )
     tokens = jnp.argmin(distances, axis=1).astype(jnp.int32)
     quantized = codebook[tokens].reshape(z.shape)
     commitment = jnp.mean((z - jax.lax.stop_gradient(quantized)) ** 2)
@@ -59,12 +66,12 @@ class VectorQuantizer(nn.Module):
     z_q = z + jax.lax.stop_gradient(quantized - z)
     usage, perplexity = codebook_usage(tokens, self.codebook_size)
     aux = {
-        'tokens': tokens.reshape(z.shape[:-1]),
-        'loss': self.commitment_cost * commitment + codebook_loss,
-        'commitment_loss': commitment,
-        'codebook_loss': codebook_loss,
-        'usage': usage,
-        'perplexity': perplexity,
+      'tokens': tokens.reshape(z.shape[:-1]),
+      'loss': self.commitment_cost * commitment + codebook_loss,
+      'commitment_loss': commitment,
+      'codebook_loss': codebook_loss,
+      'usage': usage,
+      'perplexity': perplexity,
     }
     return z_q, aux
 

@@ -16,6 +16,7 @@ Config (`config.losses` unless noted):
 The discriminator state lives in `TrainState.disc` = {'params', 'opt_state', 'lecam_real',
 'lecam_fake'}; the generator EMA in `TrainState.ema_params`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -49,9 +50,11 @@ class Adversarial:
     self.disc = None
     if self.gan_weight:
       if config.get('image_every'):
-        raise ValueError('config.losses.gan_weight > 0 with config.image_every > 0: the '
-                         'discriminator of joint image-video training is not supported yet; '
-                         'set config.image_every=0 or config.losses.gan_weight=0')
+        raise ValueError(
+          'config.losses.gan_weight > 0 with config.image_every > 0: the '
+          'discriminator of joint image-video training is not supported yet; '
+          'set config.image_every=0 or config.losses.gan_weight=0'
+        )
       d = config.discriminator
       cls = StyleGANDiscriminator3D if len(self.input_shape) == 4 else StyleGANDiscriminator2D
       self.disc = cls(filters=int(d.filters), channel_multipliers=tuple(d.channel_multipliers))
@@ -62,7 +65,8 @@ class Adversarial:
     self.perceptual_weight = float(losses.get('perceptual_weight', 0.0))
     if self.perceptual_weight and load_perceptual:
       self.perceptual = perceptual.make_perceptual_loss(
-          losses.get('perceptual_weights'), required=bool(losses.get('perceptual_required')))
+        losses.get('perceptual_weights'), required=bool(losses.get('perceptual_required'))
+      )
 
   @property
   def enabled(self) -> bool:
@@ -75,13 +79,17 @@ class Adversarial:
       extra['ema_params'] = jax.tree_util.tree_map(lambda p: p, params)
     if self.disc is not None:
       disc_params = self.disc.init(rng, jnp.zeros((1,) + self.input_shape, jnp.float32))['params']
-      extra['disc'] = {'params': disc_params, 'opt_state': self.disc_tx.init(disc_params),
-                       'lecam_real': jnp.zeros((), jnp.float32),
-                       'lecam_fake': jnp.zeros((), jnp.float32)}
+      extra['disc'] = {
+        'params': disc_params,
+        'opt_state': self.disc_tx.init(disc_params),
+        'lecam_real': jnp.zeros((), jnp.float32),
+        'lecam_fake': jnp.zeros((), jnp.float32),
+      }
     return extra
 
-  def generator_terms(self, disc_state: Any, step: jax.Array, x: jax.Array,
-                      recon: jax.Array) -> dict[str, jax.Array]:
+  def generator_terms(
+    self, disc_state: Any, step: jax.Array, x: jax.Array, recon: jax.Array
+  ) -> dict[str, jax.Array]:
     """Weighted adversarial and perceptual terms of the generator loss (differentiable in recon)."""
     terms = {}
     if self.disc is not None:
@@ -90,11 +98,13 @@ class Adversarial:
       terms['gan_g_loss'] = weight * self.g_loss_fn(fake_logits)
     if self.perceptual is not None:
       terms['perceptual_loss'] = self.perceptual_weight * self.perceptual.apply(
-          self.perceptual.params, recon, x)
+        self.perceptual.params, recon, x
+      )
     return terms
 
-  def discriminator_update(self, disc_state: Any, step: jax.Array, x: jax.Array,
-                           recon: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
+  def discriminator_update(
+    self, disc_state: Any, step: jax.Array, x: jax.Array, recon: jax.Array
+  ) -> tuple[Any, dict[str, jax.Array]]:
     """One discriminator step on real x vs stop_gradient(recon); frozen before the start step."""
     fake = jax.lax.stop_gradient(recon)
     apply = lambda p, v: self.disc.apply({'params': p}, v)  # pylint: disable=g-long-lambda
@@ -104,8 +114,9 @@ class Adversarial:
       loss = self.d_loss_fn(real_logits, fake_logits)
       terms = {'d_adv_loss': loss}
       if self.lecam_weight:
-        terms['lecam_loss'] = gan.lecam_loss(real_logits, fake_logits, disc_state['lecam_real'],
-                                             disc_state['lecam_fake'])
+        terms['lecam_loss'] = gan.lecam_loss(
+          real_logits, fake_logits, disc_state['lecam_real'], disc_state['lecam_fake']
+        )
         loss = loss + self.lecam_weight * terms['lecam_loss']
       if self.r1_gamma:
         terms['r1_penalty'] = gan.r1_penalty(lambda v: apply(params, v), x)
@@ -113,15 +124,22 @@ class Adversarial:
       return loss, (real_logits, fake_logits, terms)
 
     (loss, (real, fake_l, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        disc_state['params'])
+      disc_state['params']
+    )
     updates, opt_state = self.disc_tx.update(grads, disc_state['opt_state'], disc_state['params'])
     lecam_real, lecam_fake = gan.update_lecam_ema(
-        disc_state['lecam_real'], disc_state['lecam_fake'], real, fake_l)
-    updated = {'params': optax.apply_updates(disc_state['params'], updates),
-               'opt_state': opt_state, 'lecam_real': lecam_real, 'lecam_fake': lecam_fake}
+      disc_state['lecam_real'], disc_state['lecam_fake'], real, fake_l
+    )
+    updated = {
+      'params': optax.apply_updates(disc_state['params'], updates),
+      'opt_state': opt_state,
+      'lecam_real': lecam_real,
+      'lecam_fake': lecam_fake,
+    }
     active = step >= self.disc_start_step
-    new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(active, new, old),
-                                       updated, disc_state)
+    new_state = jax.tree_util.tree_map(
+      lambda new, old: jnp.where(active, new, old), updated, disc_state
+    )
     metrics = dict(terms, d_loss=loss, logits_real=jnp.mean(real), logits_fake=jnp.mean(fake_l))
     return new_state, metrics
 

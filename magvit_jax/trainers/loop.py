@@ -17,6 +17,7 @@ With several processes the flag is OR-ed over all processes (a tiny
 all-gather) every `preemption_sync_every` steps, so all of them stop -- and
 save -- at the same step; on one process it is looked at after every step.
 """
+
 from __future__ import annotations
 
 import signal
@@ -70,17 +71,27 @@ class _SigtermFlag:
   def __exit__(self, *exc) -> None:
     if self._installed:
       # None: the previous handler was not installed from Python; fall back to the default.
-      signal.signal(signal.SIGTERM,
-                    self._previous if self._previous is not None else signal.SIG_DFL)
+      signal.signal(
+        signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL
+      )
       self._installed = False
 
 
-def run_loop(*, state: Any, train_step: Callable[[Any, dict], tuple[Any, dict]],
-             batches: Iterator[dict[str, np.ndarray]], mesh, checkpointer: Checkpointer,
-             writer: mw.MetricsWriter, config, start_step: int, stage: str,
-             max_steps: int | None = None,
-             extra_scalars: Callable[[dict[str, float], float], dict[str, float]] | None = None,
-             preemption_sync_every: int | None = None) -> Any:
+def run_loop(
+  *,
+  state: Any,
+  train_step: Callable[[Any, dict], tuple[Any, dict]],
+  batches: Iterator[dict[str, np.ndarray]],
+  mesh,
+  checkpointer: Checkpointer,
+  writer: mw.MetricsWriter,
+  config,
+  start_step: int,
+  stage: str,
+  max_steps: int | None = None,
+  extra_scalars: Callable[[dict[str, float], float], dict[str, float]] | None = None,
+  preemption_sync_every: int | None = None,
+) -> Any:
   """Runs steps start_step+1 .. config.num_train_steps.
 
   max_steps: stop after this step *without* the final checkpoint, as a kill
@@ -98,18 +109,41 @@ def run_loop(*, state: Any, train_step: Callable[[Any, dict], tuple[Any, dict]],
   print(f'[{stage}] {parallel.describe_runtime(mesh)}', flush=True)
   with _SigtermFlag() as sigterm:
     try:
-      return _run_steps(state=state, train_step=train_step, batches=batches, mesh=mesh,
-                        checkpointer=checkpointer, writer=writer, config=config,
-                        start_step=start_step, stage=stage, max_steps=max_steps,
-                        extra_scalars=extra_scalars, sigterm=sigterm,
-                        sync_every=preemption_sync_every)
+      return _run_steps(
+        state=state,
+        train_step=train_step,
+        batches=batches,
+        mesh=mesh,
+        checkpointer=checkpointer,
+        writer=writer,
+        config=config,
+        start_step=start_step,
+        stage=stage,
+        max_steps=max_steps,
+        extra_scalars=extra_scalars,
+        sigterm=sigterm,
+        sync_every=preemption_sync_every,
+      )
     finally:
       writer.flush(force=True)  # Buffered rows of object-store workdirs, even on errors.
 
 
-def _run_steps(*, state, train_step, batches, mesh, checkpointer, writer, config, start_step,
-               stage, max_steps, extra_scalars, sigterm: _SigtermFlag,
-               sync_every: int | None) -> Any:
+def _run_steps(
+  *,
+  state,
+  train_step,
+  batches,
+  mesh,
+  checkpointer,
+  writer,
+  config,
+  start_step,
+  stage,
+  max_steps,
+  extra_scalars,
+  sigterm: _SigtermFlag,
+  sync_every: int | None,
+) -> Any:
   """The body of `run_loop`, with SIGTERM turned into `sigterm.requested`."""
   total = int(config.num_train_steps)
   log_every = int(config.log_every)
@@ -156,8 +190,9 @@ def _run_steps(*, state, train_step, batches, mesh, checkpointer, writer, config
       last_ckpt = step
     if multiprocess:
       # Every process reaches the same steps, so they all take part in each all-gather.
-      stop = (step % sync_every == 0 or step % log_every == 0 or step == total) and \
-          parallel.any_process(sigterm.requested)
+      stop = (
+        step % sync_every == 0 or step % log_every == 0 or step == total
+      ) and parallel.any_process(sigterm.requested)
     else:
       stop = sigterm.requested
     if stop:

@@ -22,6 +22,7 @@ TensorFlow needed). On gs:// tensorboardX uploads with google-cloud-storage;
 without that package (or on another object store without its client)
 TensorBoard is turned off with one log line and only the JSON lines are kept.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -63,9 +64,13 @@ def _open_tensorboard(logdir: str, metrics_path: str):
         raise ImportError(f'tensorboardX has no writer for {scheme}://')
       importlib.import_module(client)
     except ImportError as e:
-      logging.warning('TensorBoard events are off for %s (%s; tensorboardX writes gs:// with '
-                      '`pip install google-cloud-storage`); metrics still go to %s', logdir, e,
-                      metrics_path)
+      logging.warning(
+        'TensorBoard events are off for %s (%s; tensorboardX writes gs:// with '
+        '`pip install google-cloud-storage`); metrics still go to %s',
+        logdir,
+        e,
+        metrics_path,
+      )
       return None
   try:
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -85,8 +90,9 @@ class MetricsWriter:
     part_every_s: an unforced `flush()` writes a new part at most this often.
   """
 
-  def __init__(self, workdir: str, enabled: bool = True, parts: bool | None = None,
-               part_every_s: float = 60.0):
+  def __init__(
+    self, workdir: str, enabled: bool = True, parts: bool | None = None, part_every_s: float = 60.0
+  ):
     self.enabled = enabled
     self.workdir = str(workdir)
     self.parts = fileio.is_remote(workdir) if parts is None else bool(parts)
@@ -118,15 +124,19 @@ class MetricsWriter:
 
   def flush(self, force: bool = False) -> None:
     """Parts layout: writes the buffered rows as one new file (unforced: if part_every_s passed)."""
-    if not self._pending or (not force and
-                             time.monotonic() - self._last_part_t < self.part_every_s):
+    if not self._pending or (
+      not force and time.monotonic() - self._last_part_t < self.part_every_s
+    ):
       return
     # Strictly increasing names even if the wall clock steps back.
     self._last_part_ns = max(time.time_ns(), self._last_part_ns + 1)
-    name = (f'{self._last_part_ns:020d}-{self._pending[0]["step"]:09d}-'
-            f'{self._pending[-1]["step"]:09d}.jsonl')
+    name = (
+      f'{self._last_part_ns:020d}-{self._pending[0]["step"]:09d}-'
+      f'{self._pending[-1]["step"]:09d}.jsonl'
+    )
     fileio.as_path(fileio.join(self.path, name)).write_text(
-        ''.join(json.dumps(row) + '\n' for row in self._pending))
+      ''.join(json.dumps(row) + '\n' for row in self._pending)
+    )
     self._pending.clear()
     self._last_part_t = time.monotonic()
 
@@ -192,20 +202,29 @@ class Progress:
     overall = (step - self._step0) / max(time.perf_counter() - self._t0, 1e-9)
     eta = (self.total - step) / max(overall, 1e-9)
     shown = ' '.join(f'{k} {v:.4g}' for k, v in scalars.items())
-    print(f'[{self.stage}] step {step}/{self.total} {shown} | {rate:.2f} it/s | '
-          f'ETA {_format_duration(eta)}', file=self.stream, flush=True)
+    print(
+      f'[{self.stage}] step {step}/{self.total} {shown} | {rate:.2f} it/s | '
+      f'ETA {_format_duration(eta)}',
+      file=self.stream,
+      flush=True,
+    )
 
 
-def check_finite(steps: Iterable[int], losses: Iterable[float], last_checkpoint: int | None,
-                 checkpoint_dir: str) -> None:
+def check_finite(
+  steps: Iterable[int], losses: Iterable[float], last_checkpoint: int | None, checkpoint_dir: str
+) -> None:
   """Raises NonFiniteLossError naming the first bad step and the last good checkpoint."""
   for step, loss in zip(steps, losses):
     if not math.isfinite(float(loss)):
-      where = (f'{checkpoint_dir}/{last_checkpoint}' if last_checkpoint is not None
-               else 'none (no checkpoint was saved yet)')
+      where = (
+        f'{checkpoint_dir}/{last_checkpoint}'
+        if last_checkpoint is not None
+        else 'none (no checkpoint was saved yet)'
+      )
       raise NonFiniteLossError(
-          f'loss is {loss} at step {step}; training stopped. Last good checkpoint: {where}. '
-          f'Lower config.optimizer.lr or raise config.optimizer.warmup_steps and resume.')
+        f'loss is {loss} at step {step}; training stopped. Last good checkpoint: {where}. '
+        f'Lower config.optimizer.lr or raise config.optimizer.warmup_steps and resume.'
+      )
 
 
 def stack_metrics(history: list[dict[str, Any]]) -> dict[str, np.ndarray]:

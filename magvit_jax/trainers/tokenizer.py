@@ -19,6 +19,7 @@ codebook; LFQ: commitment + entropy penalty).
 The adversarial and perceptual terms of the papers plug into
 `generator_loss_terms` (their own issue); the step sums whatever that returns.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,28 +50,41 @@ def build_model(model_config) -> VQGAN | vqgan3d.VQGAN3D | Magvit2Tokenizer:
   m = model_config
   name = m.get('name', 'vqgan')
   if name == 'vqgan':
-    return VQGAN(filters=int(m.filters), channel_multipliers=tuple(m.channel_multipliers),
-                 num_res_blocks=int(m.num_res_blocks), embedding_dim=int(m.embedding_dim),
-                 codebook_size=int(m.codebook_size), commitment_cost=float(m.commitment_cost),
-                 num_groups=int(m.num_groups))
+    return VQGAN(
+      filters=int(m.filters),
+      channel_multipliers=tuple(m.channel_multipliers),
+      num_res_blocks=int(m.num_res_blocks),
+      embedding_dim=int(m.embedding_dim),
+      codebook_size=int(m.codebook_size),
+      commitment_cost=float(m.commitment_cost),
+      num_groups=int(m.num_groups),
+    )
   if name == 'vqgan3d':
     return vqgan3d.VQGAN3D(
-        filters=int(m.filters), channel_multipliers=tuple(m.channel_multipliers),
-        num_res_blocks=int(m.num_res_blocks), embedding_dim=int(m.embedding_dim),
-        codebook_size=int(m.codebook_size), commitment_cost=float(m.commitment_cost),
-        num_groups=int(m.num_groups),
-        temporal_downsample=tuple(bool(t) for t in m.temporal_downsample),
-        temporal_padding=str(m.get('temporal_padding', 'edge')))
+      filters=int(m.filters),
+      channel_multipliers=tuple(m.channel_multipliers),
+      num_res_blocks=int(m.num_res_blocks),
+      embedding_dim=int(m.embedding_dim),
+      codebook_size=int(m.codebook_size),
+      commitment_cost=float(m.commitment_cost),
+      num_groups=int(m.num_groups),
+      temporal_downsample=tuple(bool(t) for t in m.temporal_downsample),
+      temporal_padding=str(m.get('temporal_padding', 'edge')),
+    )
   if name == 'magvit2':
     return Magvit2Tokenizer(
-        filters=int(m.filters), channel_multipliers=tuple(m.channel_multipliers),
-        num_res_blocks=int(m.num_res_blocks),
-        temporal_downsample=tuple(bool(t) for t in m.temporal_downsample),
-        num_bits=int(m.num_bits), num_groups=int(m.num_groups),
-        entropy_weight=float(m.entropy_weight), commitment_weight=float(m.commitment_weight),
-        entropy_temperature=float(m.entropy_temperature),
-        entropy_chunk_size=int(m.entropy_chunk_size),
-        entropy_groups=m.get('entropy_groups'))
+      filters=int(m.filters),
+      channel_multipliers=tuple(m.channel_multipliers),
+      num_res_blocks=int(m.num_res_blocks),
+      temporal_downsample=tuple(bool(t) for t in m.temporal_downsample),
+      num_bits=int(m.num_bits),
+      num_groups=int(m.num_groups),
+      entropy_weight=float(m.entropy_weight),
+      commitment_weight=float(m.commitment_weight),
+      entropy_temperature=float(m.entropy_temperature),
+      entropy_chunk_size=int(m.entropy_chunk_size),
+      entropy_groups=m.get('entropy_groups'),
+    )
   raise ValueError(f'config.model.name={name!r}: expected one of {TOKENIZERS}')
 
 
@@ -136,6 +150,7 @@ def generator_loss_terms(images: jax.Array, recon: jax.Array, aux: dict, loss_co
 
 def make_train_step(model, tx, loss_config, adv: Adversarial | None = None):
   """The jitted-to-be step: generator update (+ EMA), then the discriminator's when adv has one."""
+
   def train_step(state: ts.TrainState, batch: dict) -> tuple[ts.TrainState, dict]:
     x = to_float(model_input(batch))
 
@@ -148,8 +163,13 @@ def make_train_step(model, tx, loss_config, adv: Adversarial | None = None):
 
     (loss, (recon, aux, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = ts.apply_gradients(state, grads, tx)
-    metrics = {'loss': loss, 'psnr': jnp.mean(psnr(x, recon)),
-               'codebook_usage': aux['usage'], 'perplexity': aux['perplexity'], **terms}
+    metrics = {
+      'loss': loss,
+      'psnr': jnp.mean(psnr(x, recon)),
+      'codebook_usage': aux['usage'],
+      'perplexity': aux['perplexity'],
+      **terms,
+    }
     if adv is not None and adv.ema_decay:
       new_state = new_state.replace(ema_params=adv.update_ema(state.ema_params, new_state.params))
     if adv is not None and adv.disc is not None:
@@ -157,16 +177,20 @@ def make_train_step(model, tx, loss_config, adv: Adversarial | None = None):
       new_state = new_state.replace(disc=disc)
       metrics.update(d_metrics)
     return new_state, metrics
+
   return train_step
 
 
-def evaluate(model, params: Any, config, data_config=None, prefix: str = 'eval') -> dict[str, float]:
+def evaluate(
+  model, params: Any, config, data_config=None, prefix: str = 'eval'
+) -> dict[str, float]:
   """Held-out reconstruction over the eval split of `data_config` (default config.data).
 
   Returns {prefix_psnr: mean per-example PSNR in dB (a video's PSNR is over all its frames),
   prefix_codebook_usage: distinct tokens used / codebook size, prefix_examples}.
   """
   from magvit_jax.data import pipeline  # TF is imported only here.
+
   data_config = data_config or config.data
 
   @jax.jit
@@ -178,9 +202,13 @@ def evaluate(model, params: Any, config, data_config=None, prefix: str = 'eval')
   vocab = codebook_size(config.model)
   psnr_sum, count = 0.0, 0
   histogram = np.zeros((vocab,), np.int64)
-  for batch in pipeline.create_dataset(data_config, split=data_config.eval_split,
-                                       batch_size=int(config.eval_batch_size), train=False,
-                                       drop_remainder=False):
+  for batch in pipeline.create_dataset(
+    data_config,
+    split=data_config.eval_split,
+    batch_size=int(config.eval_batch_size),
+    train=False,
+    drop_remainder=False,
+  ):
     p, t = recon_fn(params, model_input(batch))
     psnr_sum += float(np.sum(p))
     count += int(p.shape[0])
@@ -188,24 +216,34 @@ def evaluate(model, params: Any, config, data_config=None, prefix: str = 'eval')
   totals = np.array([psnr_sum, count], np.float64)
   if jax.process_count() > 1:  # Each process evaluated its own shard of the split.
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     totals = np.asarray(multihost_utils.process_allgather(totals)).sum(0)
     histogram = np.asarray(multihost_utils.process_allgather(histogram)).sum(0)
-  return {f'{prefix}_psnr': float(totals[0] / totals[1]),
-          f'{prefix}_codebook_usage': float(np.count_nonzero(histogram)) / vocab,
-          f'{prefix}_examples': float(totals[1])}
+  return {
+    f'{prefix}_psnr': float(totals[0] / totals[1]),
+    f'{prefix}_codebook_usage': float(np.count_nonzero(histogram)) / vocab,
+    f'{prefix}_examples': float(totals[1]),
+  }
 
 
 def mixed_batches(config, local_batch: int, start_step: int):
   """Training batches for steps start_step+1, ...: videos/images of config.data, and with
   `config.image_every = k > 0` an image batch of `config.image_data` at every k-th step."""
   from magvit_jax.data import pipeline  # TF is imported only here.
+
   every = int(config.get('image_every') or 0)
   seed = int(config.seed)
 
   def stream(data_config, consumed):
-    return pipeline.create_dataset(data_config, split=data_config.train_split,
-                                   batch_size=local_batch, train=True, seed=seed,
-                                   start_step=consumed)
+    return pipeline.create_dataset(
+      data_config,
+      split=data_config.train_split,
+      batch_size=local_batch,
+      train=True,
+      seed=seed,
+      start_step=consumed,
+    )
+
   if not every:
     yield from stream(config.data, start_step)
     return
@@ -223,14 +261,17 @@ def inflated_init(init_params, model_config, mesh):
   source = str(model_config.inflate_from)
   source_config = config_from_dict(ckpt_lib.read_workdir_config(source))
   if source_config.model.get('name', 'vqgan') != 'vqgan':
-    raise ValueError(f'config.model.inflate_from={source!r} holds a '
-                     f"{source_config.model.get('name')!r} tokenizer; expected a 2D 'vqgan' run")
+    raise ValueError(
+      f'config.model.inflate_from={source!r} holds a '
+      f"{source_config.model.get('name')!r} tokenizer; expected a 2D 'vqgan' run"
+    )
   _, params_2d, _ = load_tokenizer(source, mesh)
   params_2d = jax.device_get(params_2d)
   method = str(model_config.get('inflation', 'central'))
 
   def init(rng):
     return vqgan3d.inflate_params(params_2d, init_params(rng), method)
+
   return init
 
 
@@ -252,28 +293,41 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
     return model.init(rng, jnp.zeros((1,) + input_shape(config), jnp.float32))['params']
 
   # Sharded state: restored from the latest checkpoint, or fresh.
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.to_dict(),
-                                       int(config.max_checkpoints))
+  checkpointer = ckpt_lib.Checkpointer(
+    os.path.join(workdir, 'checkpoints'), config.to_dict(), int(config.max_checkpoints)
+  )
   if config.model.get('name') == 'vqgan3d' and config.model.get('inflate_from'):
     init_params = inflated_init(init_params, config.model, mesh)
   adv = Adversarial(config, input_shape(config))
-  state, shardings, start_step = ts.init_or_restore(init_params, tx, config, mesh, checkpointer,
-                                                    'tokenizer', adv.init_extra)
+  state, shardings, start_step = ts.init_or_restore(
+    init_params, tx, config, mesh, checkpointer, 'tokenizer', adv.init_extra
+  )
 
   # Data, positioned after the last completed step.
   batches = mixed_batches(config, local_batch, start_step)
 
   # Step.
-  step_fn = jax.jit(make_train_step(model, tx, config.losses, adv),
-                    in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                    out_shardings=(shardings, parallel.replicated(mesh)),
-                    donate_argnums=(0,))
+  step_fn = jax.jit(
+    make_train_step(model, tx, config.losses, adv),
+    in_shardings=(shardings, parallel.batch_sharding(mesh)),
+    out_shardings=(shardings, parallel.replicated(mesh)),
+    donate_argnums=(0,),
+  )
 
   # Loop.
   writer = mw.MetricsWriter(workdir, enabled=jax.process_index() == 0)
-  state = loop.run_loop(state=state, train_step=step_fn, batches=batches, mesh=mesh,
-                        checkpointer=checkpointer, writer=writer, config=config,
-                        start_step=start_step, stage='tokenizer', max_steps=max_steps)
+  state = loop.run_loop(
+    state=state,
+    train_step=step_fn,
+    batches=batches,
+    mesh=mesh,
+    checkpointer=checkpointer,
+    writer=writer,
+    config=config,
+    start_step=start_step,
+    stage='tokenizer',
+    max_steps=max_steps,
+  )
   result = {'state': state}
   if max_steps is None:
     result.update(evaluate(model, state.eval_params, config))
@@ -282,10 +336,12 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
     writer.write(int(config.num_train_steps), {k: v for k, v in result.items() if k != 'state'})
     for prefix in ('eval', 'eval_image'):
       if f'{prefix}_psnr' in result:
-        print(f"[tokenizer] held-out PSNR {result[f'{prefix}_psnr']:.2f} dB, codebook usage "
-              f"{result[f'{prefix}_codebook_usage']:.1%} on {int(result[f'{prefix}_examples'])} "
-              f"{'images' if prefix == 'eval_image' or len(input_shape(config)) == 3 else 'videos'}",
-              flush=True)
+        print(
+          f'[tokenizer] held-out PSNR {result[f"{prefix}_psnr"]:.2f} dB, codebook usage '
+          f'{result[f"{prefix}_codebook_usage"]:.1%} on {int(result[f"{prefix}_examples"])} '
+          f'{"images" if prefix == "eval_image" or len(input_shape(config)) == 3 else "videos"}',
+          flush=True,
+        )
   writer.close()
   checkpointer.close()
   return result
@@ -295,13 +351,17 @@ def load_tokenizer(workdir: str, mesh=None) -> tuple[VQGAN | Magvit2Tokenizer, A
   """Frozen tokenizer from a tokenizer workdir: (model, params, config dict)."""
   config = ckpt_lib.read_workdir_config(workdir)
   if config.get('stage') != 'tokenizer':
-    raise ValueError(f"{workdir} holds a {config.get('stage')!r} run; expected a 'tokenizer' workdir")
+    raise ValueError(
+      f"{workdir} holds a {config.get('stage')!r} run; expected a 'tokenizer' workdir"
+    )
   cfg = config_from_dict(config)
   model = build_model(cfg.model)
   params = ts.restore_params(
-      workdir, config,
-      lambda rng: model.init(rng, jnp.zeros((1,) + input_shape(cfg), jnp.float32))['params'],
-      mesh or parallel.make_mesh({'data': -1}),
-      f'python -m magvit_jax.train --config=configs/<tokenizer config>.py --workdir={workdir}',
-      Adversarial(cfg, input_shape(cfg), load_perceptual=False).init_extra)
+    workdir,
+    config,
+    lambda rng: model.init(rng, jnp.zeros((1,) + input_shape(cfg), jnp.float32))['params'],
+    mesh or parallel.make_mesh({'data': -1}),
+    f'python -m magvit_jax.train --config=configs/<tokenizer config>.py --workdir={workdir}',
+    Adversarial(cfg, input_shape(cfg), load_perceptual=False).init_extra,
+  )
   return model, params, config

@@ -5,6 +5,7 @@ the abstract state with logical axis annotations, the config's rule table
 turns them into `NamedSharding`s, and the init function is jitted with those
 `out_shardings`, so no device ever holds an unsharded copy.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,6 +30,7 @@ class TrainState:
   evaluation and sampling. disc: the discriminator's state of adversarial tokenizer training
   ({'params', 'opt_state', 'lecam_real', 'lecam_fake'}), None otherwise.
   """
+
   step: jax.Array
   params: Any
   opt_state: Any
@@ -47,30 +49,47 @@ def learning_rate_schedule(opt_config) -> optax.Schedule:
   warmup = int(opt_config.warmup_steps)
   if opt_config.decay == 'constant':
     return optax.join_schedules(
-        [optax.linear_schedule(0.0, opt_config.lr, max(warmup, 1)),
-         optax.constant_schedule(opt_config.lr)], [warmup])
+      [
+        optax.linear_schedule(0.0, opt_config.lr, max(warmup, 1)),
+        optax.constant_schedule(opt_config.lr),
+      ],
+      [warmup],
+    )
   if opt_config.decay == 'cosine':
     return optax.warmup_cosine_decay_schedule(
-        0.0, opt_config.lr, max(warmup, 1), max(int(opt_config.decay_steps), warmup + 1))
+      0.0, opt_config.lr, max(warmup, 1), max(int(opt_config.decay_steps), warmup + 1)
+    )
   raise ValueError(f"config.optimizer.decay={opt_config.decay!r}; expected 'constant' or 'cosine'")
 
 
 def make_optimizer(opt_config) -> optax.GradientTransformation:
   """AdamW with gradient clipping; weight decay on matrices/kernels only."""
+
   def decay_mask(params):
     return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
   parts = []
   if opt_config.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(opt_config.grad_clip_norm))
-  parts.append(optax.adamw(
-      learning_rate_schedule(opt_config), b1=opt_config.b1, b2=opt_config.b2,
-      weight_decay=opt_config.weight_decay, mask=decay_mask))
+  parts.append(
+    optax.adamw(
+      learning_rate_schedule(opt_config),
+      b1=opt_config.b1,
+      b2=opt_config.b2,
+      weight_decay=opt_config.weight_decay,
+      mask=decay_mask,
+    )
+  )
   return optax.chain(*parts)
 
 
-def state_layout(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                 mesh, rules, init_extra: Callable[[jax.Array, Any], dict] | None = None
-                 ) -> tuple[Callable[[jax.Array], TrainState], Any, Any]:
+def state_layout(
+  init_params: Callable[[jax.Array], Any],
+  tx: optax.GradientTransformation,
+  mesh,
+  rules,
+  init_extra: Callable[[jax.Array, Any], dict] | None = None,
+) -> tuple[Callable[[jax.Array], TrainState], Any, Any]:
   """The state's init function, shardings and abstract (restore-target) tree.
 
   init_params: rng -> params, possibly boxed with `nn.LogicallyPartitioned`.
@@ -79,12 +98,18 @@ def state_layout(init_params: Callable[[jax.Array], Any], tx: optax.GradientTran
   creates the state already sharded; `abstract` holds ShapeDtypeStructs with
   those shardings (the target for a checkpoint restore).
   """
+
   def boxed_init(rng):
     init_rng, state_rng, extra_rng = jax.random.split(rng, 3)
     params = init_params(init_rng)
     extra = init_extra(extra_rng, params) if init_extra is not None else {}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params), rng=state_rng, **extra)
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      rng=state_rng,
+      **extra,
+    )
 
   def init_fn(rng):
     return nn.unbox(boxed_init(rng))
@@ -93,26 +118,34 @@ def state_layout(init_params: Callable[[jax.Array], Any], tx: optax.GradientTran
   shardings = parallel.logical_shardings(boxed, mesh, rules)
   shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
   abstract = jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
+  )
   return init_fn, shardings, abstract
 
 
 def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformation) -> TrainState:
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                       opt_state=opt_state)
+  return state.replace(
+    step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+  )
 
 
-def init_or_restore(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                    config, mesh, checkpointer, stage: str,
-                    init_extra: Callable[[jax.Array, Any], dict] | None = None
-                    ) -> tuple[TrainState, Any, int]:
+def init_or_restore(
+  init_params: Callable[[jax.Array], Any],
+  tx: optax.GradientTransformation,
+  config,
+  mesh,
+  checkpointer,
+  stage: str,
+  init_extra: Callable[[jax.Array, Any], dict] | None = None,
+) -> tuple[TrainState, Any, int]:
   """The run's sharded state: restored from the latest checkpoint, or freshly initialised.
 
   Returns (state, state_shardings, start_step); start_step is 0 for a fresh run.
   """
-  init_fn, shardings, abstract = state_layout(init_params, tx, mesh, config.logical_axis_rules,
-                                              init_extra)
+  init_fn, shardings, abstract = state_layout(
+    init_params, tx, mesh, config.logical_axis_rules, init_extra
+  )
   start_step = checkpointer.latest_step() or 0
   if start_step:
     state = checkpointer.restore(abstract)
@@ -122,21 +155,28 @@ def init_or_restore(init_params: Callable[[jax.Array], Any], tx: optax.GradientT
   return state, shardings, start_step
 
 
-def restore_params(workdir: str, config_dict: dict, init_params: Callable[[jax.Array], Any],
-                   mesh, train_command: str,
-                   init_extra: Callable[[jax.Array, Any], dict] | None = None) -> Any:
+def restore_params(
+  workdir: str,
+  config_dict: dict,
+  init_params: Callable[[jax.Array], Any],
+  mesh,
+  train_command: str,
+  init_extra: Callable[[jax.Array, Any], dict] | None = None,
+) -> Any:
   """Evaluation parameters (EMA when kept) of the latest checkpoint in `<workdir>/checkpoints`.
 
   train_command: what to run when there is no checkpoint (named in the error).
   """
   config = config_from_dict(config_dict)
-  _, _, abstract = state_layout(init_params, make_optimizer(config.optimizer), mesh,
-                                config.logical_axis_rules, init_extra)
+  _, _, abstract = state_layout(
+    init_params, make_optimizer(config.optimizer), mesh, config.logical_axis_rules, init_extra
+  )
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config_dict)
   try:
     if checkpointer.latest_step() is None:
-      raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints; train it first with '
-                              f'`{train_command}`')
+      raise FileNotFoundError(
+        f'no checkpoint in {workdir}/checkpoints; train it first with `{train_command}`'
+      )
     return checkpointer.restore(abstract).eval_params
   finally:
     checkpointer.close()

@@ -16,6 +16,7 @@ pixels are padded to a condition video and tokenized too, the input mixes
 prepended, and the loss weighs the three kinds of positions by
 `commit.{mask,refine,recon}_weight`.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,9 +41,16 @@ from magvit_jax.trainers import train_state as ts
 
 # Peak dense bf16 FLOP/s per chip, for the MFU column of the step log.
 PEAK_FLOPS = {
-    'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12, 'TPU v5p': 459e12,
-    'TPU v6 lite': 918e12, 'TPU v6e': 918e12, 'NVIDIA H100 80GB HBM3': 989e12,
-    'NVIDIA H200': 989e12, 'NVIDIA A100-SXM4-80GB': 312e12, 'NVIDIA A100-SXM4-40GB': 312e12,
+  'TPU v4': 275e12,
+  'TPU v5 lite': 197e12,
+  'TPU v5e': 197e12,
+  'TPU v5p': 459e12,
+  'TPU v6 lite': 918e12,
+  'TPU v6e': 918e12,
+  'NVIDIA H100 80GB HBM3': 989e12,
+  'NVIDIA H200': 989e12,
+  'NVIDIA A100-SXM4-80GB': 312e12,
+  'NVIDIA A100-SXM4-40GB': 312e12,
 }
 
 
@@ -54,11 +62,18 @@ def token_grid(tokenizer_config) -> tuple[int, ...]:
 def build_model(config, seq_len: int) -> Transformer:
   m = config.model
   return Transformer(
-      codebook_size=int(m.codebook_size), num_classes=int(m.num_classes), seq_len=seq_len,
-      hidden_size=int(m.hidden_size), num_layers=int(m.num_layers), num_heads=int(m.num_heads),
-      mlp_dim=int(m.mlp_dim), dropout_rate=float(m.dropout_rate),
-      num_sub_tokens=int(m.get('num_sub_tokens', 1)), num_tasks=int(m.get('num_tasks', 0)),
-      dtype=jnp.dtype(m.dtype))
+    codebook_size=int(m.codebook_size),
+    num_classes=int(m.num_classes),
+    seq_len=seq_len,
+    hidden_size=int(m.hidden_size),
+    num_layers=int(m.num_layers),
+    num_heads=int(m.num_heads),
+    mlp_dim=int(m.mlp_dim),
+    dropout_rate=float(m.dropout_rate),
+    num_sub_tokens=int(m.get('num_sub_tokens', 1)),
+    num_tasks=int(m.get('num_tasks', 0)),
+    dtype=jnp.dtype(m.dtype),
+  )
 
 
 def commit_tasks(config) -> tuple[str, ...]:
@@ -73,18 +88,26 @@ def check_commit(config, tokenizer_config) -> None:
   num_tasks = int(config.model.get('num_tasks', 0))
   if not tasks:
     if num_tasks:
-      raise ValueError(f'config.model.num_tasks={num_tasks} but config.commit.tasks is empty: '
-                       f'set commit.tasks or model.num_tasks=0')
+      raise ValueError(
+        f'config.model.num_tasks={num_tasks} but config.commit.tasks is empty: '
+        f'set commit.tasks or model.num_tasks=0'
+      )
     return
   if num_tasks != len(commit.TASKS):
-    raise ValueError(f'config.model.num_tasks={num_tasks}: expected {len(commit.TASKS)} (one '
-                     f'task token per COMMIT task {commit.TASKS}) when commit.tasks is set')
+    raise ValueError(
+      f'config.model.num_tasks={num_tasks}: expected {len(commit.TASKS)} (one '
+      f'task token per COMMIT task {commit.TASKS}) when commit.tasks is set'
+    )
   if len(token_grid(tokenizer_config)) != 3 or not tokenizer_config.data.get('num_frames'):
-    raise ValueError(f'config.commit.tasks={tasks} needs a video tokenizer; the tokenizer in '
-                     f'{config.tokenizer_workdir} is an image tokenizer')
+    raise ValueError(
+      f'config.commit.tasks={tasks} needs a video tokenizer; the tokenizer in '
+      f'{config.tokenizer_workdir} is an image tokenizer'
+    )
   if any(t in commit.CLASS_TASKS for t in tasks) and int(config.data.num_classes) < 1:
-    raise ValueError(f'config.commit.tasks includes class-conditional tasks {commit.CLASS_TASKS} '
-                     f'but config.data.num_classes={config.data.num_classes}')
+    raise ValueError(
+      f'config.commit.tasks includes class-conditional tasks {commit.CLASS_TASKS} '
+      f'but config.data.num_classes={config.data.num_classes}'
+    )
 
 
 def check_tokenizer_matches(config, tokenizer_config) -> None:
@@ -92,16 +115,20 @@ def check_tokenizer_matches(config, tokenizer_config) -> None:
   vocab = tokenizer_trainer.codebook_size(tokenizer_config.model)
   if int(config.model.codebook_size) != vocab:
     raise ValueError(
-        f'config.model.codebook_size={config.model.codebook_size} but the tokenizer in '
-        f'{config.tokenizer_workdir} has codebook_size={vocab}')
+      f'config.model.codebook_size={config.model.codebook_size} but the tokenizer in '
+      f'{config.tokenizer_workdir} has codebook_size={vocab}'
+    )
   if int(config.data.image_size) != int(tokenizer_config.data.image_size):
     raise ValueError(
-        f'config.data.image_size={config.data.image_size} but the tokenizer in '
-        f'{config.tokenizer_workdir} was trained at image_size={tokenizer_config.data.image_size}')
+      f'config.data.image_size={config.data.image_size} but the tokenizer in '
+      f'{config.tokenizer_workdir} was trained at image_size={tokenizer_config.data.image_size}'
+    )
   frames, tok_frames = config.data.get('num_frames'), tokenizer_config.data.get('num_frames')
   if frames != tok_frames:
-    raise ValueError(f'config.data.num_frames={frames} but the tokenizer in '
-                     f'{config.tokenizer_workdir} was trained with num_frames={tok_frames}')
+    raise ValueError(
+      f'config.data.num_frames={frames} but the tokenizer in '
+      f'{config.tokenizer_workdir} was trained with num_frames={tok_frames}'
+    )
 
 
 def make_tokenize_fn(tokenizer):
@@ -112,6 +139,7 @@ def make_tokenize_fn(tokenizer):
       pixels = tokenizer_trainer.to_float(pixels)
     _, aux = tokenizer.apply({'params': tokenizer_params}, pixels, method='encode')
     return aux['tokens'].reshape(pixels.shape[0], -1)
+
   return tokenize
 
 
@@ -126,8 +154,12 @@ def gradient_step(state: ts.TrainState, loss_fn, tx, config) -> tuple[ts.TrainSt
   """One optimizer update from loss_fn(params) -> (loss, metrics); adds loss, grad_norm, lr."""
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   new_state = ts.apply_gradients(state, grads, tx)
-  metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
-                 lr=ts.learning_rate_schedule(config.optimizer)(state.step))
+  metrics = dict(
+    metrics,
+    loss=loss,
+    grad_norm=optax.tree.norm(grads),
+    lr=ts.learning_rate_schedule(config.optimizer)(state.step),
+  )
   return new_state, metrics
 
 
@@ -137,8 +169,7 @@ def make_train_step(model: Transformer, tokenize, tokenizer_params, tx, config):
   def train_step(state: ts.TrainState, batch: dict) -> tuple[ts.TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
     mask_rng, drop_rng, class_rng = jax.random.split(rng, 3)
-    tokens = jax.lax.stop_gradient(
-        tokenize(tokenizer_params, tokenizer_trainer.model_input(batch)))
+    tokens = jax.lax.stop_gradient(tokenize(tokenizer_params, tokenizer_trainer.model_input(batch)))
     b, n = tokens.shape
     mask = mvtm.sample_mask(mask_rng, b, n, masking.schedule)
     inputs = mvtm.apply_mask(tokens, mask, model.mask_token_id)
@@ -146,22 +177,34 @@ def make_train_step(model: Transformer, tokenize, tokenizer_params, tx, config):
     labels = drop_classes(labels, class_rng, masking.class_dropout, model.null_label)
 
     def loss_fn(params):
-      logits = model.apply({'params': params}, inputs, labels, deterministic=False,
-                           rngs={'dropout': drop_rng})
+      logits = model.apply(
+        {'params': params}, inputs, labels, deterministic=False, rngs={'dropout': drop_rng}
+      )
       return mvtm.masked_token_loss(logits, tokens, mask, masking.label_smoothing)
 
     return gradient_step(state, loss_fn, tx, config)
+
   return train_step
 
 
-def make_commit_train_step(model: Transformer, tokenize, tokenizer_params, tx, config,
-                           grid: tuple[int, int, int], causal: bool):
+def make_commit_train_step(
+  model: Transformer,
+  tokenize,
+  tokenizer_params,
+  tx,
+  config,
+  grid: tuple[int, int, int],
+  causal: bool,
+):
   """COMMIT multi-task step on videos [b, T, H, W, 3] (see magvit_jax/masking/commit.py)."""
   masking, cc = config.masking, config.commit
   allowed = jnp.asarray(commit.task_ids(commit_tasks(config)), jnp.int32)
   settings = commit.TaskSettings.from_config(cc)
-  weights = dict(mask_weight=float(cc.mask_weight), refine_weight=float(cc.refine_weight),
-                 recon_weight=float(cc.recon_weight))
+  weights = dict(
+    mask_weight=float(cc.mask_weight),
+    refine_weight=float(cc.refine_weight),
+    recon_weight=float(cc.recon_weight),
+  )
 
   def train_step(state: ts.TrainState, batch: dict) -> tuple[ts.TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
@@ -172,21 +215,24 @@ def make_commit_train_step(model: Transformer, tokenize, tokenizer_params, tx, c
     known = commit.known_pixels(tasks, box_rng, t, h, w, settings)
     tokens = jax.lax.stop_gradient(tokenize(tokenizer_params, videos))
     cond_tokens = jax.lax.stop_gradient(
-        tokenize(tokenizer_params, commit.pad_condition(videos, known)))
+      tokenize(tokenizer_params, commit.pad_condition(videos, known))
+    )
     region = commit.condition_region(known, grid, causal)
     mask = mvtm.sample_mask(mask_rng, b, tokens.shape[1], masking.schedule)
     inputs = commit.compose_inputs(tokens, cond_tokens, region, mask, model.mask_token_id)
-    labels = jnp.where(commit.uses_class(tasks), batch['label'].astype(jnp.int32),
-                       model.null_label)
+    labels = jnp.where(commit.uses_class(tasks), batch['label'].astype(jnp.int32), model.null_label)
     labels = drop_classes(labels, class_rng, masking.class_dropout, model.null_label)
 
     def loss_fn(params):
-      logits = model.apply({'params': params}, inputs, labels, tasks, deterministic=False,
-                           rngs={'dropout': drop_rng})
-      return commit.commit_loss(logits, tokens, mask, region,
-                                label_smoothing=masking.label_smoothing, **weights)
+      logits = model.apply(
+        {'params': params}, inputs, labels, tasks, deterministic=False, rngs={'dropout': drop_rng}
+      )
+      return commit.commit_loss(
+        logits, tokens, mask, region, label_smoothing=masking.label_smoothing, **weights
+      )
 
     return gradient_step(state, loss_fn, tx, config)
+
   return train_step
 
 
@@ -208,6 +254,7 @@ def mfu_scalars(model: Transformer, global_batch: int):
     if peak:
       out['mfu'] = achieved / peak
     return out
+
   return scalars
 
 
@@ -225,7 +272,8 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
 
   # Frozen tokenizer, replicated on the mesh.
   tokenizer, tokenizer_params, tok_cfg_dict = tokenizer_trainer.load_tokenizer(
-      config.tokenizer_workdir, mesh)
+    config.tokenizer_workdir, mesh
+  )
   tok_cfg = config_from_dict(tok_cfg_dict)
   check_tokenizer_matches(config, tok_cfg)
   check_commit(config, tok_cfg)
@@ -240,32 +288,58 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
     return model.init(rng, *init_inputs(model))['params']
 
   # Sharded state: restored from the latest checkpoint, or fresh.
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.to_dict(),
-                                       int(config.max_checkpoints))
-  state, shardings, start_step = ts.init_or_restore(init_params, tx, config, mesh, checkpointer,
-                                                    'transformer')
+  checkpointer = ckpt_lib.Checkpointer(
+    os.path.join(workdir, 'checkpoints'), config.to_dict(), int(config.max_checkpoints)
+  )
+  state, shardings, start_step = ts.init_or_restore(
+    init_params, tx, config, mesh, checkpointer, 'transformer'
+  )
 
   # Data, positioned after the last completed step.
-  batches = pipeline.create_dataset(config.data, split=config.data.train_split,
-                                    batch_size=local_batch, train=True, seed=int(config.seed),
-                                    start_step=start_step)
+  batches = pipeline.create_dataset(
+    config.data,
+    split=config.data.train_split,
+    batch_size=local_batch,
+    train=True,
+    seed=int(config.seed),
+    start_step=start_step,
+  )
 
   # Step.
   if commit_tasks(config):
     step = make_commit_train_step(
-        model, make_tokenize_fn(tokenizer), tokenizer_params, tx, config, token_grid(tok_cfg),
-        causal=tok_cfg.model.get('name') == 'magvit2')
+      model,
+      make_tokenize_fn(tokenizer),
+      tokenizer_params,
+      tx,
+      config,
+      token_grid(tok_cfg),
+      causal=tok_cfg.model.get('name') == 'magvit2',
+    )
   else:
     step = make_train_step(model, make_tokenize_fn(tokenizer), tokenizer_params, tx, config)
-  step_fn = jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                    out_shardings=(shardings, parallel.replicated(mesh)), donate_argnums=(0,))
+  step_fn = jax.jit(
+    step,
+    in_shardings=(shardings, parallel.batch_sharding(mesh)),
+    out_shardings=(shardings, parallel.replicated(mesh)),
+    donate_argnums=(0,),
+  )
 
   # Loop.
   writer = mw.MetricsWriter(workdir, enabled=jax.process_index() == 0)
-  state = loop.run_loop(state=state, train_step=step_fn, batches=batches, mesh=mesh,
-                        checkpointer=checkpointer, writer=writer, config=config,
-                        start_step=start_step, stage='transformer', max_steps=max_steps,
-                        extra_scalars=mfu_scalars(model, int(config.batch_size)))
+  state = loop.run_loop(
+    state=state,
+    train_step=step_fn,
+    batches=batches,
+    mesh=mesh,
+    checkpointer=checkpointer,
+    writer=writer,
+    config=config,
+    start_step=start_step,
+    stage='transformer',
+    max_steps=max_steps,
+    extra_scalars=mfu_scalars(model, int(config.batch_size)),
+  )
   writer.close()
   checkpointer.close()
   return {'state': state}
@@ -275,16 +349,19 @@ def load_transformer(workdir: str, mesh=None) -> tuple[Transformer, Any, dict]:
   """Trained transformer from its workdir: (model, params, config dict)."""
   config_dict = ckpt_lib.read_workdir_config(workdir)
   if config_dict.get('stage') != 'transformer':
-    raise ValueError(f"{workdir} holds a {config_dict.get('stage')!r} run; expected a "
-                     f"'transformer' workdir")
+    raise ValueError(
+      f"{workdir} holds a {config_dict.get('stage')!r} run; expected a 'transformer' workdir"
+    )
   config = config_from_dict(config_dict)
   tok_cfg = config_from_dict(ckpt_lib.read_workdir_config(config.tokenizer_workdir))
   seq_len = math.prod(token_grid(tok_cfg))
   model = build_model(config, seq_len=seq_len)
   params = ts.restore_params(
-      workdir, config_dict,
-      lambda rng: model.init(rng, *init_inputs(model))['params'],
-      mesh or parallel.make_mesh({'data': -1}),
-      f'python -m magvit_jax.train --config=configs/<transformer config>.py '
-      f'--config.tokenizer_workdir={config.tokenizer_workdir} --workdir={workdir}')
+    workdir,
+    config_dict,
+    lambda rng: model.init(rng, *init_inputs(model))['params'],
+    mesh or parallel.make_mesh({'data': -1}),
+    f'python -m magvit_jax.train --config=configs/<transformer config>.py '
+    f'--config.tokenizer_workdir={config.tokenizer_workdir} --workdir={workdir}',
+  )
   return model, params, config_dict
