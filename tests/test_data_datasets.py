@@ -19,7 +19,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 
-from magvit_jax.data import pipeline
+from magvit_jax.data import pipeline, video_folder
 
 KW = dict(process_index=0, process_count=1)
 BAIR = 'bair_robot_pushing_small'
@@ -496,8 +496,8 @@ def test_npy_reads_only_the_kept_frames(tmp_path):
   video = np.arange(6 * 2 * 3 * 3, dtype=np.uint8).reshape(6, 2, 3, 3)
   np.save(path, video)
   # pylint: disable=protected-access
-  assert pipeline._npy_num_frames(path.encode()) == 6
-  got = pipeline._npy_read_frames(path.encode(), np.array([3, 4, 5, 5]))
+  assert video_folder._npy_num_frames(path.encode()) == 6
+  got = video_folder._npy_read_frames(path.encode(), np.array([3, 4, 5, 5]))
   np.testing.assert_array_equal(got, video[[3, 4, 5, 5]])
   # Frames after the last kept one are never read: cut them off the file.
   with open(path, 'rb') as f:
@@ -505,11 +505,11 @@ def test_npy_reads_only_the_kept_frames(tmp_path):
   with open(path, 'wb') as f:
     f.write(data[: len(data) - 3 * video[0].size])
   np.testing.assert_array_equal(
-    pipeline._npy_read_frames(path.encode(), np.array([1, 2])), video[1:3]
+    video_folder._npy_read_frames(path.encode(), np.array([1, 2])), video[1:3]
   )
   np.save(path, video.astype(np.float32))
   with pytest.raises(ValueError, match='uint8'):
-    pipeline._npy_num_frames(path.encode())
+    video_folder._npy_num_frames(path.encode())
 
 
 def test_reference_statistics_of_a_video_folder(folder, tmp_path):

@@ -26,6 +26,9 @@ import tensorflow_datasets as tfds
 IMAGE_SIZE = 32
 NUM_CLASSES = 10
 TEST_EVERY = 6  # example i is in `test` iff i % TEST_EVERY == 0
+# `homepage` / `license` of the source digits, in the DatasetInfo of every embedded builder.
+HOMEPAGE = 'https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html'
+LICENSE = 'CC BY 4.0 (UCI ML repository)'
 
 
 def load_source() -> tuple[np.ndarray, np.ndarray]:
@@ -53,6 +56,22 @@ def upsample(images: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
   return np.repeat(x, 3, axis=-1)
 
 
+def code_path_property(path: str):
+  """A `code_path` classproperty for a builder class defined in file `path` (its `__file__`).
+
+  TFDS 4.9.10 derives `code_path` via `importlib_resources`, which is not a dependency of this
+  project (ModuleNotFoundError at download_and_prepare). The path of the builder's file is all
+  it needs, so the embedded builders set `code_path = code_path_property(__file__)`.
+  """
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    return epath.Path(path)
+
+  return code_path
+
+
 class MagvitDigits(tfds.core.GeneratorBasedBuilder):
   """Handwritten digits from scikit-learn, upsampled to 32x32 RGB (built offline)."""
 
@@ -61,12 +80,7 @@ class MagvitDigits(tfds.core.GeneratorBasedBuilder):
     '1.0.0': 'Initial release: sklearn digits, 32x32 RGB, train/test by index % 6.',
   }
 
-  # TFDS 4.9.10 derives `code_path` via `importlib_resources`, which is not a dependency of this
-  # project (ModuleNotFoundError at download_and_prepare). The path of this file is all it needs.
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    return epath.Path(__file__)
+  code_path = code_path_property(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -83,10 +97,8 @@ class MagvitDigits(tfds.core.GeneratorBasedBuilder):
         }
       ),
       supervised_keys=('image', 'label'),
-      homepage=(
-        'https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html'
-      ),
-      license='CC BY 4.0 (UCI ML repository)',
+      homepage=HOMEPAGE,
+      license=LICENSE,
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):

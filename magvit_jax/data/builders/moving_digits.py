@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -91,11 +90,7 @@ class MagvitMovingDigits(tfds.core.GeneratorBasedBuilder):
     'train/test by index % 6.',
   }
 
-  # Same workaround as `digits.MagvitDigits.code_path` (TFDS 4.9.10 needs importlib_resources).
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    return epath.Path(__file__)
+  code_path = digits.code_path_property(__file__)  # TFDS 4.9.10 needs importlib_resources.
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -114,10 +109,8 @@ class MagvitMovingDigits(tfds.core.GeneratorBasedBuilder):
         }
       ),
       supervised_keys=('video', 'label'),
-      homepage=(
-        'https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html'
-      ),
-      license='CC BY 4.0 (UCI ML repository)',
+      homepage=digits.HOMEPAGE,
+      license=digits.LICENSE,
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
