@@ -16,19 +16,16 @@ Parameter counts (printed by tests/test_magvit2_pipeline.py): imagenet 380.35M, 
 
 import ml_collections
 
-from magvit_jax.config_schema import base_config
+from magvit_jax.config_schema import base_config, check_variant, tiny_cpu_variant
 
 VARIANTS = ('imagenet', 'digits')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or 'imagenet'
-  if variant not in VARIANTS:
-    raise ValueError(f'configs/magvit2_tokenizer_imagenet.py:{variant}: expected one of {VARIANTS}')
-  c = base_config('tokenizer')
-  c.model = ml_collections.ConfigDict(
+  variant = check_variant(__file__, arg, VARIANTS)
+  c = base_config('tokenizer', 'magvit2')
+  c.model.update(
     dict(
-      name='magvit2',
       filters=128,
       channel_multipliers=(1, 1, 2, 2, 4),
       num_res_blocks=4,
@@ -39,7 +36,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       commitment_weight=0.25,
       entropy_temperature=1.0,
       entropy_chunk_size=1024,
-      entropy_groups=ml_collections.config_dict.placeholder(int),
     )
   )
   c.losses.update(
@@ -58,19 +54,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_train_steps = 1_000_000
 
   if variant == 'digits':
-    # Adversarial training is off by default here (turn on with --config.losses.gan_weight=0.1).
-    c.losses.update(dict(gan_weight=0.0, perceptual_weight=0.0, disc_start_step=200, r1_gamma=0.0))
-    c.ema_decay = 0.0
-    c.discriminator.update(dict(filters=16, channel_multipliers=(1, 2, 2)))
-    c.data.update(
-      dict(
-        name='magvit_digits',
-        image_size=32,
-        train_split='train',
-        eval_split='test',
-        num_classes=10,
-        shuffle_buffer=2000,
-      )
+    tiny_cpu_variant(
+      c,
+      dataset='magvit_digits',
+      image_size=32,
+      steps=400,
+      batch_size=64,
+      eval_batch_size=128,
+      lr=2e-3,
+      disc_start_step=200,
     )
     c.model.update(
       dict(
@@ -82,10 +74,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_groups=4,
       )
     )
-    c.optimizer.update(dict(lr=2e-3, warmup_steps=50, decay='cosine', decay_steps=400))
-    c.batch_size = 64
-    c.eval_batch_size = 128
-    c.num_train_steps = 400
-    c.log_every = 50
-    c.checkpoint_every = 200
   return c

@@ -16,25 +16,26 @@ decoder 226M), digits 0.85M.
 
 import ml_collections
 
-from magvit_jax.config_schema import base_config
+from magvit_jax.config_schema import base_config, check_variant, tiny_cpu_variant
 
 VARIANTS = ('kinetics', 'digits')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or 'kinetics'
-  if variant not in VARIANTS:
-    raise ValueError(f'configs/magvit2_tokenizer_video.py:{variant}: expected one of {VARIANTS}')
-  c = base_config('tokenizer')
+  variant = check_variant(__file__, arg, VARIANTS)
+  c = base_config('tokenizer', 'magvit2')
   c.data.update(
     dict(
-      name='kinetics600', image_size=128, train_split='train', eval_split='test', num_classes=600
+      name='kinetics600',
+      image_size=128,
+      num_frames=17,
+      train_split='train',
+      eval_split='test',
+      num_classes=600,
     )
   )
-  c.data.num_frames = 17
-  c.model = ml_collections.ConfigDict(
+  c.model.update(
     dict(
-      name='magvit2',
       filters=128,
       channel_multipliers=(1, 2, 2, 4),
       num_res_blocks=4,
@@ -45,7 +46,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       commitment_weight=0.25,
       entropy_temperature=1.0,
       entropy_chunk_size=1024,
-      entropy_groups=ml_collections.config_dict.placeholder(int),
     )
   )
   c.losses.update(
@@ -60,37 +60,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   )
   c.ema_decay = 0.999
   # Joint image-video training: every `image_every`-th step is an image batch (0 = off).
-  c.image_data = ml_collections.ConfigDict(
-    dict(
-      name='imagenet2012',
-      data_dir=ml_collections.config_dict.placeholder(str),
-      image_size=128,
-      shuffle_buffer=10_000,
-      train_split='train',
-      eval_split='validation',
-      num_classes=1000,
-    )
-  )
+  c.image_data = base_config('tokenizer').data
+  c.image_data.update(dict(image_size=128))
   c.image_every = 0
   c.optimizer.update(dict(lr=1e-4, b1=0.9, b2=0.99, warmup_steps=5000, decay='constant'))
   c.batch_size = 256
   c.num_train_steps = 500_000
 
   if variant == 'digits':
-    # Adversarial training is off by default here (turn on with --config.losses.gan_weight=0.1).
-    c.losses.update(dict(gan_weight=0.0, perceptual_weight=0.0, disc_start_step=200, r1_gamma=0.0))
-    c.ema_decay = 0.0
-    c.discriminator.update(dict(filters=16, channel_multipliers=(1, 2, 2)))
-    c.data.update(
-      dict(
-        name='magvit_moving_digits',
-        image_size=32,
-        eval_split='test',
-        num_classes=10,
-        shuffle_buffer=2000,
-      )
+    tiny_cpu_variant(
+      c,
+      dataset='magvit_moving_digits',
+      image_size=32,
+      num_frames=5,
+      steps=600,
+      batch_size=16,
+      eval_batch_size=50,
+      lr=2e-3,
+      disc_start_step=200,
     )
-    c.data.num_frames = 5
     c.image_data.update(
       dict(
         name='magvit_digits', image_size=32, eval_split='test', num_classes=10, shuffle_buffer=2000
@@ -108,10 +96,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         entropy_chunk_size=1024,
       )
     )
-    c.optimizer.update(dict(lr=2e-3, warmup_steps=50, decay='cosine', decay_steps=600))
-    c.batch_size = 16
-    c.eval_batch_size = 50
-    c.num_train_steps = 600
-    c.log_every = 50
-    c.checkpoint_every = 200
   return c

@@ -13,24 +13,25 @@ the transformer body is MaskGIT's) or `digits` (tiny CPU variant on the tokens o
 
 import ml_collections
 
-from magvit_jax.config_schema import base_config
+from magvit_jax.config_schema import base_config, check_variant, tiny_cpu_variant
 
 VARIANTS = ('kinetics', 'digits')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or 'kinetics'
-  if variant not in VARIANTS:
-    raise ValueError(f'configs/magvit2_transformer.py:{variant}: expected one of {VARIANTS}')
+  variant = check_variant(__file__, arg, VARIANTS)
   c = base_config('transformer')
-  c.tokenizer_workdir = ml_collections.config_dict.placeholder(str)
   c.data.update(
     dict(
-      name='kinetics600', image_size=128, train_split='train', eval_split='test', num_classes=600
+      name='kinetics600',
+      image_size=128,
+      num_frames=17,
+      train_split='train',
+      eval_split='test',
+      num_classes=600,
     )
   )
-  c.data.num_frames = 17
-  c.model = ml_collections.ConfigDict(
+  c.model.update(
     dict(
       codebook_size=2**18,
       num_sub_tokens=2,
@@ -40,17 +41,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_heads=16,
       mlp_dim=3072,
       dropout_rate=0.1,
-      dtype='float32',
     )
   )
-  c.masking = ml_collections.ConfigDict(
-    dict(schedule='cosine', label_smoothing=0.1, class_dropout=0.1)
-  )
-  c.sampling = ml_collections.ConfigDict(
-    dict(
-      num_steps=12, schedule='cosine', choice_temperature=4.5, temperature=1.0, guidance_scale=0.0
-    )
-  )
+  c.masking.update(dict(schedule='cosine', label_smoothing=0.1, class_dropout=0.1))
+  c.sampling.update(dict(num_steps=12))
   c.optimizer.update(
     dict(
       lr=1e-4,
@@ -66,10 +60,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_train_steps = 500_000
 
   if variant == 'digits':
-    c.data.update(
-      dict(name='magvit_moving_digits', image_size=32, num_classes=10, shuffle_buffer=2000)
+    tiny_cpu_variant(
+      c,
+      dataset='magvit_moving_digits',
+      image_size=32,
+      num_frames=5,
+      steps=600,
+      batch_size=32,
+      eval_batch_size=50,
+      lr=1e-3,
     )
-    c.data.num_frames = 5
     c.model.update(
       dict(
         codebook_size=2**10,
@@ -82,10 +82,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       )
     )
     c.sampling.update(dict(num_steps=8, guidance_scale=1.0))
-    c.optimizer.update(dict(lr=1e-3, weight_decay=0.01, warmup_steps=50, decay_steps=600))
-    c.batch_size = 32
-    c.eval_batch_size = 50
-    c.num_train_steps = 600
-    c.log_every = 50
-    c.checkpoint_every = 200
+    c.optimizer.weight_decay = 0.01
   return c

@@ -14,19 +14,15 @@ embedded digits).
 
 import ml_collections
 
-from magvit_jax.config_schema import base_config
+from magvit_jax.config_schema import base_config, check_variant, tiny_cpu_variant
 
 VARIANTS = ('imagenet', 'digits')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or 'imagenet'
-  if variant not in VARIANTS:
-    raise ValueError(f'configs/maskgit_imagenet.py:{variant}: expected one of {VARIANTS}')
+  variant = check_variant(__file__, arg, VARIANTS)
   c = base_config('transformer')
-  # Workdir of the trained (frozen) tokenizer run; its config.json fixes the codebook.
-  c.tokenizer_workdir = ml_collections.config_dict.placeholder(str)
-  c.model = ml_collections.ConfigDict(
+  c.model.update(
     dict(
       codebook_size=1024,
       num_classes=1000,
@@ -36,13 +32,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       mlp_dim=3072,
       dropout_rate=0.1,
       num_sub_tokens=1,
-      dtype='float32',
     )
   )
-  c.masking = ml_collections.ConfigDict(
-    dict(schedule='cosine', label_smoothing=0.1, class_dropout=0.0)
-  )
-  c.sampling = ml_collections.ConfigDict(
+  c.masking.update(dict(schedule='cosine', label_smoothing=0.1, class_dropout=0.0))
+  c.sampling.update(
     dict(
       num_steps=8, schedule='cosine', choice_temperature=4.5, temperature=1.0, guidance_scale=0.0
     )
@@ -62,15 +55,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.num_train_steps = 1_500_000  # ~300 epochs of ImageNet at batch 256.
 
   if variant == 'digits':
-    c.data.update(
-      dict(
-        name='magvit_digits',
-        image_size=32,
-        train_split='train',
-        eval_split='test',
-        num_classes=10,
-        shuffle_buffer=2000,
-      )
+    tiny_cpu_variant(
+      c,
+      dataset='magvit_digits',
+      image_size=32,
+      steps=600,
+      batch_size=64,
+      eval_batch_size=128,
+      lr=1e-3,
     )
     c.model.update(
       dict(
@@ -85,10 +77,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     c.masking.class_dropout = 0.1
     c.sampling.update(dict(num_steps=8, choice_temperature=4.5, guidance_scale=1.0))
-    c.optimizer.update(dict(lr=1e-3, weight_decay=0.01, warmup_steps=50, decay_steps=600))
-    c.batch_size = 64
-    c.eval_batch_size = 128
-    c.num_train_steps = 600
-    c.log_every = 50
-    c.checkpoint_every = 200
+    c.optimizer.weight_decay = 0.01
   return c

@@ -15,12 +15,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from magvit_jax import fileio
+from magvit_jax.config_schema import STAGES, with_defaults
 
 # Config sections that define parameter shapes: a checkpoint is only
 # restorable into a run whose values here are identical.
@@ -51,6 +53,11 @@ def _flatten(d: Any, prefix: str = '') -> dict[str, Any]:
   else:
     out[prefix[:-1]] = d
   return out
+
+
+def _complete(config: dict) -> dict:
+  """A run config with today's defaults filled in (other dicts, e.g. in tests, as they are)."""
+  return with_defaults(config) if config.get('stage') in STAGES else config
 
 
 def architecture_diff(saved: dict, current: dict) -> list[str]:
@@ -118,15 +125,7 @@ class Checkpointer:
     abstract_state: pytree of `jax.ShapeDtypeStruct` with `.sharding` set.
     Raises IncompatibleCheckpointError when the saved architecture differs.
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'no checkpoint in {self.directory}')
-    diff = architecture_diff(self.saved_config(step), self.config)
-    if diff:
-      raise IncompatibleCheckpointError(
-        f'checkpoint {self.directory}/{step} was written by a different architecture:\n  '
-        + '\n  '.join(diff)
-      )
+    step = self._check_restorable(step)
     restored = self._manager.restore(
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_as_tree(abstract_state)))
     )
@@ -134,6 +133,49 @@ class Checkpointer:
     if dataclasses.is_dataclass(abstract_state):
       state = type(abstract_state)(**state)
     return state
+
+  def _check_restorable(self, step: int | None) -> int:
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    diff = architecture_diff(_complete(self.saved_config(step)), _complete(self.config))
+    if diff:
+      raise IncompatibleCheckpointError(
+        f'checkpoint {self.directory}/{step} was written by a different architecture:\n  '
+        + '\n  '.join(diff)
+      )
+    return step
+
+  def saved_fields(self, step: int) -> set[str]:
+    """Top-level fields of the state saved at `step` (e.g. {'step', 'params', 'ema_params'})."""
+    path = epath.Path(self.directory) / str(step) / 'state'
+    metadata = ocp.PyTreeCheckpointHandler().metadata(path)
+    return set(getattr(metadata, 'tree', metadata).keys())
+
+  def restore_subtree(self, abstract: Any, fields: Sequence[str], step: int | None = None) -> Any:
+    """One field of the saved state, read alone (nothing else is loaded from disk).
+
+    abstract: pytree of `jax.ShapeDtypeStruct` (with `.sharding`) of that field.
+    fields: candidates in order of preference; the first one the checkpoint holds is restored
+    (e.g. ('ema_params', 'params') for evaluation weights).
+    """
+    step = self._check_restorable(step)
+    saved = self.saved_fields(step)
+    field = next((f for f in fields if f in saved), None)
+    if field is None:
+      raise KeyError(
+        f'checkpoint {self.directory}/{step} holds none of {list(fields)} (it has {sorted(saved)})'
+      )
+    restore_args = ocp.checkpoint_utils.construct_restore_args({field: abstract})
+    restored = self._manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+          item={field: abstract}, restore_args=restore_args, partial_restore=True
+        )
+      ),
+    )
+    return restored['state'][field]
 
   def close(self) -> None:
     self._manager.wait_until_finished()

@@ -9,7 +9,8 @@ ml_collections before a trainer runs.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Sequence
 
 import ml_collections
 
@@ -37,8 +38,38 @@ LOGICAL_AXIS_RULES = [
 ]
 
 
-def base_config(stage: str) -> ml_collections.ConfigDict:
-  """Fields every run has; the stage's config file fills in `model` etc."""
+def tokenizer_model(name: str = 'vqgan', **overrides: Any) -> ml_collections.ConfigDict:
+  """`config.model` of tokenizer `name`: every field at the module's default, then overrides."""
+  from magvit_jax.models import tokenizers  # pylint: disable=g-import-not-at-top
+
+  fields = tokenizers.model_defaults(name)
+  unknown = set(overrides) - set(fields)
+  if unknown:
+    raise ValueError(
+      f'tokenizer_model({name!r}): unknown keys {sorted(unknown)}; valid: {sorted(fields)}'
+    )
+  fields.update(overrides)
+  return ml_collections.ConfigDict(fields)
+
+
+def transformer_model(**overrides: Any) -> ml_collections.ConfigDict:
+  """`config.model` of the transformer: every field at its default, then overrides."""
+  from magvit_jax.models import transformer  # pylint: disable=g-import-not-at-top
+
+  fields = transformer.model_defaults()
+  unknown = set(overrides) - set(fields)
+  if unknown:
+    raise ValueError(f'transformer_model: unknown keys {sorted(unknown)}; valid: {sorted(fields)}')
+  fields.update(overrides)
+  return ml_collections.ConfigDict(fields)
+
+
+def base_config(stage: str, model: str = 'vqgan') -> ml_collections.ConfigDict:
+  """Every field a run of `stage` has, at its default (the one place defaults live).
+
+  model: the tokenizer (`'vqgan'`, `'vqgan3d'`, `'magvit2'`) whose `config.model` a tokenizer
+  run starts from; ignored for the transformer stage.
+  """
   if stage not in STAGES:
     raise ValueError(f'stage={stage!r}; expected one of {STAGES}')
   c = ml_collections.ConfigDict()
@@ -53,6 +84,12 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
       train_split='train',
       eval_split='validation',
       num_classes=1000,
+      # Frames per clip for video data (None: images).
+      num_frames=ml_collections.config_dict.placeholder(int),
+      # Video datasets: the TFDS feature holding the frames (None: 'video'), and the folder of
+      # data.name='video_folder'.
+      video_key=ml_collections.config_dict.placeholder(str),
+      folder=ml_collections.config_dict.placeholder(str),
     )
   )
   c.batch_size = 256
@@ -76,6 +113,7 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
     )
   )
   if stage == 'tokenizer':
+    c.model = tokenizer_model(model)
     # Reconstruction, adversarial and perceptual terms (see magvit_jax/trainers/adversarial.py).
     c.losses = ml_collections.ConfigDict(
       dict(
@@ -96,7 +134,21 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
     )
     c.disc_optimizer = ml_collections.ConfigDict(dict(lr=1e-4, b1=0.0, b2=0.99))
     c.ema_decay = 0.0  # EMA of the generator (0 = off); used for eval and sampling.
+    # Joint image-video training of a video tokenizer: every `image_every`-th step trains on a
+    # batch of `config.image_data` (a data section like `config.data`; 0 = off).
+    c.image_every = 0
   else:
+    c.model = transformer_model()
+    # Workdir of the trained (frozen) tokenizer run; its config.json fixes the token grid.
+    c.tokenizer_workdir = ml_collections.config_dict.placeholder(str)
+    c.masking = ml_collections.ConfigDict(
+      dict(schedule='cosine', label_smoothing=0.1, class_dropout=0.0)
+    )
+    c.sampling = ml_collections.ConfigDict(
+      dict(
+        num_steps=8, schedule='cosine', choice_temperature=4.5, temperature=1.0, guidance_scale=0.0
+      )
+    )
     # MAGVIT COMMIT multi-task training (magvit_jax/masking/commit.py); no tasks = plain MVTM.
     c.commit = ml_collections.ConfigDict(
       dict(
@@ -110,6 +162,86 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
       )
     )
   return c
+
+
+def check_variant(config_file: str, arg: str | None, variants: Sequence[str]) -> str:
+  """The variant `arg` of a config file (default: its first), or an error listing them."""
+  variant = arg or variants[0]
+  if variant not in variants:
+    name = os.path.basename(config_file)
+    raise ValueError(
+      f'configs/{name}:{variant} does not exist; variants of {name}: {", ".join(variants)}'
+    )
+  return variant
+
+
+def tiny_cpu_variant(
+  c: ml_collections.ConfigDict,
+  *,
+  dataset: str,
+  image_size: int,
+  num_frames: int | None = None,
+  steps: int,
+  batch_size: int,
+  eval_batch_size: int,
+  lr: float,
+  warmup_steps: int = 50,
+  checkpoint_every: int = 200,
+  disc_start_step: int | None = None,
+) -> ml_collections.ConfigDict:
+  """Turns a paper config into its tiny CPU variant on an embedded dataset (in place).
+
+  What every `:digits` variant shares: the embedded dataset `dataset` ('magvit_digits' or
+  'magvit_moving_digits', 10 classes, train/test), a short warmup + cosine schedule over `steps`,
+  small batches, a log line every 50 steps; tokenizers also turn the adversarial and perceptual
+  terms and the EMA off (turn them on again with `--config.losses.gan_weight=0.1` etc.) and get a
+  small discriminator. The model sizes stay the caller's.
+  """
+  c.data.update(
+    dict(
+      name=dataset,
+      image_size=image_size,
+      num_frames=num_frames,
+      train_split='train',
+      eval_split='test',
+      num_classes=10,
+      shuffle_buffer=2000,
+    )
+  )
+  c.optimizer.update(dict(lr=lr, warmup_steps=warmup_steps, decay='cosine', decay_steps=steps))
+  c.batch_size = batch_size
+  c.eval_batch_size = eval_batch_size
+  c.num_train_steps = steps
+  c.log_every = 50
+  c.checkpoint_every = checkpoint_every
+  if c.stage == 'tokenizer':
+    c.losses.update(dict(gan_weight=0.0, perceptual_weight=0.0, r1_gamma=0.0))
+    if disc_start_step is not None:
+      c.losses.disc_start_step = disc_start_step
+    c.ema_decay = 0.0
+    c.discriminator.update(dict(filters=16, channel_multipliers=(1, 2, 2)))
+  return c
+
+
+def with_defaults(saved: dict) -> dict:
+  """A saved config.json dict completed with today's defaults for keys it lacks.
+
+  Runs written before a field existed keep loading: the missing field takes the value that
+  `base_config` gives it, which is the behaviour those runs had.
+  """
+  stage = saved.get('stage')
+  if stage not in STAGES:
+    raise ValueError(f'config.stage={stage!r}: expected one of {STAGES}')
+  model = saved.get('model', {}).get('name', 'vqgan') if stage == 'tokenizer' else 'vqgan'
+
+  def merge(default: Any, value: Any) -> Any:
+    if isinstance(default, dict) and isinstance(value, dict):
+      out = {k: merge(default[k], value[k]) if k in default else value[k] for k in value}
+      out.update({k: v for k, v in default.items() if k not in value})
+      return out
+    return value
+
+  return merge(base_config(stage, model).to_dict(), saved)
 
 
 def _require(cond: bool, field: str, expected: str, value: Any) -> None:
@@ -143,7 +275,7 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
   )
   m = config.model
   if stage == 'tokenizer':
-    name = m.get('name', 'vqgan')
+    name = m.name
     _require(
       name in ('vqgan', 'vqgan3d', 'magvit2'), 'model.name', "'vqgan', 'vqgan3d' or 'magvit2'", name
     )
@@ -161,6 +293,13 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
       config.losses.gan_loss,
     )
     _require(0.0 <= config.ema_decay < 1.0, 'ema_decay', 'a float in [0, 1)', config.ema_decay)
+    if config.image_every:
+      _require(
+        'image_data' in config,
+        'image_data',
+        'a data section like config.data (the images of joint training) when image_every > 0',
+        None,
+      )
     if name in ('vqgan', 'vqgan3d'):
       _require(m.codebook_size > 1, 'model.codebook_size', 'an integer > 1', m.codebook_size)
     if name == 'vqgan3d':
@@ -171,7 +310,7 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
         m.temporal_downsample,
       )
       ft = 2 ** sum(bool(t) for t in m.temporal_downsample)
-      frames = config.data.get('num_frames')
+      frames = config.data.num_frames
       _require(
         bool(frames) and frames % ft == 0,
         'data.num_frames',
@@ -179,10 +318,10 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
         frames,
       )
       _require(
-        m.get('inflation', 'central') in ('central', 'average'),
+        m.inflation in ('central', 'average'),
         'model.inflation',
         "'central' or 'average'",
-        m.get('inflation'),
+        m.inflation,
       )
     elif name == 'magvit2':
       _require(1 <= m.num_bits <= 30, 'model.num_bits', 'an integer in [1, 30]', m.num_bits)
@@ -193,7 +332,7 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
         m.temporal_downsample,
       )
       ft = 2 ** sum(bool(t) for t in m.temporal_downsample)
-      frames = config.data.get('num_frames') or 1
+      frames = config.data.num_frames or 1
       _require((frames - 1) % ft == 0, 'data.num_frames', f'1 + {ft}*k', frames)
     for mult in m.channel_multipliers:
       _require(
@@ -235,8 +374,8 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
       'a float in [0, 1)',
       config.masking.label_smoothing,
     )
-    cc = config.get('commit')
-    if cc is not None and cc.tasks:
+    cc = config.commit
+    if cc.tasks:
       from magvit_jax.masking import commit  # pylint: disable=g-import-not-at-top
 
       bad = [t for t in cc.tasks if t not in commit.TASKS]
@@ -258,7 +397,7 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
 
 
 def config_from_dict(d: dict) -> ml_collections.ConfigDict:
-  """A locked ConfigDict from a saved config.json dict."""
-  c = ml_collections.ConfigDict(d)
+  """A locked ConfigDict from a saved config.json dict, completed by `with_defaults`."""
+  c = ml_collections.ConfigDict(with_defaults(d))
   c.lock()
   return c

@@ -37,14 +37,14 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import importlib.util
 import json
-import pathlib
 import time
 
 from absl import app
 from absl import flags
 from absl import logging
+
+from magvit_jax.config_loader import load_config
 
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/demo', 'Directory for both runs and the samples.')
 _SAMPLES_PER_CLASS = flags.DEFINE_integer('samples_per_class', 10, 'Images per digit class.')
@@ -56,21 +56,6 @@ _MAGVIT_TASKS = flags.DEFINE_enum(
   ['temporal', 'all'],
   'MAGVIT: train FP + FI (k600 digits config) or all ten tasks (ucf101 digits config).',
 )
-
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'
-
-
-def load_config(filename: str, arg: str):
-  """get_config(arg) of a file in configs/ (what --config=configs/FILE:ARG does)."""
-  path = CONFIG_DIR / filename
-  if not path.exists():
-    raise FileNotFoundError(f'{path} not found: run the demo from a checkout of magvit_jax')
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
-  config.lock()
-  return config
 
 
 def main(argv):
@@ -89,16 +74,16 @@ def main(argv):
 
 def magvit_demo(workdir: str, eval_clips: int, config_file: str = 'magvit_k600.py') -> dict:
   """MAGVIT on the moving digits (see the module docstring); returns the results dict."""
-  from magvit_jax import sampling  # pylint: disable=g-import-not-at-top
-  from magvit_jax import video_tasks  # pylint: disable=g-import-not-at-top
+  from magvit_jax.inference import video_tasks  # pylint: disable=g-import-not-at-top
+  from magvit_jax.inference.sampler import Sampler  # pylint: disable=g-import-not-at-top
   from magvit_jax.trainers import tokenizer as tokenizer_trainer  # pylint: disable=g-import-not-at-top
   from magvit_jax.trainers import transformer as transformer_trainer  # pylint: disable=g-import-not-at-top
 
   t0 = time.perf_counter()
   seconds = {}
 
-  tok3d = load_config(config_file, 'tokenizer_digits')
-  c2d = load_config('vqgan_imagenet.py', 'digits')
+  tok3d = load_config(f'{config_file}:tokenizer_digits')
+  c2d = load_config('vqgan_imagenet.py:digits')
   with c2d.unlocked():
     c2d.data.image_size = tok3d.data.image_size
   dir2d = os.path.join(workdir, 'vqgan2d')
@@ -111,7 +96,7 @@ def magvit_demo(workdir: str, eval_clips: int, config_file: str = 'magvit_k600.p
   tok = tokenizer_trainer.train_and_evaluate(tok3d, dir3d)
   seconds['tokenizer3d'] = time.perf_counter() - t0 - sum(seconds.values())
 
-  ct = load_config(config_file, 'digits')
+  ct = load_config(f'{config_file}:digits')
   tasks = tuple(ct.commit.tasks)
   with ct.unlocked():
     ct.tokenizer_workdir = dir3d
@@ -119,7 +104,7 @@ def magvit_demo(workdir: str, eval_clips: int, config_file: str = 'magvit_k600.p
   transformer_trainer.train_and_evaluate(ct, tf_dir)
   seconds['transformer'] = time.perf_counter() - t0 - sum(seconds.values())
 
-  sampler = sampling.Sampler(tf_dir)
+  sampler = Sampler(tf_dir)
   videos, labels = video_tasks.load_clips(sampler.config, eval_clips)
   summary = {
     'tokenizer_eval_psnr_db': tok['eval_psnr'],
@@ -156,7 +141,7 @@ def magvit_demo(workdir: str, eval_clips: int, config_file: str = 'magvit_k600.p
 
 
 def maskgit_demo():
-  from magvit_jax import sampling  # pylint: disable=g-import-not-at-top
+  from magvit_jax.inference import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
   from magvit_jax.metrics.digits_classifier import DigitsClassifier
   from magvit_jax.trainers import tokenizer as tokenizer_trainer
   from magvit_jax.trainers import transformer as transformer_trainer
@@ -164,22 +149,22 @@ def maskgit_demo():
   workdir = os.path.abspath(_WORKDIR.value)
   t0 = time.perf_counter()
 
-  tok_config = load_config('vqgan_imagenet.py', 'digits')
+  tok_config = load_config('vqgan_imagenet.py:digits')
   tok_dir = os.path.join(workdir, 'tokenizer')
   tok = tokenizer_trainer.train_and_evaluate(tok_config, tok_dir)
   t_tok = time.perf_counter() - t0
 
-  mg_config = load_config('maskgit_imagenet.py', 'digits')
+  mg_config = load_config('maskgit_imagenet.py:digits')
   mg_config.tokenizer_workdir = tok_dir
   mg_dir = os.path.join(workdir, 'transformer')
   transformer_trainer.train_and_evaluate(mg_config, mg_dir)
   t_mg = time.perf_counter() - t0 - t_tok
 
   labels = [c for c in range(10) for _ in range(_SAMPLES_PER_CLASS.value)]
-  sampler = sampling.Sampler(mg_dir)
+  sampler = sampler_lib.Sampler(mg_dir)
   result = sampler.generate(labels, seed=0)
   sample_dir = os.path.join(workdir, 'samples')
-  sampling.write_samples(sample_dir, result, sampler, ncols=_SAMPLES_PER_CLASS.value)
+  sampler_lib.write_samples(sample_dir, result, sampler, ncols=_SAMPLES_PER_CLASS.value)
 
   classifier = DigitsClassifier()
   agreement = classifier.agreement(result['images'], result['labels'])

@@ -4,6 +4,10 @@ r"""Sample-quality metrics of a trained transformer run (FID/FVD, IS, precision/
       [--samples=runs/samples/samples.npz] [--num_samples=1000] \
       [--network=digits|inception|i3d] [--weights=inception_fid.npz]
 
+Generation (without --samples, and --task) takes the same decoding flags as `sample`
+(`--steps --schedule --guidance_scale --choice_temperature --temperature`, default: the
+run's config.sampling; see magvit_jax/cli_flags.py).
+
 Samples: `--samples` (a `samples.npz` of `magvit_jax.sample`: images uint8
 [N, (T,) H, W, 3], labels int [N]) or, without it, `--num_samples` generated
 now with the run's `Sampler`, classes spread evenly.
@@ -41,13 +45,11 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 
-from magvit_jax.checkpoint import read_workdir_config
-from magvit_jax.masking.commit import TASKS
+from magvit_jax import cli_flags
+from magvit_jax import pretrained
 from magvit_jax.evaluation import evaluate, format_table, latest_step, load_samples, spread_labels
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a trained transformer run.')
 _SAMPLES = flags.DEFINE_string('samples', None, 'samples.npz to score (default: generate).')
-_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 1000, 'Samples to generate without --samples.')
 _NETWORK = flags.DEFINE_enum(
   'network',
   None,
@@ -56,22 +58,10 @@ _NETWORK = flags.DEFINE_enum(
   'inception for images / i3d for videos).',
 )
 _WEIGHTS = flags.DEFINE_string('weights', None, '.npz weights of the inception/i3d network.')
-_SPLIT = flags.DEFINE_string(
-  'split', None, 'Reference split (default: config.data.eval_split, else test).'
-)
 _CACHE_DIR = flags.DEFINE_string(
   'cache_dir',
   None,
   'Cache of reference statistics and of the digits network (default: ~/.cache/magvit_jax/eval).',
-)
-_SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
-_BATCH = flags.DEFINE_integer('batch_size', 50, 'Samples per decoding / featurizing call.')
-_TASK = flags.DEFINE_enum(
-  'task',
-  None,
-  list(TASKS),
-  'MAGVIT COMMIT task to score by PSNR on '
-  'eval clips (vs a baseline for FP/FI) instead of sample quality.',
 )
 flags.mark_flags_as_required(['workdir'])
 
@@ -80,51 +70,59 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
-  workdir = _WORKDIR.value
-  config = read_workdir_config(workdir)
+  workdir = cli_flags.WORKDIR.value
+  config = pretrained.read_config(workdir, 'transformer')
   if _NETWORK.value in ('inception', 'i3d') and not _WEIGHTS.value:
     raise app.UsageError(
       f'--network={_NETWORK.value} needs --weights=path/to/weights.npz '
       '(see magvit_jax/metrics/convert_weights.py)'
     )
-  if _TASK.value:
-    from magvit_jax import sampling, video_tasks  # pylint: disable=g-import-not-at-top
+  seed, batch, task = cli_flags.SEED.value, cli_flags.BATCH.value, cli_flags.TASK.value
+  if task:
+    from magvit_jax.inference import video_tasks  # pylint: disable=g-import-not-at-top
+    from magvit_jax.inference.sampler import Sampler  # pylint: disable=g-import-not-at-top
 
-    videos, labels = video_tasks.load_clips(config, _NUM_SAMPLES.value, _SPLIT.value)
-    print(f'[evaluate] {_TASK.value} on {len(videos)} clips', flush=True)
+    videos, labels = video_tasks.load_clips(
+      config, cli_flags.num_samples(1000), cli_flags.SPLIT.value
+    )
+    print(f'[evaluate] {task} on {len(videos)} clips', flush=True)
     metrics, _ = video_tasks.evaluate_task(
-      sampling.Sampler(workdir),
-      _TASK.value,
+      Sampler(workdir),
+      task,
       videos,
       labels,
-      seed=_SEED.value,
-      batch_size=_BATCH.value,
+      seed=seed,
+      batch_size=batch,
+      **cli_flags.decode_overrides(),
     )
     metrics = {f'eval/{k}': v for k, v in metrics.items()}
   elif _SAMPLES.value:
     images, labels = load_samples(_SAMPLES.value)
     print(f'[evaluate] {len(images)} samples from {_SAMPLES.value}', flush=True)
   else:
-    if _NUM_SAMPLES.value < 4:
-      raise app.UsageError(f'--num_samples must be >= 4, got {_NUM_SAMPLES.value}')
-    from magvit_jax import sampling  # pylint: disable=g-import-not-at-top
+    num = cli_flags.num_samples(1000)
+    if num < 4:
+      raise app.UsageError(f'--num_samples must be >= 4, got {num}')
+    from magvit_jax.inference.sampler import Sampler  # pylint: disable=g-import-not-at-top
 
-    labels = spread_labels(_NUM_SAMPLES.value, int(config['model']['num_classes']))
+    labels = spread_labels(num, int(config.model.num_classes))
     print(f'[evaluate] generating {len(labels)} samples', flush=True)
-    result = sampling.Sampler(workdir).generate(labels, seed=_SEED.value, batch_size=_BATCH.value)
+    result = Sampler(workdir).generate(
+      labels, seed=seed, batch_size=batch, **cli_flags.decode_overrides()
+    )
     images, labels = result['images'], result['labels']
-  if not _TASK.value:
+  if not task:
     metrics = evaluate(
       workdir,
       images,
       labels,
       _NETWORK.value,
       _WEIGHTS.value,
-      _SPLIT.value,
+      cli_flags.SPLIT.value,
       _CACHE_DIR.value,
-      _BATCH.value,
+      batch,
     )
-  from magvit_jax.trainers.metrics_writer import MetricsWriter  # pylint: disable=g-import-not-at-top
+  from magvit_jax.metrics_writer import MetricsWriter  # pylint: disable=g-import-not-at-top
 
   step = latest_step(workdir)
   writer = MetricsWriter(workdir)

@@ -8,7 +8,7 @@ TensorFlow itself.
 
 Object stores differ from a disk in two ways that matter here:
   * no append: files that grow (metrics) are written as new files instead,
-    see `magvit_jax.trainers.metrics_writer`;
+    see `magvit_jax.metrics_writer`;
   * no atomic rename (GCS rename is copy + delete), but an object only becomes
     visible once its upload completes, so `write_text_atomic` writes remote
     files in one go and uses write-then-rename locally.

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from magvit_jax.config_schema import base_config
+from magvit_jax.config_schema import base_config, check_variant, tiny_cpu_variant
 from magvit_jax.masking.commit import TASKS
 
 ARGS = ('B', 'L', 'tokenizer_B', 'tokenizer_L', 'digits', 'tokenizer_digits')
@@ -113,39 +113,17 @@ TOKENIZERS = {
 
 # Tiny CPU variants train on the embedded moving digits at 16 x 16 (the digits' native 8 x 8
 # resolution on a 2x smaller canvas): 8 frames -> 4 x 4 x 4 tokens.
-_DIGITS_DATA = dict(
-  name='magvit_moving_digits',
-  image_size=16,
-  num_frames=8,
-  train_split='train',
-  eval_split='test',
-  num_classes=10,
-  shuffle_buffer=2000,
-)
-
-
-def _set_data(c: ml_collections.ConfigDict, fields: dict) -> None:
-  for key, value in fields.items():
-    if key in c.data:
-      c.data[key] = value
-    else:
-      setattr(c.data, key, value)
+_DIGITS_DATA = dict(dataset='magvit_moving_digits', image_size=16, num_frames=8)
 
 
 def tokenizer_config(dataset: str, size: str) -> ml_collections.ConfigDict:
   """The 3D-VQ tokenizer (stage 1) of MAGVIT-`size` on `dataset`."""
-  c = base_config('tokenizer')
-  c.model = ml_collections.ConfigDict(
-    dict(
-      name='vqgan3d',
-      commitment_cost=0.25,
-      temporal_padding='edge',
-      inflation='central',
-      **TOKENIZERS[size],
-    )
+  c = base_config('tokenizer', 'vqgan3d')
+  # model.inflate_from: workdir of a trained 2D VQGAN of the same widths; a fresh run starts
+  # from its weights inflated by model.inflation.
+  c.model.update(
+    dict(commitment_cost=0.25, temporal_padding='edge', inflation='central', **TOKENIZERS[size])
   )
-  # Workdir of a trained 2D VQGAN of the same widths; a fresh run starts from its weights.
-  c.model.inflate_from = ml_collections.config_dict.placeholder(str)
   c.losses.update(
     dict(
       gan_weight=0.1,
@@ -163,20 +141,19 @@ def tokenizer_config(dataset: str, size: str) -> ml_collections.ConfigDict:
   c.batch_size = 256  # check
   c.num_train_steps = 500_000  # check
   if size == 'digits':
-    _set_data(c, _DIGITS_DATA)
-    c.losses.update(dict(gan_weight=0.0, perceptual_weight=0.0, r1_gamma=0.0))
-    c.discriminator.update(dict(filters=16, channel_multipliers=(1, 2, 2)))
-    c.ema_decay = 0.0
-    c.optimizer.update(
-      dict(lr=1e-3, b1=0.9, b2=0.99, warmup_steps=20, decay='cosine', decay_steps=300)
+    tiny_cpu_variant(
+      c,
+      **_DIGITS_DATA,
+      steps=300,
+      batch_size=16,
+      eval_batch_size=50,
+      lr=1e-3,
+      warmup_steps=20,
+      checkpoint_every=100,
     )
-    c.batch_size = 16
-    c.eval_batch_size = 50
-    c.num_train_steps = 300
-    c.log_every = 50
-    c.checkpoint_every = 100
+    c.optimizer.b1 = 0.9
   else:
-    _set_data(c, DATASETS[dataset]['data'])
+    c.data.update(DATASETS[dataset]['data'])
     if dataset == 'bair':  # 64 x 64 -> 16 x 16: two spatial halvings (check).
       c.model.update(dict(channel_multipliers=(1, 2, 4), temporal_downsample=(True, True)))
   return c
@@ -186,15 +163,13 @@ def transformer_config(dataset: str, size: str) -> ml_collections.ConfigDict:
   """The COMMIT transformer (stage 2) of MAGVIT-`size` on `dataset`."""
   spec = DATASETS[dataset]
   c = base_config('transformer')
-  c.tokenizer_workdir = ml_collections.config_dict.placeholder(str)
-  c.model = ml_collections.ConfigDict(
+  c.model.update(
     dict(
       codebook_size=1024,
       num_classes=max(int(spec['data']['num_classes']), 1),
       num_tasks=len(TASKS),
       num_sub_tokens=1,
       dropout_rate=0.1,
-      dtype='float32',
       **TRANSFORMERS[size],
     )
   )
@@ -209,14 +184,8 @@ def transformer_config(dataset: str, size: str) -> ml_collections.ConfigDict:
       recon_weight=1.0,
     )
   )
-  c.masking = ml_collections.ConfigDict(
-    dict(schedule='cosine', label_smoothing=0.1, class_dropout=0.1)
-  )
-  c.sampling = ml_collections.ConfigDict(
-    dict(
-      num_steps=12, schedule='cosine', choice_temperature=4.5, temperature=1.0, guidance_scale=0.0
-    )
-  )
+  c.masking.update(dict(schedule='cosine', label_smoothing=0.1, class_dropout=0.1))
+  c.sampling.update(dict(num_steps=12))
   c.optimizer.update(
     dict(
       lr=1e-4,
@@ -231,7 +200,15 @@ def transformer_config(dataset: str, size: str) -> ml_collections.ConfigDict:
   c.batch_size = 256  # check
   c.num_train_steps = 500_000  # check
   if size == 'digits':
-    _set_data(c, _DIGITS_DATA)
+    tiny_cpu_variant(
+      c,
+      **_DIGITS_DATA,
+      steps=1200,
+      batch_size=32,
+      eval_batch_size=50,
+      lr=1e-3,
+      checkpoint_every=250,
+    )
     c.model.update(dict(codebook_size=256, num_classes=10, dropout_rate=0.0))
     # UCF-101's tiny twin learns all ten tasks (the moving digits have labels); BAIR's and
     # K600's learn the temporal tasks: prediction of 4 frames from 4 and interpolation of the
@@ -240,22 +217,15 @@ def transformer_config(dataset: str, size: str) -> ml_collections.ConfigDict:
       dict(tasks=TASKS if dataset == 'ucf101' else ('FP', 'FI'), fp_frames=4, fi_frames=2)
     )
     c.sampling.update(dict(num_steps=8))
-    c.optimizer.update(dict(lr=1e-3, weight_decay=0.01, warmup_steps=50, decay_steps=1200))
-    c.batch_size = 32
-    c.eval_batch_size = 50
-    c.num_train_steps = 1200
-    c.log_every = 50
-    c.checkpoint_every = 250
+    c.optimizer.weight_decay = 0.01
   else:
-    _set_data(c, spec['data'])
+    c.data.update(spec['data'])
   return c
 
 
 def get_magvit_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
   """Config of configs/magvit_<dataset>.py for `arg` in ARGS (default 'B')."""
-  arg = arg or 'B'
-  if arg not in ARGS:
-    raise ValueError(f'configs/magvit_{dataset}.py:{arg}: expected one of {ARGS}')
+  arg = check_variant(f'magvit_{dataset}.py', arg, ARGS)
   if arg.startswith('tokenizer_'):
     return tokenizer_config(dataset, arg[len('tokenizer_') :])
   return transformer_config(dataset, arg)

@@ -10,50 +10,21 @@ import numpy as np
 import pytest
 
 from magvit_jax import parallel
-from magvit_jax.trainers import metrics_writer as mw
+from magvit_jax import metrics_writer as mw
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
 from magvit_jax.trainers import train_state as ts
 from magvit_jax.trainers.adversarial import Adversarial
+from magvit_jax import pretrained
+from magvit_jax.models import tokenizers
+import tiny_configs  # tests/tiny_configs.py
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def gan_config(steps=4):
-  spec = importlib.util.spec_from_file_location('vq', REPO / 'configs' / 'vqgan_imagenet.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config('digits')
-  c.data.image_size = 16
-  c.model.update(
-    dict(
-      filters=16,
-      channel_multipliers=(1, 2),
-      num_res_blocks=1,
-      embedding_dim=8,
-      codebook_size=32,
-      num_groups=4,
-    )
-  )
-  c.losses.update(
-    dict(gan_weight=0.5, gan_loss='hinge', disc_start_step=2, lecam_weight=0.1, r1_gamma=1.0)
-  )
-  c.discriminator.update(dict(filters=8, channel_multipliers=(1, 2)))
-  c.disc_optimizer.lr = 1e-2
-  c.ema_decay = 0.5
-  c.batch_size = 8
-  c.eval_batch_size = 100
-  c.num_train_steps = steps
-  c.log_every = 1
-  c.checkpoint_every = 2
-  c.optimizer.update(dict(warmup_steps=1, decay_steps=steps))
-  c.mesh.data = 8
-  return c
-
-
 @pytest.fixture(scope='module')
 def setup():
-  config = gan_config()
-  model = tokenizer_trainer.build_model(config.model)
+  config = tiny_configs.vqgan_gan()
+  model = tokenizers.build_tokenizer(config.model)
   tx = ts.make_optimizer(config.optimizer)
   adv = Adversarial(config, (16, 16, 3))
   mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
@@ -109,8 +80,8 @@ def test_generator_ema(setup):
 
 def test_adversarial_gradient_reaches_generator():
   """After the start step the generator's gradient depends on the discriminator term."""
-  config = gan_config()
-  model = tokenizer_trainer.build_model(config.model)
+  config = tiny_configs.vqgan_gan()
+  model = tokenizers.build_tokenizer(config.model)
   adv = Adversarial(config, (16, 16, 3))
   x = jax.random.uniform(jax.random.PRNGKey(1), (4, 16, 16, 3), minval=-1, maxval=1)
   params = model.init(jax.random.PRNGKey(0), x)['params']
@@ -127,7 +98,7 @@ def test_adversarial_gradient_reaches_generator():
 
 
 def test_gan_kill_and_resume_matches_uninterrupted(tmp_path):
-  config = gan_config(steps=4)
+  config = tiny_configs.vqgan_gan(steps=4)
   full, resumed = str(tmp_path / 'full'), str(tmp_path / 'resumed')
   tokenizer_trainer.train_and_evaluate(config, full)
   tokenizer_trainer.train_and_evaluate(config, resumed, max_steps=3)
@@ -138,7 +109,7 @@ def test_gan_kill_and_resume_matches_uninterrupted(tmp_path):
       np.testing.assert_allclose(b[step][key], a[step][key], rtol=1e-6)
   assert np.isfinite(result['eval_psnr'])
   # A frozen tokenizer loaded from the workdir comes with the EMA parameters.
-  _, params, _ = tokenizer_trainer.load_tokenizer(resumed)
+  params = pretrained.load_tokenizer(resumed).params
   assert _max_diff(params, result['state'].ema_params) == 0.0
 
 

@@ -197,8 +197,8 @@ def test_evaluate_cli_generates_and_logs(tmp_path, monkeypatch, digits_net, digi
   from absl import flags  # pylint: disable=g-import-not-at-top
   from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
   from magvit_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from magvit_jax import sampling  # pylint: disable=g-import-not-at-top
-  from magvit_jax.trainers.metrics_writer import read_metrics  # pylint: disable=g-import-not-at-top
+  from magvit_jax.inference import sampler as sampling  # pylint: disable=g-import-not-at-top
+  from magvit_jax.metrics_writer import read_metrics  # pylint: disable=g-import-not-at-top
 
   cache, _ = digits_net
   images, labels = digits_test

@@ -2,7 +2,6 @@
 images, the MaskGIT transformer trains on its tokens with a factorised vocabulary, and the
 sampler decodes videos. Also prints the parameter counts of the configs."""
 
-import importlib.util
 import math
 import pathlib
 
@@ -12,49 +11,21 @@ import numpy as np
 import pytest
 
 from magvit_jax.models.transformer import count_params
-from magvit_jax.sampling import Sampler
-from magvit_jax.trainers import metrics_writer as mw
+from magvit_jax.inference.sampler import Sampler
+from magvit_jax import metrics_writer as mw
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
 from magvit_jax.trainers import transformer as transformer_trainer
+from magvit_jax.config_loader import load_config
+from magvit_jax.models import tokenizers
+import tiny_configs  # tests/tiny_configs.py
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_config(filename, arg):
-  spec = importlib.util.spec_from_file_location(filename, REPO / 'configs' / filename)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
-def tiny_tokenizer_config():
-  c = load_config('magvit2_tokenizer_video.py', 'digits')
-  c.data.image_size = 16
-  c.image_data.image_size = 16
-  c.image_every = 2
-  c.model.update(
-    dict(
-      filters=8,
-      channel_multipliers=(1, 2, 2),
-      num_res_blocks=1,
-      num_groups=4,
-      num_bits=6,
-      entropy_chunk_size=16,
-    )
-  )
-  c.batch_size = 8
-  c.eval_batch_size = 100
-  c.num_train_steps = 4
-  c.log_every = 1
-  c.checkpoint_every = 2
-  c.optimizer.update(dict(warmup_steps=1, decay_steps=4))
-  return c
 
 
 @pytest.fixture(scope='module')
 def tokenizer_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('v2tok') / 'run')
-  return workdir, tokenizer_trainer.train_and_evaluate(tiny_tokenizer_config(), workdir)
+  return workdir, tokenizer_trainer.train_and_evaluate(tiny_configs.magvit2_tokenizer(), workdir)
 
 
 def test_joint_tokenizer_trains_on_videos_and_images(tokenizer_run):
@@ -66,12 +37,12 @@ def test_joint_tokenizer_trains_on_videos_and_images(tokenizer_run):
   for key in ('eval_psnr', 'eval_image_psnr'):
     assert 3.0 < result[key] < 60.0
   assert 0 < result['eval_codebook_usage'] <= 1.0
-  assert tokenizer_trainer.token_shape(tiny_tokenizer_config()) == (2, 4, 4)
+  assert tokenizers.token_shape(tiny_configs.magvit2_tokenizer()) == (2, 4, 4)
 
 
 def test_joint_schedule_resumes_on_the_same_steps():
   """Step s is an image step iff s % image_every == 0, also after a restart at any step."""
-  config = tiny_tokenizer_config()
+  config = tiny_configs.magvit2_tokenizer()
   config.image_every = 3
   full = tokenizer_trainer.mixed_batches(config, 2, start_step=0)
   kinds = ['video' if 'video' in next(full) else 'image' for _ in range(9)]
@@ -87,16 +58,7 @@ def test_joint_schedule_resumes_on_the_same_steps():
 
 
 def test_transformer_trains_and_decodes_videos_on_lfq_tokens(tokenizer_run, tmp_path):
-  c = load_config('magvit2_transformer.py', 'digits')
-  c.tokenizer_workdir = tokenizer_run[0]
-  c.data.image_size = 16
-  c.model.update(
-    dict(codebook_size=64, num_sub_tokens=2, hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64)
-  )
-  c.batch_size = 8
-  c.num_train_steps = 3
-  c.log_every = 1
-  c.sampling.num_steps = 4
+  c = tiny_configs.magvit2_transformer(tokenizer_run[0])
   workdir = str(tmp_path / 'run')
   transformer_trainer.train_and_evaluate(c, workdir)
   metrics = mw.read_metrics(workdir)
@@ -126,14 +88,14 @@ def test_transformer_trains_and_decodes_videos_on_lfq_tokens(tokenizer_run, tmp_
   ],
 )
 def test_magvit2_tokenizer_config_parameter_counts(filename, arg, expected_millions):
-  c = load_config(filename, arg)
-  model = tokenizer_trainer.build_model(c.model)
+  c = load_config(f'{filename}:{arg}')
+  model = tokenizers.build_tokenizer(c.model)
   shapes = jax.eval_shape(
-    model.init, jax.random.PRNGKey(0), jnp.zeros((1,) + tokenizer_trainer.input_shape(c))
+    model.init, jax.random.PRNGKey(0), jnp.zeros((1,) + tokenizers.input_shape(c))
   )
   n = count_params(shapes['params']) / 1e6
   print(
     f'{filename}:{arg}: {n:.2f}M parameters, tokens '
-    f'{tokenizer_trainer.token_shape(c)} of input {tokenizer_trainer.input_shape(c)}'
+    f'{tokenizers.token_shape(c)} of input {tokenizers.input_shape(c)}'
   )
   assert expected_millions[0] < n < expected_millions[1]

@@ -3,7 +3,6 @@ trains on moving-digit clips; the COMMIT transformer trains on its tokens with a
 `video_tasks` runs a task with known pixels unchanged and scores FP against its baseline; the
 sample CLI writes the task outputs."""
 
-import importlib.util
 import os
 import pathlib
 import subprocess
@@ -13,74 +12,40 @@ import jax
 import numpy as np
 import pytest
 
-from magvit_jax import video_tasks
+from magvit_jax.inference import video_tasks
 from magvit_jax.masking import commit
 from magvit_jax.models import vqgan3d
-from magvit_jax.sampling import Sampler
-from magvit_jax.trainers import metrics_writer as mw
+from magvit_jax.inference.sampler import Sampler
+from magvit_jax import metrics_writer as mw
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
 from magvit_jax.trainers import transformer as transformer_trainer
+from magvit_jax import pretrained
+from magvit_jax.models import tokenizers
+import tiny_configs  # tests/tiny_configs.py
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = dict(
-  filters=8,
-  channel_multipliers=(1, 2),
-  num_res_blocks=1,
-  embedding_dim=8,
-  codebook_size=32,
-  num_groups=4,
-)
-
-
-def load_config(filename, arg):
-  spec = importlib.util.spec_from_file_location(filename, REPO / 'configs' / filename)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
-def shrink(c, steps):
-  c.data.image_size = 16
-  c.batch_size = 8
-  c.eval_batch_size = 100
-  c.num_train_steps = steps
-  c.log_every = 1
-  c.checkpoint_every = steps
-  c.optimizer.update(dict(warmup_steps=1, decay_steps=steps))
-  return c
 
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('magvit')
-  c2d = shrink(load_config('vqgan_imagenet.py', 'digits'), 2)
-  c2d.model.update(TINY)
-  tokenizer_trainer.train_and_evaluate(c2d, str(root / 'vqgan2d'))
-
-  c3d = shrink(load_config('magvit_ucf101.py', 'tokenizer_digits'), 3)
-  c3d.data.num_frames = 4
-  c3d.model.update(dict(TINY, temporal_downsample=(True,)))
-  c3d.model.inflate_from = str(root / 'vqgan2d')
+  tokenizer_trainer.train_and_evaluate(tiny_configs.vqgan_2d_for_inflation(), str(root / 'vqgan2d'))
+  c3d = tiny_configs.vqgan3d(inflate_from=str(root / 'vqgan2d'))
   tok = tokenizer_trainer.train_and_evaluate(c3d, str(root / 'vqgan3d'))
-
-  ct = shrink(load_config('magvit_ucf101.py', 'digits'), 4)
-  ct.data.num_frames = 4
-  ct.tokenizer_workdir = str(root / 'vqgan3d')
-  ct.commit.update(dict(fp_frames=2, fi_frames=1))
-  ct.model.update(dict(codebook_size=32, hidden_size=32, num_layers=1, num_heads=2, mlp_dim=64))
-  ct.sampling.num_steps = 3
-  transformer_trainer.train_and_evaluate(ct, str(root / 'commit'))
+  transformer_trainer.train_and_evaluate(
+    tiny_configs.commit(str(root / 'vqgan3d')), str(root / 'commit')
+  )
   return root, c3d, tok
 
 
 def test_inflated_init_is_the_2d_vqgan(runs):
   root, c3d, _ = runs
-  model = tokenizer_trainer.build_model(c3d.model)
-  shape = (1,) + tokenizer_trainer.input_shape(c3d)
+  model = tokenizers.build_tokenizer(c3d.model)
+  shape = (1,) + tokenizers.input_shape(c3d)
   base = lambda rng: model.init(rng, jax.numpy.zeros(shape))['params']  # pylint: disable=unnecessary-lambda-assignment
   init = tokenizer_trainer.inflated_init(base, c3d.model, None)
   params = init(jax.random.PRNGKey(0))
-  _, params_2d, _ = tokenizer_trainer.load_tokenizer(str(root / 'vqgan2d'))
+  params_2d = pretrained.load_tokenizer(str(root / 'vqgan2d')).params
   expected = vqgan3d.inflate_params(params_2d, base(jax.random.PRNGKey(0)), 'central')
   for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(expected)):
     np.testing.assert_array_equal(a, b)
@@ -94,7 +59,7 @@ def test_3d_tokenizer_trains_on_clips(runs):
   root, c3d, tok = runs
   metrics = mw.read_metrics(str(root / 'vqgan3d'))
   assert all(np.isfinite(metrics[s]['loss']) for s in range(1, 4))
-  assert tokenizer_trainer.token_shape(c3d) == (2, 8, 8)
+  assert tokenizers.token_shape(c3d) == (2, 8, 8)
   assert tok['eval_examples'] == 300 and 5.0 < tok['eval_psnr'] < 60.0
 
 

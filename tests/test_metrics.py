@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+import jax
 import jax.numpy as jnp
 
 from magvit_jax.metrics import frechet
@@ -327,3 +328,23 @@ def test_apply_in_batches_drops_padding_and_keeps_order():
   np.testing.assert_array_equal(doubled, x * 2)
   np.testing.assert_array_equal(sums, x.sum(axis=1))
   assert calls == [4, 4, 4]  # the last batch of 2 is padded to 4: one compiled shape
+
+
+def test_psnr_is_one_function_for_numpy_jax_and_masks():
+  """NumPy (float64) and JAX (float32, under jit) inputs agree; a mask scores its region only."""
+  from magvit_jax.metrics.image import psnr  # pylint: disable=g-import-not-at-top
+
+  rs = np.random.RandomState(0)
+  x = rs.uniform(-1, 1, (3, 4, 5, 3))
+  y = np.clip(x + rs.normal(0, 0.1, x.shape), -1, 1)
+  ref = psnr(x, y, max_value=2.0)
+  assert ref.dtype == np.float64 and ref.shape == (3,)
+  by_hand = 10 * np.log10(4.0 / np.mean((x - y) ** 2, axis=(1, 2, 3)))
+  np.testing.assert_allclose(ref, by_hand, rtol=1e-12)
+  got = jax.jit(lambda a, b: psnr(a, b, max_value=2.0))(jnp.asarray(x), jnp.asarray(y))
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(got), ref, rtol=1e-5)
+  # A mask over the first two rows equals the PSNR of the cropped arrays.
+  mask = np.zeros((3, 4, 5, 1), bool)
+  mask[:, :2] = True
+  np.testing.assert_allclose(psnr(x, y, 2.0, mask=mask), psnr(x[:, :2], y[:, :2], 2.0), rtol=1e-12)

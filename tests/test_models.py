@@ -1,26 +1,20 @@
 """Tests for the VQGAN tokenizer, its building blocks and the MaskGIT transformer."""
 
-import importlib.util
-import pathlib
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from magvit_jax.models import layers
-from magvit_jax.models.transformer import Transformer, count_params, forward_flops
+from magvit_jax.config_loader import load_config
+from magvit_jax.models import layers, tokenizers
+from magvit_jax.models.transformer import (
+  Transformer,
+  build_transformer,
+  count_params,
+  forward_flops,
+)
 from magvit_jax.models.vqgan import VQGAN
-
-CONFIGS = pathlib.Path(__file__).parents[1] / 'configs'
-
-
-def _load_config(filename, arg=None):
-  spec = importlib.util.spec_from_file_location(filename.replace('.py', ''), CONFIGS / filename)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def _numpy_params(shapes, seed=0):
@@ -237,10 +231,8 @@ def test_forward_flops_hand_count():
 
 
 def test_maskgit_imagenet_param_count():
-  from magvit_jax.trainers.transformer import build_model
-
-  config = _load_config('maskgit_imagenet.py', 'imagenet')
-  model = build_model(config, seq_len=256)
+  config = load_config('maskgit_imagenet.py:imagenet')
+  model = build_transformer(config.model, 256)
   assert (model.hidden_size, model.num_layers, model.num_heads, model.mlp_dim) == (
     768,
     24,
@@ -262,11 +254,10 @@ def test_maskgit_imagenet_param_count():
 
 
 def test_vqgan_imagenet_token_shape():
-  from magvit_jax.trainers.tokenizer import build_model
-
-  config = _load_config('vqgan_imagenet.py', 'imagenet')
-  model = build_model(config.model)
+  config = load_config('vqgan_imagenet.py:imagenet')
+  model = tokenizers.build_tokenizer(config.model)
   assert model.downsample_factor == 16
+  assert tokenizers.token_shape(config) == (16, 16) and not tokenizers.is_causal(config.model)
   x = jax.ShapeDtypeStruct((1, 256, 256, 3), jnp.float32)
   (recon, aux), variables = jax.eval_shape(
     lambda x: model.init_with_output(jax.random.PRNGKey(0), x), x

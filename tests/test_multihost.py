@@ -12,7 +12,6 @@ ones, both processes see the same losses, and the checkpoint they wrote
 together restores in one process with the reference's parameters.
 """
 
-import importlib.util
 import os
 import pathlib
 import socket
@@ -23,16 +22,17 @@ import textwrap
 import jax
 import numpy as np
 
-from magvit_jax.trainers import metrics_writer as mw
+from magvit_jax import metrics_writer as mw
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
-from tiny_config_file import write_tiny_tokenizer_config  # tests/tiny_config_file.py
+from magvit_jax import pretrained
+from magvit_jax.config_loader import load_config
+import tiny_configs  # tests/tiny_configs.py
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 3
 
 DRIVER = textwrap.dedent('''\
     """Process `pid` of 2: tiny tokenizer run on the real (global-order) data pipeline."""
-    import importlib.util
     import os
     import sys
 
@@ -41,7 +41,7 @@ DRIVER = textwrap.dedent('''\
     parallel.initialize_distributed(True, f'127.0.0.1:{port}', 2, pid)
 
     import jax
-    from magvit_jax.trainers import metrics_writer as mw
+    from magvit_jax import metrics_writer as mw
     from magvit_jax.trainers import tokenizer
 
     # Every process logs its own metrics (normally only process 0 writes).
@@ -49,10 +49,8 @@ DRIVER = textwrap.dedent('''\
     tokenizer.mw.MetricsWriter = lambda wd, enabled=True: writer_cls(
         os.path.join(wd, f'process{pid}'), True)
 
-    spec = importlib.util.spec_from_file_location('tiny', sys.argv[4])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    tokenizer.train_and_evaluate(module.get_config(), workdir, max_steps=int(sys.argv[5]))
+    from magvit_jax.config_loader import load_config
+    tokenizer.train_and_evaluate(load_config(sys.argv[4]), workdir, max_steps=int(sys.argv[5]))
     print('DONE', pid, flush=True)
     ''')
 
@@ -63,21 +61,14 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _load(path):
-  spec = importlib.util.spec_from_file_location('tiny', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def _losses(workdir):
   metrics = mw.read_metrics(str(workdir))
   return np.asarray([metrics[s]['loss'] for s in sorted(metrics) if 'loss' in metrics[s]])
 
 
 def test_two_processes_match_one_process(tmp_path):
-  config_path = write_tiny_tokenizer_config(
-    tmp_path / 'tiny_tokenizer.py', STEPS + 1, checkpoint_every=2
+  config_path = tiny_configs.write_config_file(
+    tmp_path / 'tiny_tokenizer.py', 'vqgan', steps=STEPS + 1, checkpoint_every=2
   )
   driver = tmp_path / 'driver.py'
   driver.write_text(DRIVER)
@@ -106,7 +97,9 @@ def test_two_processes_match_one_process(tmp_path):
 
   # Meanwhile: the single-process reference on this process's 8 devices.
   reference = tmp_path / 'single'
-  tokenizer_trainer.train_and_evaluate(_load(config_path), str(reference), max_steps=STEPS)
+  tokenizer_trainer.train_and_evaluate(
+    load_config(str(config_path)), str(reference), max_steps=STEPS
+  )
 
   outputs = []
   for p in procs:
@@ -129,8 +122,8 @@ def test_two_processes_match_one_process(tmp_path):
   np.testing.assert_allclose(per_process[0], expected, rtol=1e-5, atol=0)
 
   # The checkpoint written by both processes (step 2) restores in one process.
-  _, params, _ = tokenizer_trainer.load_tokenizer(str(workdir))
-  _, ref_params, _ = tokenizer_trainer.load_tokenizer(str(reference))
+  params = pretrained.load_tokenizer(str(workdir)).params
+  ref_params = pretrained.load_tokenizer(str(reference)).params
   jax.tree_util.tree_map(
     lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6),
     params,
@@ -159,9 +152,6 @@ def test_global_batch_is_independent_of_process_count():
 
 
 def _load_default_data_config():
-  spec = importlib.util.spec_from_file_location('base', REPO / 'configs' / 'vqgan_imagenet.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('digits').data
+  config = load_config('vqgan_imagenet.py:digits').data
   config.image_size = 16
   return config

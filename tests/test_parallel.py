@@ -1,8 +1,5 @@
 """Mesh construction, batch checks, and 8-device == 1-device train steps for both stages."""
 
-import importlib.util
-import pathlib
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,22 +8,17 @@ import optax
 import pytest
 
 from magvit_jax import parallel
+from magvit_jax.config_loader import load_config
+from magvit_jax.models import tokenizers
+from magvit_jax.models.transformer import build_transformer
 from magvit_jax.models.vqgan import VQGAN
 from magvit_jax.trainers import tokenizer as tok_trainer
 from magvit_jax.trainers import train_state as ts
 from magvit_jax.trainers import transformer as tf_trainer
 
-CONFIGS = pathlib.Path(__file__).parents[1] / 'configs'
 NUM_STEPS = 2
 ATOL = RTOL = 1e-5
 LR = 0.5
-
-
-def _load_config(filename, arg=None):
-  spec = importlib.util.spec_from_file_location(filename.replace('.py', ''), CONFIGS / filename)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def test_eight_fake_devices():
@@ -269,7 +261,7 @@ def _numpy_params(shapes):
 
 @pytest.fixture(scope='module')
 def transformer_runs():
-  config = _load_config('maskgit_imagenet.py', 'digits')
+  config = load_config('maskgit_imagenet.py:digits')
   config.model.update(
     dict(
       codebook_size=32,
@@ -290,7 +282,7 @@ def transformer_runs():
       'params'
     ]
   )
-  model = tf_trainer.build_model(config, seq_len=16)
+  model = build_transformer(config.model, 16)
   assert model.dropout_rate == 0.1
   tx = _optimizer(config.optimizer)
 
@@ -301,7 +293,7 @@ def transformer_runs():
   for name, mesh in _meshes().items():
     params = jax.device_put(tok_params, parallel.replicated(mesh))
     step = tf_trainer.make_train_step(
-      model, tf_trainer.make_tokenize_fn(tokenizer), params, tx, config
+      model, tokenizers.make_tokenize_fn(tokenizer), params, tx, config
     )
     runs[name] = _run(step, init_params, tx, mesh, config)
   return runs
@@ -309,11 +301,11 @@ def transformer_runs():
 
 @pytest.fixture(scope='module')
 def tokenizer_runs():
-  config = _load_config('vqgan_imagenet.py', 'digits')
+  config = load_config('vqgan_imagenet.py:digits')
   # One halving (8x8 images -> 4x4 tokens) keeps the compile small.
   config.model.update(dict(TOKENIZER, channel_multipliers=(1, 2)))
   _optimizer_overrides(config)
-  model = tok_trainer.build_model(config.model)
+  model = tokenizers.build_tokenizer(config.model)
   tx = _optimizer(config.optimizer)
 
   def init_params(rng):

@@ -7,7 +7,6 @@ and the uninterrupted runs are in-process (both on the 8 fake CPU devices of
 tests/conftest.py, the mesh of the subprocess too).
 """
 
-import importlib.util
 import os
 import pathlib
 import signal
@@ -19,9 +18,10 @@ import time
 import numpy as np
 
 from magvit_jax import checkpoint as ckpt_lib
-from magvit_jax.trainers import metrics_writer as mw
+from magvit_jax import metrics_writer as mw
+from magvit_jax.config_loader import load_config
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
-from tiny_config_file import write_tiny_tokenizer_config  # tests/tiny_config_file.py
+import tiny_configs  # tests/tiny_configs.py
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -52,7 +52,9 @@ DRIVER = textwrap.dedent("""\
 
 def _write_files(tmp_path):
   # The only checkpoints: at preemption and at the end.
-  config = write_tiny_tokenizer_config(tmp_path / 'tiny_tokenizer.py', STEPS, checkpoint_every=100)
+  config = tiny_configs.write_config_file(
+    tmp_path / 'tiny_tokenizer.py', 'vqgan', steps=STEPS, checkpoint_every=100
+  )
   driver = tmp_path / 'driver.py'
   driver.write_text(DRIVER)
   return config, driver
@@ -104,12 +106,9 @@ def test_sigterm_saves_checkpoint_and_resume_is_exact(tmp_path):
   assert 'held-out PSNR' not in output  # no final evaluation after a preemption
 
   # 2. Resume to the end and 3. an uninterrupted run, in this process (saves two start-ups).
-  spec = importlib.util.spec_from_file_location('tiny_tokenizer', config)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  tokenizer_trainer.train_and_evaluate(module.get_config(), str(workdir))
+  tokenizer_trainer.train_and_evaluate(load_config(str(config)), str(workdir))
   reference = tmp_path / 'reference'
-  tokenizer_trainer.train_and_evaluate(module.get_config(), str(reference))
+  tokenizer_trainer.train_and_evaluate(load_config(str(config)), str(reference))
   expected = _losses(reference)
   assert len(expected) == STEPS
   np.testing.assert_allclose(_losses(workdir), expected, rtol=1e-6, atol=0)

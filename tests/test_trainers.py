@@ -1,7 +1,6 @@
 """Trainer-level tests: learning, exact kill-and-resume, NaN stop, config and checkpoint errors,
 and the sample CLI, on tiny versions of the digits configs."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -17,58 +16,16 @@ import pytest
 from magvit_jax import checkpoint as ckpt_lib
 from magvit_jax import parallel
 from magvit_jax.trainers import loop
-from magvit_jax.trainers import metrics_writer as mw
+from magvit_jax import metrics_writer as mw
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
 from magvit_jax.trainers import train_state as ts
 from magvit_jax.trainers import transformer as transformer_trainer
+from magvit_jax import pretrained
+from magvit_jax.models import tokenizers
+from magvit_jax.models.transformer import build_transformer
+import tiny_configs  # tests/tiny_configs.py
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_config(filename, arg='digits'):
-  spec = importlib.util.spec_from_file_location(filename, REPO / 'configs' / filename)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
-def tiny_tokenizer_config(steps=6):
-  c = load_config('vqgan_imagenet.py')
-  c.data.image_size = 16
-  c.model.update(
-    dict(
-      filters=16,
-      channel_multipliers=(1, 2, 2),
-      num_res_blocks=1,
-      embedding_dim=8,
-      codebook_size=32,
-      num_groups=4,
-    )
-  )
-  c.batch_size = 16
-  c.eval_batch_size = 100
-  c.num_train_steps = steps
-  c.log_every = 1
-  c.checkpoint_every = 2
-  c.optimizer.update(dict(warmup_steps=2, decay_steps=steps))
-  c.mesh.data = 2
-  c.mesh.fsdp = 4
-  return c
-
-
-def tiny_transformer_config(tokenizer_workdir, steps=6):
-  c = load_config('maskgit_imagenet.py')
-  c.tokenizer_workdir = tokenizer_workdir
-  c.data.image_size = 16
-  c.model.update(dict(codebook_size=32, hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64))
-  c.batch_size = 16
-  c.num_train_steps = steps
-  c.log_every = 1
-  c.checkpoint_every = 2
-  c.optimizer.update(dict(warmup_steps=2, decay_steps=steps))
-  c.mesh.update(dict(data=2, fsdp=2, tensor=2))
-  c.sampling.num_steps = 4
-  return c
 
 
 def losses(workdir):
@@ -80,14 +37,14 @@ def losses(workdir):
 def tokenizer_run(tmp_path_factory):
   """An uninterrupted 6-step tiny tokenizer run (also the frozen tokenizer for stage 2)."""
   workdir = str(tmp_path_factory.mktemp('tok') / 'run')
-  result = tokenizer_trainer.train_and_evaluate(tiny_tokenizer_config(), workdir)
+  result = tokenizer_trainer.train_and_evaluate(tiny_configs.vqgan(), workdir)
   return workdir, result
 
 
 @pytest.fixture(scope='module')
 def transformer_run(tmp_path_factory, tokenizer_run):
   workdir = str(tmp_path_factory.mktemp('mg') / 'run')
-  transformer_trainer.train_and_evaluate(tiny_transformer_config(tokenizer_run[0]), workdir)
+  transformer_trainer.train_and_evaluate(tiny_configs.maskgit(tokenizer_run[0]), workdir)
   return workdir
 
 
@@ -104,7 +61,7 @@ def test_tokenizer_run_writes_workdir_and_evaluates(tokenizer_run):
 
 def test_tokenizer_kill_and_resume_matches_uninterrupted(tokenizer_run, tmp_path):
   workdir = str(tmp_path / 'run')
-  config = tiny_tokenizer_config()
+  config = tiny_configs.vqgan()
   # "Killed" after step 5: the last checkpoint is step 4, step 5 is lost and redone.
   tokenizer_trainer.train_and_evaluate(config, workdir, max_steps=5)
   assert ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), {}).latest_step() == 4
@@ -116,7 +73,7 @@ def test_transformer_kill_and_resume_matches_uninterrupted(
   transformer_run, tokenizer_run, tmp_path
 ):
   workdir = str(tmp_path / 'run')
-  config = tiny_transformer_config(tokenizer_run[0])
+  config = tiny_configs.maskgit(tokenizer_run[0])
   transformer_trainer.train_and_evaluate(config, workdir, max_steps=3)
   transformer_trainer.train_and_evaluate(config, workdir)
   expected = losses(transformer_run)
@@ -127,7 +84,7 @@ def test_transformer_kill_and_resume_matches_uninterrupted(
 def test_checkpoint_of_another_architecture_is_refused(tokenizer_run, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(tokenizer_run[0], workdir)
-  config = tiny_tokenizer_config()
+  config = tiny_configs.vqgan()
   config.model.filters = 32
   config.model.num_groups = 8
   with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match=r'model\.filters: checkpoint=16'):
@@ -135,20 +92,20 @@ def test_checkpoint_of_another_architecture_is_refused(tokenizer_run, tmp_path):
 
 
 def test_transformer_needs_a_trained_tokenizer(tmp_path):
-  config = tiny_transformer_config(str(tmp_path / 'nowhere'))
+  config = tiny_configs.maskgit(str(tmp_path / 'nowhere'))
   with pytest.raises(FileNotFoundError, match='not a training workdir'):
     transformer_trainer.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
 def test_transformer_codebook_must_match_tokenizer(tokenizer_run, tmp_path):
-  config = tiny_transformer_config(tokenizer_run[0])
+  config = tiny_configs.maskgit(tokenizer_run[0])
   config.model.codebook_size = 64
   with pytest.raises(ValueError, match='codebook_size=64 but the tokenizer'):
     transformer_trainer.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
 def test_invalid_config_values_name_the_field(tmp_path):
-  config = tiny_tokenizer_config()
+  config = tiny_configs.vqgan()
   config.data.image_size = 18
   with pytest.raises(ValueError, match=r'config\.data\.image_size=18: expected a multiple of'):
     tokenizer_trainer.train_and_evaluate(config, str(tmp_path / 'run'))
@@ -176,7 +133,7 @@ def test_unknown_config_override_is_rejected(tmp_path):
 
 def test_nan_loss_stops_with_step_and_last_checkpoint(tmp_path):
   """The loop's NaN guard, with a step function whose loss turns NaN at step 5."""
-  config = tiny_tokenizer_config(steps=8)
+  config = tiny_configs.vqgan(steps=8)
   mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
   state = {'w': jnp.zeros(())}
 
@@ -214,9 +171,9 @@ def _repeat_same_batch(step_fn, state, batch, n):
 
 def test_tokenizer_overfits_one_batch():
   """Loss on one repeated batch falls by at least 5x in 60 steps."""
-  config = tiny_tokenizer_config(steps=60)
+  config = tiny_configs.vqgan(steps=60)
   config.optimizer.update(dict(warmup_steps=5, decay='constant', lr=3e-3))
-  model = tokenizer_trainer.build_model(config.model)
+  model = tokenizers.build_tokenizer(config.model)
   tx = ts.make_optimizer(config.optimizer)
   mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
   init_fn, shardings, _ = ts.state_layout(
@@ -235,12 +192,13 @@ def test_tokenizer_overfits_one_batch():
 
 def test_transformer_learns_tokens_of_one_batch(tokenizer_run):
   """Masked-token loss on one repeated batch falls by at least 2x in 60 steps."""
-  config = tiny_transformer_config(tokenizer_run[0], steps=60)
+  config = tiny_configs.maskgit(tokenizer_run[0], steps=60)
   config.masking.label_smoothing = 0.0
   config.model.dropout_rate = 0.0
   config.optimizer.update(dict(warmup_steps=5, decay='constant', lr=3e-3, weight_decay=0.0))
-  tokenizer, tok_params, _ = tokenizer_trainer.load_tokenizer(tokenizer_run[0])
-  model = transformer_trainer.build_model(config, seq_len=16)
+  frozen = pretrained.load_tokenizer(tokenizer_run[0])
+  tokenizer, tok_params = frozen.module, frozen.params
+  model = build_transformer(config.model, 16)
   tx = ts.make_optimizer(config.optimizer)
   mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
   init_fn, shardings, _ = ts.state_layout(
@@ -257,7 +215,7 @@ def test_transformer_learns_tokens_of_one_batch(tokenizer_run):
   }
   step = jax.jit(
     transformer_trainer.make_train_step(
-      model, transformer_trainer.make_tokenize_fn(tokenizer), tok_params, tx, config
+      model, tokenizers.make_tokenize_fn(tokenizer), tok_params, tx, config
     )
   )
   curve = _repeat_same_batch(step, state, batch, 60)
@@ -292,7 +250,7 @@ def test_sample_cli_writes_grid_and_npz(transformer_run, tmp_path):
 
 
 def test_editing_keeps_tokens_outside_the_region(transformer_run):
-  from magvit_jax.sampling import Sampler
+  from magvit_jax.inference.sampler import Sampler
 
   sampler = Sampler(transformer_run)
   images = np.random.RandomState(2).randint(0, 256, (3, 16, 16, 3)).astype(np.uint8)

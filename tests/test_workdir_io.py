@@ -25,7 +25,7 @@ from magvit_jax import evaluation
 from magvit_jax import fileio
 from magvit_jax import parallel
 from magvit_jax.trainers import loop
-from magvit_jax.trainers import metrics_writer as mw
+from magvit_jax import metrics_writer as mw
 
 BUCKET = 'gs://fake-bucket'
 

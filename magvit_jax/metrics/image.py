@@ -1,7 +1,8 @@
 """Per-example PSNR and SSIM of images and videos.
 
-Plain NumPy in float64 (evaluation-time metrics; no jit, no x64 flag needed).
-Inputs may be NumPy or JAX arrays of any numeric dtype; pass `max_value` as the
+SSIM is plain NumPy in float64 (evaluation-time; no jit, no x64 flag needed). PSNR scores
+NumPy inputs the same way and JAX arrays with jax.numpy (jittable, float32), so the train
+step and evaluation share one definition. Pass `max_value` as the
 dynamic range of the data (1.0 for [0, 1] floats, 255 for uint8, 2.0 for
 [-1, 1] floats).
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 ArrayLike = Any
@@ -28,30 +31,49 @@ def _pair(x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
   return x, y
 
 
-def psnr(x: ArrayLike, y: ArrayLike, max_value: float = 1.0) -> np.ndarray:
+def psnr(
+  x: ArrayLike, y: ArrayLike, max_value: float = 1.0, mask: ArrayLike | None = None
+) -> ArrayLike:
   """Peak signal-to-noise ratio per example, 10 log10(max_value^2 / mse).
+
+  The one PSNR of the project: NumPy inputs are scored in float64 (evaluation), JAX arrays
+  (also inside jit, e.g. the tokenizer's train step) in float32 with jax.numpy.
 
   Args:
     x: [b, ...] images, videos or any array with a leading batch axis.
     y: same shape as x.
     max_value: dynamic range of the data.
+    mask: optional, broadcastable to x: the mean squared error is taken over the masked
+      elements only (e.g. the generated region of a video task); weights may be 0/1 or bool.
 
   Returns:
-    float64 [b]; the mean squared error is taken over all trailing axes in
-    float64. Identical examples (mse == 0) give +inf (not capped; average
-    with care, e.g. `np.mean(np.minimum(p, cap))`).
+    [b] (float64 NumPy, or float32 JAX for JAX inputs); the mean squared error is taken over
+    all trailing axes. Identical examples (mse == 0) give +inf (not capped; average with care,
+    e.g. `np.mean(np.minimum(p, cap))`).
 
   Raises:
     ValueError: if shapes differ, x has no batch axis, or max_value <= 0.
   """
-  x, y = _pair(x, y)
+  if isinstance(x, jax.Array) or isinstance(y, jax.Array):
+    xp = jnp
+    x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+    if x.shape != y.shape:
+      raise ValueError(f'x and y must have the same shape, got {x.shape} and {y.shape}')
+  else:
+    xp = np
+    x, y = _pair(x, y)
   if x.ndim < 1:
     raise ValueError(f'x must have a leading batch axis [b, ...], got shape {x.shape}')
   if max_value <= 0:
     raise ValueError(f'max_value must be > 0, got {max_value}')
-  mse = np.mean(np.square(x - y), axis=tuple(range(1, x.ndim)))
+  axes = tuple(range(1, x.ndim))
+  if mask is None:
+    mse = xp.mean(xp.square(x - y), axis=axes)
+  else:
+    w = xp.broadcast_to(xp.asarray(mask, x.dtype), x.shape)
+    mse = xp.sum(xp.square(x - y) * w, axis=axes) / xp.maximum(xp.sum(w, axis=axes), 1.0)
   with np.errstate(divide='ignore'):
-    return 10.0 * np.log10(float(max_value) ** 2 / mse)
+    return 10.0 * xp.log10(float(max_value) ** 2 / mse)
 
 
 def _gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:

@@ -62,6 +62,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from magvit_jax.models.layers import group_norm
+
 Cache = Any  # pytree of float arrays [b, n, h, w, c] (or None), nested like the modules.
 
 
@@ -188,18 +190,6 @@ class CausalConv3D(nn.Module):
       name='conv',
     )(padded)
     return y, new_cache
-
-
-def group_norm(num_groups: int, name: str | None = None, dtype=jnp.float32) -> nn.GroupNorm:
-  """GroupNorm (to be applied per frame) with ('norm',)-partitioned scale and bias."""
-  return nn.GroupNorm(
-    num_groups=num_groups,
-    epsilon=1e-6,
-    dtype=dtype,
-    scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ('norm',)),
-    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('norm',)),
-    name=name,
-  )
 
 
 class AdaptiveGroupNorm(nn.Module):

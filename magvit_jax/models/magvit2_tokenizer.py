@@ -12,7 +12,7 @@ Same interface as `VQGAN`: `encode(x) -> (quantized, aux)`, `decode(quantized)`,
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -35,6 +35,7 @@ class Magvit2Tokenizer(nn.Module):
   entropy_temperature: float = 1.0
   entropy_chunk_size: int = 1024
   entropy_groups: int | None = None
+  causal: ClassVar[bool] = True  # Each latent frame depends on earlier frames only.
 
   def setup(self):
     kwargs = dict(
@@ -68,8 +69,12 @@ class Magvit2Tokenizer(nn.Module):
   def temporal_factor(self) -> int:
     return 2 ** sum(bool(t) for t in self.temporal_downsample)
 
-  def token_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
-    """Token grid (t, h, w) of a [frames, height, width] input."""
+  def token_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int]:
+    """Token grid (t, h, w) of one video (T, H, W, 3) or image (H, W, 3) (t = 1)."""
+    if len(input_shape) not in (3, 4):
+      raise ValueError(f'input shape must be (T, H, W, 3) or (H, W, 3), got {input_shape}')
+    frames = int(input_shape[0]) if len(input_shape) == 4 else 1
+    height, width = int(input_shape[-3]), int(input_shape[-2])
     return (
       1 + (frames - 1) // self.temporal_factor,
       height // self.spatial_factor,

@@ -22,6 +22,9 @@ table from the config.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -131,6 +134,11 @@ class Transformer(nn.Module):
   num_sub_tokens: int = 1
   num_tasks: int = 0
   dtype: Dtype = jnp.float32
+
+  def dummy_inputs(self) -> tuple[jax.Array, ...]:
+    """(tokens [1, n], labels [1][, tasks [1]]) int32 zeros, for `init`."""
+    args = (jnp.zeros((1, self.seq_len), jnp.int32), jnp.zeros((1,), jnp.int32))
+    return args + ((jnp.zeros((1,), jnp.int32),) if self.num_tasks else ())
 
   @property
   def num_prefix(self) -> int:
@@ -275,3 +283,37 @@ def forward_flops(model: Transformer, batch: int) -> float:
   per_token_layer = 2 * (4 * d * d + 2 * d * m) + 2 * 2 * n * d
   head = 2 * (d * d + d * K)
   return float(batch * (n * L * per_token_layer + model.seq_len * head))
+
+
+def model_defaults() -> dict[str, Any]:
+  """The full transformer `config.model` (MaskGIT ImageNet sizes) at the module's defaults."""
+  out: dict[str, Any] = {'codebook_size': 1024, 'num_classes': 1000}
+  for f in dataclasses.fields(Transformer):
+    if f.init and f.name not in ('parent', 'name', 'seq_len', 'codebook_size', 'num_classes'):
+      out[f.name] = f.default
+  out['dtype'] = jnp.dtype(out['dtype']).name
+  return out
+
+
+def build_transformer(model_config: Any, seq_len: int) -> Transformer:
+  """The transformer of `config.model` over `seq_len` visual tokens."""
+  unknown = set(model_config) - set(model_defaults())
+  if unknown:
+    raise ValueError(
+      f'config.model has keys {sorted(unknown)} that the transformer does not take; valid '
+      f'keys: {sorted(model_defaults())}'
+    )
+  m = model_config
+  return Transformer(
+    codebook_size=int(m['codebook_size']),
+    num_classes=int(m['num_classes']),
+    seq_len=int(seq_len),
+    hidden_size=int(m['hidden_size']),
+    num_layers=int(m['num_layers']),
+    num_heads=int(m['num_heads']),
+    mlp_dim=int(m['mlp_dim']),
+    dropout_rate=float(m['dropout_rate']),
+    num_sub_tokens=int(m['num_sub_tokens']),
+    num_tasks=int(m['num_tasks']),
+    dtype=jnp.dtype(m['dtype']),
+  )

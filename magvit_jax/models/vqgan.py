@@ -12,7 +12,7 @@ upsampling, no attention, codebook 1024 x 256 (16x downsampling: 256 -> 16).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -84,6 +84,7 @@ class VQGAN(nn.Module):
   codebook_size: int = 1024
   commitment_cost: float = 0.25
   num_groups: int = 32
+  causal: ClassVar[bool] = False  # Frames are not coded causally (it codes images only).
 
   def setup(self):
     self.encoder = Encoder(
@@ -101,6 +102,13 @@ class VQGAN(nn.Module):
   @property
   def downsample_factor(self) -> int:
     return 2 ** (len(self.channel_multipliers) - 1)
+
+  def token_shape(self, input_shape: Sequence[int]) -> tuple[int, int]:
+    """Token grid (h, w) of one image of shape (H, W, 3)."""
+    if len(input_shape) != 3:
+      raise ValueError(f'the VQGAN codes images (H, W, 3), got an input of shape {input_shape}')
+    f = self.downsample_factor
+    return (int(input_shape[0]) // f, int(input_shape[1]) // f)
 
   def encode(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """images: [b, H, W, 3] float32 in [-1, 1] -> (quantized [b, h, w, d], aux)."""

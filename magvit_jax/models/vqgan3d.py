@@ -29,7 +29,7 @@ taken over (T, H, W) and the channel group.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -233,6 +233,7 @@ class VQGAN3D(nn.Module):
   num_groups: int = 32
   temporal_downsample: Sequence[bool] = (True, True, False)
   temporal_padding: str = 'edge'
+  causal: ClassVar[bool] = False  # Frames are padded on both sides in time.
 
   def setup(self):
     _check_temporal_downsample(self.channel_multipliers, self.temporal_downsample)
@@ -265,6 +266,13 @@ class VQGAN3D(nn.Module):
   def temporal_downsample_factor(self) -> int:
     """Temporal downsampling factor ft = 2^sum(temporal_downsample)."""
     return 2 ** sum(bool(d) for d in self.temporal_downsample)
+
+  def token_shape(self, input_shape: Sequence[int]) -> tuple[int, int, int]:
+    """Token grid (t, h, w) of one video of shape (T, H, W, 3)."""
+    if len(input_shape) != 4:
+      raise ValueError(f'the 3D-VQ codes videos (T, H, W, 3), got an input of shape {input_shape}')
+    ft, f = self.temporal_downsample_factor, self.downsample_factor
+    return (int(input_shape[0]) // ft, int(input_shape[1]) // f, int(input_shape[2]) // f)
 
   def encode(self, videos: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """videos: [b, T, H, W, 3] float32 in [-1, 1] -> (quantized [b, t, h, w, d], aux)."""

@@ -41,15 +41,15 @@ class Adversarial:
 
   def __init__(self, config, example_input_shape: tuple[int, ...], load_perceptual: bool = True):
     losses = config.losses
-    self.gan_weight = float(losses.get('gan_weight', 0.0))
-    self.disc_start_step = int(losses.get('disc_start_step', 0))
-    self.lecam_weight = float(losses.get('lecam_weight', 0.0))
-    self.r1_gamma = float(losses.get('r1_gamma', 0.0))
-    self.ema_decay = float(config.get('ema_decay') or 0.0)
+    self.gan_weight = float(losses.gan_weight)
+    self.disc_start_step = int(losses.disc_start_step)
+    self.lecam_weight = float(losses.lecam_weight)
+    self.r1_gamma = float(losses.r1_gamma)
+    self.ema_decay = float(config.ema_decay)
     self.input_shape = tuple(example_input_shape)
     self.disc = None
     if self.gan_weight:
-      if config.get('image_every'):
+      if config.image_every:
         raise ValueError(
           'config.losses.gan_weight > 0 with config.image_every > 0: the '
           'discriminator of joint image-video training is not supported yet; '
@@ -62,10 +62,10 @@ class Adversarial:
       o = config.disc_optimizer
       self.disc_tx = optax.adam(o.lr, b1=o.b1, b2=o.b2)
     self.perceptual = None
-    self.perceptual_weight = float(losses.get('perceptual_weight', 0.0))
+    self.perceptual_weight = float(losses.perceptual_weight)
     if self.perceptual_weight and load_perceptual:
       self.perceptual = perceptual.make_perceptual_loss(
-        losses.get('perceptual_weights'), required=bool(losses.get('perceptual_required'))
+        losses.perceptual_weights, required=bool(losses.perceptual_required)
       )
 
   @property

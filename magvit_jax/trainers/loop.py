@@ -31,7 +31,7 @@ import numpy as np
 
 from magvit_jax import parallel
 from magvit_jax.checkpoint import Checkpointer
-from magvit_jax.trainers import metrics_writer as mw
+from magvit_jax import metrics_writer as mw
 
 # Multi-process runs agree on the SIGTERM flag every this many steps (at most;
 # also at every log step). Each agreement is a blocking all-gather of one int.

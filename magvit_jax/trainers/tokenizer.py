@@ -32,110 +32,19 @@ import numpy as np
 from magvit_jax import checkpoint as ckpt_lib
 from magvit_jax import fileio
 from magvit_jax import parallel
-from magvit_jax.config_schema import config_from_dict, validate_config
-from magvit_jax.models.magvit2_tokenizer import Magvit2Tokenizer
-from magvit_jax.models.vqgan import VQGAN
-from magvit_jax.models import vqgan3d
+from magvit_jax import pretrained
+from magvit_jax.config_schema import validate_config
+from magvit_jax.metrics import image as image_metrics
+from magvit_jax.models import tokenizers, vqgan3d
 from magvit_jax.trainers import loop
 from magvit_jax.trainers.adversarial import Adversarial
-from magvit_jax.trainers import metrics_writer as mw
+from magvit_jax import metrics_writer as mw
 from magvit_jax.trainers import train_state as ts
 
 
-TOKENIZERS = ('vqgan', 'vqgan3d', 'magvit2')
-
-
-def build_model(model_config) -> VQGAN | vqgan3d.VQGAN3D | Magvit2Tokenizer:
-  """The tokenizer named by `model_config.name` ('vqgan' when absent)."""
-  m = model_config
-  name = m.get('name', 'vqgan')
-  if name == 'vqgan':
-    return VQGAN(
-      filters=int(m.filters),
-      channel_multipliers=tuple(m.channel_multipliers),
-      num_res_blocks=int(m.num_res_blocks),
-      embedding_dim=int(m.embedding_dim),
-      codebook_size=int(m.codebook_size),
-      commitment_cost=float(m.commitment_cost),
-      num_groups=int(m.num_groups),
-    )
-  if name == 'vqgan3d':
-    return vqgan3d.VQGAN3D(
-      filters=int(m.filters),
-      channel_multipliers=tuple(m.channel_multipliers),
-      num_res_blocks=int(m.num_res_blocks),
-      embedding_dim=int(m.embedding_dim),
-      codebook_size=int(m.codebook_size),
-      commitment_cost=float(m.commitment_cost),
-      num_groups=int(m.num_groups),
-      temporal_downsample=tuple(bool(t) for t in m.temporal_downsample),
-      temporal_padding=str(m.get('temporal_padding', 'edge')),
-    )
-  if name == 'magvit2':
-    return Magvit2Tokenizer(
-      filters=int(m.filters),
-      channel_multipliers=tuple(m.channel_multipliers),
-      num_res_blocks=int(m.num_res_blocks),
-      temporal_downsample=tuple(bool(t) for t in m.temporal_downsample),
-      num_bits=int(m.num_bits),
-      num_groups=int(m.num_groups),
-      entropy_weight=float(m.entropy_weight),
-      commitment_weight=float(m.commitment_weight),
-      entropy_temperature=float(m.entropy_temperature),
-      entropy_chunk_size=int(m.entropy_chunk_size),
-      entropy_groups=m.get('entropy_groups'),
-    )
-  raise ValueError(f'config.model.name={name!r}: expected one of {TOKENIZERS}')
-
-
-def codebook_size(model_config) -> int:
-  if model_config.get('name', 'vqgan') == 'magvit2':
-    return 2 ** int(model_config.num_bits)
-  return int(model_config.codebook_size)
-
-
-def input_shape(config) -> tuple[int, ...]:
-  """Per-example input of the tokenizer: (H, W, 3) for images, (T, H, W, 3) for videos."""
-  size = int(config.data.image_size)
-  frames = config.data.get('num_frames')
-  return (int(frames), size, size, 3) if frames else (size, size, 3)
-
-
-def token_shape(config) -> tuple[int, ...]:
-  """Token grid of one example: (h, w) for the VQGAN, (t, h, w) for the 3D-VQ and MAGVIT-v2."""
-  m = config.model
-  f = 2 ** (len(m.channel_multipliers) - 1)
-  size = int(config.data.image_size) // f
-  if m.get('name', 'vqgan') == 'vqgan3d':
-    ft = 2 ** sum(bool(t) for t in m.temporal_downsample)
-    return (int(config.data.num_frames) // ft, size, size)
-  if m.get('name', 'vqgan') == 'magvit2':
-    frames = int(config.data.get('num_frames') or 1)
-    ft = 2 ** sum(bool(t) for t in m.temporal_downsample)
-    return (1 + (frames - 1) // ft, size, size)
-  return (size, size)
-
-
-def model_input(batch: dict) -> jax.Array:
-  """The pixels of a data batch: 'video' [b, T, H, W, 3] or 'image' [b, H, W, 3] uint8."""
-  return batch['video'] if 'video' in batch else batch['image']
-
-
-def to_float(images: jax.Array) -> jax.Array:
-  """uint8 [..., 3] in [0, 255] -> float32 in [-1, 1]."""
-  return images.astype(jnp.float32) / 127.5 - 1.0
-
-
-def to_uint8(images: jax.Array) -> jax.Array:
-  """float in [-1, 1] -> uint8 [0, 255] (clipped)."""
-  return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
-
-
 def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
-  """Per-example PSNR in dB of images in [-1, 1] (peak = full range). x, y: [b, ...] -> [b]."""
-  x01, y01 = (jnp.clip(x, -1, 1) + 1) / 2, (jnp.clip(y, -1, 1) + 1) / 2
-  mse = jnp.mean((x01 - y01) ** 2, axis=tuple(range(1, x.ndim)))
-  return 10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))
+  """Per-example PSNR in dB of [b, ...] pixels in [-1, 1] (clipped; peak = the full range)."""
+  return image_metrics.psnr(jnp.clip(x, -1, 1), jnp.clip(y, -1, 1), max_value=2.0)
 
 
 def generator_loss_terms(images: jax.Array, recon: jax.Array, aux: dict, loss_config) -> dict:
@@ -152,7 +61,7 @@ def make_train_step(model, tx, loss_config, adv: Adversarial | None = None):
   """The jitted-to-be step: generator update (+ EMA), then the discriminator's when adv has one."""
 
   def train_step(state: ts.TrainState, batch: dict) -> tuple[ts.TrainState, dict]:
-    x = to_float(model_input(batch))
+    x = tokenizers.to_float(tokenizers.model_input(batch))
 
     def loss_fn(params):
       recon, aux = model.apply({'params': params}, x)
@@ -195,11 +104,11 @@ def evaluate(
 
   @jax.jit
   def recon_fn(params, pixels):
-    x = to_float(pixels)
+    x = tokenizers.to_float(pixels)
     recon, aux = model.apply({'params': params}, x)
     return psnr(x, recon), aux['tokens']
 
-  vocab = codebook_size(config.model)
+  vocab = tokenizers.codebook_size(config.model)
   psnr_sum, count = 0.0, 0
   histogram = np.zeros((vocab,), np.int64)
   for batch in pipeline.create_dataset(
@@ -209,7 +118,7 @@ def evaluate(
     train=False,
     drop_remainder=False,
   ):
-    p, t = recon_fn(params, model_input(batch))
+    p, t = recon_fn(params, tokenizers.model_input(batch))
     psnr_sum += float(np.sum(p))
     count += int(p.shape[0])
     histogram += np.bincount(np.asarray(t).reshape(-1), minlength=vocab)
@@ -231,7 +140,7 @@ def mixed_batches(config, local_batch: int, start_step: int):
   `config.image_every = k > 0` an image batch of `config.image_data` at every k-th step."""
   from magvit_jax.data import pipeline  # TF is imported only here.
 
-  every = int(config.get('image_every') or 0)
+  every = int(config.image_every)
   seed = int(config.seed)
 
   def stream(data_config, consumed):
@@ -259,15 +168,14 @@ def inflated_init(init_params, model_config, mesh):
   """init_params of a 3D-VQ whose weights come from the 2D VQGAN in `model.inflate_from`
   (its EMA weights when it kept them), inflated by `model.inflation`."""
   source = str(model_config.inflate_from)
-  source_config = config_from_dict(ckpt_lib.read_workdir_config(source))
-  if source_config.model.get('name', 'vqgan') != 'vqgan':
+  source_model = pretrained.read_config(source, 'tokenizer').model.name
+  if source_model != 'vqgan':
     raise ValueError(
-      f'config.model.inflate_from={source!r} holds a '
-      f"{source_config.model.get('name')!r} tokenizer; expected a 2D 'vqgan' run"
+      f'config.model.inflate_from={source!r} holds a {source_model!r} tokenizer; expected a 2D '
+      "'vqgan' run"
     )
-  _, params_2d, _ = load_tokenizer(source, mesh)
-  params_2d = jax.device_get(params_2d)
-  method = str(model_config.get('inflation', 'central'))
+  params_2d = jax.device_get(pretrained.load_tokenizer(source, mesh).params)
+  method = str(model_config.inflation)
 
   def init(rng):
     return vqgan3d.inflate_params(params_2d, init_params(rng), method)
@@ -286,19 +194,17 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
   local_batch = parallel.check_batch_size(int(config.batch_size), mesh)
 
   # Model and optimizer.
-  model = build_model(config.model)
+  model = tokenizers.build_tokenizer(config.model)
   tx = ts.make_optimizer(config.optimizer)
-
-  def init_params(rng):
-    return model.init(rng, jnp.zeros((1,) + input_shape(config), jnp.float32))['params']
+  init_params = tokenizers.init_params(model, config)
 
   # Sharded state: restored from the latest checkpoint, or fresh.
   checkpointer = ckpt_lib.Checkpointer(
     os.path.join(workdir, 'checkpoints'), config.to_dict(), int(config.max_checkpoints)
   )
-  if config.model.get('name') == 'vqgan3d' and config.model.get('inflate_from'):
+  if config.model.name == 'vqgan3d' and config.model.inflate_from:
     init_params = inflated_init(init_params, config.model, mesh)
-  adv = Adversarial(config, input_shape(config))
+  adv = Adversarial(config, tokenizers.input_shape(config))
   state, shardings, start_step = ts.init_or_restore(
     init_params, tx, config, mesh, checkpointer, 'tokenizer', adv.init_extra
   )
@@ -331,7 +237,7 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
   result = {'state': state}
   if max_steps is None:
     result.update(evaluate(model, state.eval_params, config))
-    if config.get('image_data') is not None and config.get('image_every'):
+    if config.image_every:
       result.update(evaluate(model, state.eval_params, config, config.image_data, 'eval_image'))
     writer.write(int(config.num_train_steps), {k: v for k, v in result.items() if k != 'state'})
     for prefix in ('eval', 'eval_image'):
@@ -339,29 +245,9 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
         print(
           f'[tokenizer] held-out PSNR {result[f"{prefix}_psnr"]:.2f} dB, codebook usage '
           f'{result[f"{prefix}_codebook_usage"]:.1%} on {int(result[f"{prefix}_examples"])} '
-          f'{"images" if prefix == "eval_image" or len(input_shape(config)) == 3 else "videos"}',
+          f'{"images" if prefix == "eval_image" or len(tokenizers.input_shape(config)) == 3 else "videos"}',
           flush=True,
         )
   writer.close()
   checkpointer.close()
   return result
-
-
-def load_tokenizer(workdir: str, mesh=None) -> tuple[VQGAN | Magvit2Tokenizer, Any, dict]:
-  """Frozen tokenizer from a tokenizer workdir: (model, params, config dict)."""
-  config = ckpt_lib.read_workdir_config(workdir)
-  if config.get('stage') != 'tokenizer':
-    raise ValueError(
-      f"{workdir} holds a {config.get('stage')!r} run; expected a 'tokenizer' workdir"
-    )
-  cfg = config_from_dict(config)
-  model = build_model(cfg.model)
-  params = ts.restore_params(
-    workdir,
-    config,
-    lambda rng: model.init(rng, jnp.zeros((1,) + input_shape(cfg), jnp.float32))['params'],
-    mesh or parallel.make_mesh({'data': -1}),
-    f'python -m magvit_jax.train --config=configs/<tokenizer config>.py --workdir={workdir}',
-    Adversarial(cfg, input_shape(cfg), load_perceptual=False).init_extra,
-  )
-  return model, params, config

@@ -19,7 +19,6 @@ prepended, and the loss weighs the three kinds of positions by
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -29,14 +28,15 @@ import optax
 
 from magvit_jax import checkpoint as ckpt_lib
 from magvit_jax import fileio
+from magvit_jax import metrics_writer as mw
 from magvit_jax import parallel
-from magvit_jax.config_schema import config_from_dict, validate_config
+from magvit_jax import pretrained
+from magvit_jax.config_schema import validate_config
 from magvit_jax.masking import commit
 from magvit_jax.masking import mvtm
-from magvit_jax.models.transformer import Transformer, forward_flops
+from magvit_jax.models import tokenizers
+from magvit_jax.models.transformer import Transformer, build_transformer, forward_flops
 from magvit_jax.trainers import loop
-from magvit_jax.trainers import metrics_writer as mw
-from magvit_jax.trainers import tokenizer as tokenizer_trainer
 from magvit_jax.trainers import train_state as ts
 
 # Peak dense bf16 FLOP/s per chip, for the MFU column of the step log.
@@ -54,38 +54,15 @@ PEAK_FLOPS = {
 }
 
 
-def token_grid(tokenizer_config) -> tuple[int, ...]:
-  """Token grid of one example for this tokenizer: (h, w) or (t, h, w)."""
-  return tokenizer_trainer.token_shape(tokenizer_config)
-
-
-def build_model(config, seq_len: int) -> Transformer:
-  m = config.model
-  return Transformer(
-    codebook_size=int(m.codebook_size),
-    num_classes=int(m.num_classes),
-    seq_len=seq_len,
-    hidden_size=int(m.hidden_size),
-    num_layers=int(m.num_layers),
-    num_heads=int(m.num_heads),
-    mlp_dim=int(m.mlp_dim),
-    dropout_rate=float(m.dropout_rate),
-    num_sub_tokens=int(m.get('num_sub_tokens', 1)),
-    num_tasks=int(m.get('num_tasks', 0)),
-    dtype=jnp.dtype(m.dtype),
-  )
-
-
 def commit_tasks(config) -> tuple[str, ...]:
   """The COMMIT tasks this run trains on (empty: plain MVTM)."""
-  c = config.get('commit')
-  return tuple(c.tasks) if c is not None and c.get('tasks') else ()
+  return tuple(config.commit.tasks)
 
 
 def check_commit(config, tokenizer_config) -> None:
   """COMMIT needs a video tokenizer and a model with one task token per COMMIT task."""
   tasks = commit_tasks(config)
-  num_tasks = int(config.model.get('num_tasks', 0))
+  num_tasks = int(config.model.num_tasks)
   if not tasks:
     if num_tasks:
       raise ValueError(
@@ -98,7 +75,7 @@ def check_commit(config, tokenizer_config) -> None:
       f'config.model.num_tasks={num_tasks}: expected {len(commit.TASKS)} (one '
       f'task token per COMMIT task {commit.TASKS}) when commit.tasks is set'
     )
-  if len(token_grid(tokenizer_config)) != 3 or not tokenizer_config.data.get('num_frames'):
+  if len(tokenizers.token_shape(tokenizer_config)) != 3 or not tokenizer_config.data.num_frames:
     raise ValueError(
       f'config.commit.tasks={tasks} needs a video tokenizer; the tokenizer in '
       f'{config.tokenizer_workdir} is an image tokenizer'
@@ -112,7 +89,7 @@ def check_commit(config, tokenizer_config) -> None:
 
 def check_tokenizer_matches(config, tokenizer_config) -> None:
   """The transformer's vocabulary and inputs must be the tokenizer's."""
-  vocab = tokenizer_trainer.codebook_size(tokenizer_config.model)
+  vocab = tokenizers.codebook_size(tokenizer_config.model)
   if int(config.model.codebook_size) != vocab:
     raise ValueError(
       f'config.model.codebook_size={config.model.codebook_size} but the tokenizer in '
@@ -123,24 +100,12 @@ def check_tokenizer_matches(config, tokenizer_config) -> None:
       f'config.data.image_size={config.data.image_size} but the tokenizer in '
       f'{config.tokenizer_workdir} was trained at image_size={tokenizer_config.data.image_size}'
     )
-  frames, tok_frames = config.data.get('num_frames'), tokenizer_config.data.get('num_frames')
+  frames, tok_frames = config.data.num_frames, tokenizer_config.data.num_frames
   if frames != tok_frames:
     raise ValueError(
       f'config.data.num_frames={frames} but the tokenizer in '
       f'{config.tokenizer_workdir} was trained with num_frames={tok_frames}'
     )
-
-
-def make_tokenize_fn(tokenizer):
-  def tokenize(tokenizer_params, pixels: jax.Array) -> jax.Array:
-    """uint8 pixels, or float in [-1, 1], [b, H, W, 3] or [b, T, H, W, 3] -> tokens [b, n]
-    int32 (n = prod(token grid))."""
-    if pixels.dtype == jnp.uint8:
-      pixels = tokenizer_trainer.to_float(pixels)
-    _, aux = tokenizer.apply({'params': tokenizer_params}, pixels, method='encode')
-    return aux['tokens'].reshape(pixels.shape[0], -1)
-
-  return tokenize
 
 
 def drop_classes(labels: jax.Array, rng: jax.Array, rate: float, null_label: int) -> jax.Array:
@@ -169,7 +134,7 @@ def make_train_step(model: Transformer, tokenize, tokenizer_params, tx, config):
   def train_step(state: ts.TrainState, batch: dict) -> tuple[ts.TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
     mask_rng, drop_rng, class_rng = jax.random.split(rng, 3)
-    tokens = jax.lax.stop_gradient(tokenize(tokenizer_params, tokenizer_trainer.model_input(batch)))
+    tokens = jax.lax.stop_gradient(tokenize(tokenizer_params, tokenizers.model_input(batch)))
     b, n = tokens.shape
     mask = mvtm.sample_mask(mask_rng, b, n, masking.schedule)
     inputs = mvtm.apply_mask(tokens, mask, model.mask_token_id)
@@ -209,7 +174,7 @@ def make_commit_train_step(
   def train_step(state: ts.TrainState, batch: dict) -> tuple[ts.TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
     task_rng, box_rng, mask_rng, drop_rng, class_rng = jax.random.split(rng, 5)
-    videos = tokenizer_trainer.to_float(batch['video'])
+    videos = tokenizers.to_float(batch['video'])
     b, t, h, w, _ = videos.shape
     tasks = allowed[jax.random.randint(task_rng, (b,), 0, allowed.shape[0])]
     known = commit.known_pixels(tasks, box_rng, t, h, w, settings)
@@ -234,12 +199,6 @@ def make_commit_train_step(
     return gradient_step(state, loss_fn, tx, config)
 
   return train_step
-
-
-def init_inputs(model: Transformer) -> tuple[jax.Array, ...]:
-  """Dummy (tokens, labels[, tasks]) for model.init."""
-  args = (jnp.zeros((1, model.seq_len), jnp.int32), jnp.zeros((1,), jnp.int32))
-  return args + ((jnp.zeros((1,), jnp.int32),) if model.num_tasks else ())
 
 
 def mfu_scalars(model: Transformer, global_batch: int):
@@ -271,21 +230,19 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
   local_batch = parallel.check_batch_size(int(config.batch_size), mesh)
 
   # Frozen tokenizer, replicated on the mesh.
-  tokenizer, tokenizer_params, tok_cfg_dict = tokenizer_trainer.load_tokenizer(
-    config.tokenizer_workdir, mesh
-  )
-  tok_cfg = config_from_dict(tok_cfg_dict)
+  frozen = pretrained.load_tokenizer(config.tokenizer_workdir, mesh)
+  tok_cfg = frozen.config
   check_tokenizer_matches(config, tok_cfg)
   check_commit(config, tok_cfg)
-  tokenizer_params = jax.device_put(tokenizer_params, parallel.replicated(mesh))
-  seq_len = math.prod(token_grid(tok_cfg))
+  tokenizer_params = jax.device_put(frozen.params, parallel.replicated(mesh))
+  tokenize = tokenizers.make_tokenize_fn(frozen.module)
 
   # Model and optimizer.
-  model = build_model(config, seq_len=seq_len)
+  model = build_transformer(config.model, tokenizers.num_tokens(tok_cfg))
   tx = ts.make_optimizer(config.optimizer)
 
   def init_params(rng):
-    return model.init(rng, *init_inputs(model))['params']
+    return model.init(rng, *model.dummy_inputs())['params']
 
   # Sharded state: restored from the latest checkpoint, or fresh.
   checkpointer = ckpt_lib.Checkpointer(
@@ -309,15 +266,15 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
   if commit_tasks(config):
     step = make_commit_train_step(
       model,
-      make_tokenize_fn(tokenizer),
+      tokenize,
       tokenizer_params,
       tx,
       config,
-      token_grid(tok_cfg),
-      causal=tok_cfg.model.get('name') == 'magvit2',
+      tokenizers.token_shape(tok_cfg),
+      causal=tokenizers.is_causal(tok_cfg.model),
     )
   else:
-    step = make_train_step(model, make_tokenize_fn(tokenizer), tokenizer_params, tx, config)
+    step = make_train_step(model, tokenize, tokenizer_params, tx, config)
   step_fn = jax.jit(
     step,
     in_shardings=(shardings, parallel.batch_sharding(mesh)),
@@ -343,25 +300,3 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
   writer.close()
   checkpointer.close()
   return {'state': state}
-
-
-def load_transformer(workdir: str, mesh=None) -> tuple[Transformer, Any, dict]:
-  """Trained transformer from its workdir: (model, params, config dict)."""
-  config_dict = ckpt_lib.read_workdir_config(workdir)
-  if config_dict.get('stage') != 'transformer':
-    raise ValueError(
-      f"{workdir} holds a {config_dict.get('stage')!r} run; expected a 'transformer' workdir"
-    )
-  config = config_from_dict(config_dict)
-  tok_cfg = config_from_dict(ckpt_lib.read_workdir_config(config.tokenizer_workdir))
-  seq_len = math.prod(token_grid(tok_cfg))
-  model = build_model(config, seq_len=seq_len)
-  params = ts.restore_params(
-    workdir,
-    config_dict,
-    lambda rng: model.init(rng, *init_inputs(model))['params'],
-    mesh or parallel.make_mesh({'data': -1}),
-    f'python -m magvit_jax.train --config=configs/<transformer config>.py '
-    f'--config.tokenizer_workdir={config.tokenizer_workdir} --workdir={workdir}',
-  )
-  return model, params, config_dict

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from magvit_jax import visualize
+from magvit_jax import pretrained
 from magvit_jax.decoding import maskgit
+from magvit_jax.inference import visualize
+from magvit_jax.inference.settings import DecodeSettings
 from magvit_jax.masking import commit
-from magvit_jax.config_schema import config_from_dict
-from magvit_jax.trainers import tokenizer as tokenizer_trainer
-from magvit_jax.trainers import transformer as transformer_trainer
+from magvit_jax.models import tokenizers
 
 
 class Sampler:
@@ -33,52 +33,36 @@ class Sampler:
   """
 
   def __init__(self, workdir: str):
-    self.model, self.params, self.config = transformer_trainer.load_transformer(workdir)
-    self.tokenizer, self.tok_params, tok_cfg = tokenizer_trainer.load_tokenizer(
-      self.config['tokenizer_workdir']
-    )
-    tok_cfg = config_from_dict(tok_cfg)
-    self.input_shape = tokenizer_trainer.input_shape(tok_cfg)  # (H, W, 3) or (T, H, W, 3)
-    self.token_shape = tokenizer_trainer.token_shape(tok_cfg)  # (h, w) or (t, h, w)
+    loaded = pretrained.load_transformer(workdir)
+    self.model, self.params, self.config = loaded.module, loaded.params, loaded.config
+    frozen = pretrained.load_tokenizer(self.config.tokenizer_workdir)
+    self.tokenizer, self.tok_params = frozen.module, frozen.params
+    self.input_shape = tokenizers.input_shape(frozen.config)  # (H, W, 3) or (T, H, W, 3)
+    self.token_shape = tokenizers.token_shape(frozen.config)  # (h, w) or (t, h, w)
     self.is_video = len(self.input_shape) == 4
     model, tokenizer, tok_params = self.model, self.tokenizer, self.tok_params
-    grid = self.token_shape
 
     def apply_fn(p, tokens, y, tasks=None):
       return model.apply({'params': p}, tokens, y, tasks, deterministic=True)
 
     self._apply_fn = apply_fn  # One object, so decode compiles once per setting.
-
-    @jax.jit
-    def to_pixels(tokens):
-      """tokens [..., n] -> uint8 pixels [N, *input_shape]."""
-      pixels = tokenizer.apply(
-        {'params': tok_params}, tokens.reshape((-1,) + grid), method='decode_tokens'
-      )
-      return tokenizer_trainer.to_uint8(pixels)
-
-    self.to_pixels = to_pixels
+    detokenize = tokenizers.make_detokenize_fn(tokenizer, self.token_shape)
+    # tokens [..., n] -> uint8 pixels [N, *input_shape].
+    self.to_pixels = jax.jit(lambda tokens: detokenize(tok_params, tokens))
 
     @jax.jit
     def to_tokens(pixels_uint8):
       """uint8 [N, *input_shape] -> tokens [N, *token_shape]."""
       _, aux = tokenizer.apply(
-        {'params': tok_params}, tokenizer_trainer.to_float(pixels_uint8), method='encode'
+        {'params': tok_params}, tokenizers.to_float(pixels_uint8), method='encode'
       )
       return aux['tokens']
 
     self.to_tokens = to_tokens
 
-  def _settings(self, num_steps, guidance_scale, choice_temperature, temperature) -> dict:
-    s = self.config['sampling']
-    pick = lambda v, k: s[k] if v is None else v  # pylint: disable=g-long-lambda
-    return dict(
-      num_steps=int(pick(num_steps, 'num_steps')),
-      schedule=s['schedule'],
-      guidance_scale=float(pick(guidance_scale, 'guidance_scale')),
-      choice_temperature=float(pick(choice_temperature, 'choice_temperature')),
-      temperature=float(pick(temperature, 'temperature')),
-    )
+  def settings(self, **overrides: Any) -> DecodeSettings:
+    """The run's `config.sampling` with the given (non-None) overrides."""
+    return DecodeSettings.from_config(self.config.sampling, **overrides)
 
   def _check_labels(self, labels, allow_null: bool = False) -> np.ndarray:
     labels = np.asarray(labels, np.int32)
@@ -96,6 +80,7 @@ class Sampler:
     seed: int = 0,
     batch_size: int = 50,
     num_steps: int | None = None,
+    schedule: str | None = None,
     guidance_scale: float | None = None,
     choice_temperature: float | None = None,
     temperature: float | None = None,
@@ -107,7 +92,9 @@ class Sampler:
     init_tokens: int32 [N, n]; labels: [N] (the null class num_classes is allowed when `tasks`
     are given: COMMIT's non-class tasks); tasks: int32 [N] COMMIT task ids for a multi-task
     model; condition_tokens: int32 [N, n], the condition token where the model sees it instead
-    of [MASK] (mask id elsewhere; see `maskgit.decode`). Returns {'images': uint8 [N, H, W, 3]
+    of [MASK] (mask id elsewhere; see `maskgit.decode`). num_steps, schedule, guidance_scale,
+    choice_temperature, temperature: override the run's `config.sampling` (`DecodeSettings`).
+    Returns {'images': uint8 [N, H, W, 3]
     (videos: [N, T, H, W, 3]), 'tokens': int32 [N, n], 'labels': int32 [N], 'history': int32
     [T, N, n]}.
     """
@@ -120,9 +107,15 @@ class Sampler:
     if bool(self.model.num_tasks) != (tasks is not None):
       raise ValueError(
         f'this transformer has num_tasks={self.model.num_tasks}: pass tasks '
-        f'exactly when it is > 0 (use magvit_jax.video_tasks for COMMIT tasks)'
+        f'exactly when it is > 0 (use magvit_jax.inference.video_tasks for COMMIT tasks)'
       )
-    settings = self._settings(num_steps, guidance_scale, choice_temperature, temperature)
+    settings = self.settings(
+      num_steps=num_steps,
+      schedule=schedule,
+      guidance_scale=guidance_scale,
+      choice_temperature=choice_temperature,
+      temperature=temperature,
+    ).as_kwargs()
     images, tokens, histories = [], [], []
     rng = jax.random.PRNGKey(seed)
     t0 = time.perf_counter()

@@ -18,10 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from magvit_jax import visualize
 from magvit_jax.masking import commit
-from magvit_jax.sampling import Sampler
-from magvit_jax.trainers import tokenizer as tokenizer_trainer
+from magvit_jax.metrics import image as image_metrics
+from magvit_jax.inference import visualize
+from magvit_jax.inference.sampler import Sampler
+from magvit_jax.models import tokenizers
 
 BASELINES = {
   'FP': 'copy the last known frame',
@@ -32,18 +33,14 @@ BASELINES = {
 
 def task_settings(sampler: Sampler) -> commit.TaskSettings:
   """The task sizes the transformer was trained with (its config's `commit` section)."""
-  cc = sampler.config.get('commit')
-  if not cc or not cc.get('tasks') or not sampler.model.num_tasks:
+  cc = sampler.config.commit
+  if not cc.tasks or not sampler.model.num_tasks:
     raise ValueError(
       'the transformer in this workdir was not trained with COMMIT tasks '
       '(config.commit.tasks is empty); train with e.g. '
       'configs/magvit_ucf101.py:digits'
     )
-  return commit.TaskSettings(
-    fp_frames=int(cc['fp_frames']),
-    fi_frames=int(cc['fi_frames']),
-    box_fraction=float(cc['box_fraction']),
-  )
+  return commit.TaskSettings.from_config(cc)
 
 
 def _check_videos(sampler: Sampler, videos: np.ndarray) -> np.ndarray:
@@ -76,20 +73,20 @@ def prepare_condition(
   settings = task_settings(sampler)
   videos = _check_videos(sampler, videos)
   tokenizer, tok_params, grid = sampler.tokenizer, sampler.tok_params, sampler.token_shape
-  causal = isinstance(tokenizer, tokenizer_trainer.Magvit2Tokenizer)
+  causal = tokenizer.causal
   mask_id = sampler.model.mask_token_id
   n, t, h, w = videos.shape[:4]
   tasks = jnp.full((n,), task_id, jnp.int32)
 
   @jax.jit
   def condition(pixels):
-    x = tokenizer_trainer.to_float(pixels)
+    x = tokenizers.to_float(pixels)
     known = commit.known_pixels(tasks, jax.random.PRNGKey(seed), t, h, w, settings)
     padded = commit.pad_condition(x, known)
     _, aux = tokenizer.apply({'params': tok_params}, padded, method='encode')
     region = commit.condition_region(known, grid, causal)
     cond = commit.decoding_condition(aux['tokens'].reshape(n, -1), region, mask_id)
-    return known, tokenizer_trainer.to_uint8(padded), cond
+    return known, tokenizers.to_uint8(padded), cond
 
   known, padded, cond = condition(jnp.asarray(videos))
   return {
@@ -181,11 +178,9 @@ def baseline(task: str, videos: np.ndarray, known: np.ndarray) -> np.ndarray:
 
 def region_psnr(pred: np.ndarray, target: np.ndarray, region: np.ndarray) -> np.ndarray:
   """PSNR in dB over the pixels in `region` (bool [N, T, H, W]) per example.
-  pred, target: uint8 [N, T, H, W, 3]. Returns float64 [N]."""
-  diff = (pred.astype(np.float64) - target.astype(np.float64)) / 255.0
-  w = np.broadcast_to(region[..., None], diff.shape).astype(np.float64)
-  mse = (diff**2 * w).sum(axis=(1, 2, 3, 4)) / np.maximum(w.sum(axis=(1, 2, 3, 4)), 1.0)
-  return 10.0 * np.log10(1.0 / np.maximum(mse, 1e-10))
+  pred, target: uint8 [N, T, H, W, 3]. Returns float64 [N], capped at 100 dB (exact regions)."""
+  p = image_metrics.psnr(np.asarray(pred), np.asarray(target), 255.0, mask=region[..., None])
+  return np.minimum(p, 100.0)
 
 
 def evaluate_task(
@@ -214,12 +209,14 @@ def evaluate_task(
   return metrics, result
 
 
-def load_clips(config: dict, num: int, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """The first `num` clips (uint8 [N, T, H, W, 3]) and labels of the run's eval split."""
-  from magvit_jax.config_schema import config_from_dict  # pylint: disable=g-import-not-at-top
+def load_clips(config: Any, num: int, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """The first `num` clips (uint8 [N, T, H, W, 3]) and labels of a run's eval split.
+
+  config: the run's ConfigDict (e.g. `Sampler.config` or `pretrained.read_config`).
+  """
   from magvit_jax.data import pipeline  # TF is imported only here.
 
-  data = config_from_dict(config).data
+  data = config.data
   videos, labels = [], []
   for batch in pipeline.create_dataset(
     data, split=split or data.eval_split, batch_size=min(num, 64), train=False, drop_remainder=False

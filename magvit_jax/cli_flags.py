@@ -1,0 +1,55 @@
+"""Flags shared by the `sample` and `evaluate` CLIs, defined once.
+
+Both CLIs generate with the same decoding settings, so the flags that choose them live here
+(and are therefore spelled and documented once); importing both CLIs in one process works
+because neither defines a flag of the other. A flag left unset takes the run's
+`config.sampling` value (`magvit_jax.inference.settings.DecodeSettings`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from absl import flags
+
+from magvit_jax.masking.commit import TASKS
+from magvit_jax.masking.schedules import SCHEDULES
+
+WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a trained transformer run.')
+NUM_SAMPLES = flags.DEFINE_integer(
+  'num_samples', None, 'Samples (or, with --task, clips) to generate (default: per CLI).'
+)
+SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+BATCH = flags.DEFINE_integer('batch_size', 50, 'Samples decoded per jitted call.')
+TASK = flags.DEFINE_enum(
+  'task', None, list(TASKS), 'MAGVIT COMMIT task to run on eval clips (FP, FI, OPC, ...).'
+)
+SPLIT = flags.DEFINE_string(
+  'split', None, 'Split of the condition clips / reference data (default: config.data.eval_split).'
+)
+
+# Decoding settings (default: the run's config.sampling).
+STEPS = flags.DEFINE_integer('steps', None, 'Decoding steps T.')
+SCHEDULE = flags.DEFINE_enum('schedule', None, list(SCHEDULES), 'Mask schedule of decoding.')
+GUIDANCE = flags.DEFINE_float('guidance_scale', None, 'Classifier-free guidance scale.')
+CHOICE_T = flags.DEFINE_float('choice_temperature', None, 'Gumbel scale of the confidence.')
+TEMPERATURE = flags.DEFINE_float('temperature', None, 'Token sampling temperature.')
+
+
+def decode_overrides() -> dict[str, Any]:
+  """The decoding flags as keyword arguments of `Sampler.generate` / `decode_tokens`."""
+  return dict(
+    num_steps=STEPS.value,
+    schedule=SCHEDULE.value,
+    guidance_scale=GUIDANCE.value,
+    choice_temperature=CHOICE_T.value,
+    temperature=TEMPERATURE.value,
+  )
+
+
+def num_samples(default: int) -> int:
+  """--num_samples, or `default` when unset; a value < 1 is a usage error."""
+  value = default if NUM_SAMPLES.value is None else NUM_SAMPLES.value
+  if value < 1:
+    raise flags.ValidationError(f'--num_samples must be positive, got {value}')
+  return value
