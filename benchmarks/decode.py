@@ -33,8 +33,6 @@ samples always use the trained model as configured.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import math
 import os
 import platform
 import time
@@ -46,13 +44,12 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
+from magvit_jax.config_loader import load_config
 from magvit_jax.decoding import maskgit
+from magvit_jax.inference.settings import DecodeSettings
 from magvit_jax.masking import commit
-from magvit_jax.models.transformer import Transformer
-from magvit_jax.trainers import tokenizer as tokenizer_trainer
-from magvit_jax.trainers import transformer as transformer_trainer
-
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+from magvit_jax.models import tokenizers
+from magvit_jax.models.transformer import Transformer, build_transformer
 
 
 def _time(fn, repeats: int) -> float:
@@ -149,51 +146,34 @@ def overhead_table(args) -> None:
   print()
 
 
-def _load_config(filename: str, arg: str):
-  path = os.path.join(CONFIG_DIR, filename)
-  spec = importlib.util.spec_from_file_location(filename[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
 class SweepModel:
   """The transformer of the batch / steps tables: trained (``--workdir``) or tiny random.
 
   Attributes: model, params, settings (num_steps, schedule, guidance_scale,
-  choice_temperature, temperature), sampler (``magvit_jax.sampling.Sampler`` or None), name.
+  choice_temperature, temperature), sampler (``magvit_jax.inference.sampler.Sampler`` or None),
+  name.
   """
 
   def __init__(self, workdir: str | None, dtype: str):
     self.sampler = None
     if workdir:
-      from magvit_jax import sampling  # pylint: disable=g-import-not-at-top
+      from magvit_jax.inference import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
 
-      self.sampler = sampling.Sampler(workdir)
+      self.sampler = sampler_lib.Sampler(workdir)
       self.model, self.params = self.sampler.model, self.sampler.params
-      s = self.sampler.config['sampling']
+      self.settings = self.sampler.settings().as_kwargs()
       self.name = f'trained transformer of {workdir}'
     else:
-      config = _load_config('maskgit_imagenet.py', 'digits')
-      tok_config = _load_config('vqgan_imagenet.py', 'digits')
-      seq_len = math.prod(tokenizer_trainer.token_shape(tok_config))
-      self.model = transformer_trainer.build_model(config, seq_len=seq_len)
+      config = load_config('maskgit_imagenet.py:digits')
+      tok_config = load_config('vqgan_imagenet.py:digits')
+      self.model = build_transformer(config.model, tokenizers.num_tokens(tok_config))
       self.params = nn.meta.unbox(
-        jax.jit(self.model.init)(
-          jax.random.PRNGKey(0), *transformer_trainer.init_inputs(self.model)
-        )['params']
+        jax.jit(self.model.init)(jax.random.PRNGKey(0), *self.model.dummy_inputs())['params']
       )
-      s = config.sampling.to_dict()
+      self.settings = DecodeSettings.from_config(config.sampling).as_kwargs()
       self.name = 'configs/maskgit_imagenet.py:digits, random weights'
     # Activation dtype of the timing runs (the quality samples use the sampler's own model).
     self.model = self.model.clone(dtype=jnp.dtype(dtype))
-    self.settings = dict(
-      num_steps=int(s['num_steps']),
-      schedule=str(s['schedule']),
-      guidance_scale=float(s['guidance_scale']),
-      choice_temperature=float(s['choice_temperature']),
-      temperature=float(s['temperature']),
-    )
     model = self.model
 
     def apply_fn(p, tokens, labels, tasks=None):

@@ -11,7 +11,6 @@ machine. Perceptual loss is off (its VGG weights are a user-supplied file).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import statistics
@@ -22,27 +21,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from magvit_jax import parallel
+from magvit_jax.config_loader import load_config
+from magvit_jax.models import tokenizers
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
 from magvit_jax.trainers import train_state as ts
 from magvit_jax.trainers.adversarial import Adversarial
 
 
-def load_config(spec: str):
-  path, _, arg = spec.partition(':')
-  module_spec = importlib.util.spec_from_file_location('cfg', path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
-
-
 def time_step(config, repeats: int) -> float:
-  model = tokenizer_trainer.build_model(config.model)
+  model = tokenizers.build_tokenizer(config.model)
   tx = ts.make_optimizer(config.optimizer)
-  shape = tokenizer_trainer.input_shape(config)
+  shape = tokenizers.input_shape(config)
   adv = Adversarial(config, shape)
   mesh = parallel.make_mesh({'data': -1})
   init_fn, shardings, _ = ts.state_layout(
-    lambda r: model.init(r, jnp.zeros((1,) + shape))['params'],
+    tokenizers.init_params(model, config),
     tx,
     mesh,
     config.logical_axis_rules,

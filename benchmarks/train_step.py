@@ -45,7 +45,6 @@ dtype option and always run float32; the table has a dtype column).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 import os
 import platform
@@ -54,17 +53,16 @@ import time
 import warnings
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from magvit_jax import parallel
-from magvit_jax.models.transformer import count_params, forward_flops
+from magvit_jax.config_loader import load_config
+from magvit_jax.models import tokenizers
+from magvit_jax.models.transformer import build_transformer, count_params, forward_flops
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
 from magvit_jax.trainers import train_state as ts
 from magvit_jax.trainers import transformer as transformer_trainer
 from magvit_jax.trainers.adversarial import Adversarial
-
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
 
 TINY = {
   'transformer': ('maskgit_imagenet:digits', 'magvit_ucf101:digits', 'magvit2_transformer:digits'),
@@ -81,14 +79,10 @@ PAPER = {
 GIB = 2.0**30
 
 
-def load_config(name: str):
-  """get_config(arg) of configs/<file>.py for name = 'file[:arg]'."""
+def config_of(name: str):
+  """The locked config `get_config(arg)` of configs/<file>.py for name = 'file[:arg]'."""
   stem, _, arg = name.partition(':')
-  path = os.path.join(CONFIG_DIR, stem + '.py')
-  spec = importlib.util.spec_from_file_location(stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return load_config(stem.removesuffix('.py') + '.py' + (f':{arg}' if arg else ''))
 
 
 def tokenizer_config_name(name: str) -> str:
@@ -139,18 +133,18 @@ def peak_memory_bytes() -> float | None:
   return float(stats['peak_bytes_in_use']) if stats and 'peak_bytes_in_use' in stats else None
 
 
-def build_transformer(name: str, batch: int | None, dtype: str):
+def transformer_step(name: str, batch: int | None, dtype: str):
   """(jitted step, state, batch dict, analytic FLOPs/step, params, batch size, notes)."""
-  config = load_config(name)
+  config = config_of(name)
   config.model.dtype = dtype
-  tok_config = load_config(tokenizer_config_name(name))
-  grid = tokenizer_trainer.token_shape(tok_config)
-  model = transformer_trainer.build_model(config, seq_len=math.prod(grid))
+  tok_config = config_of(tokenizer_config_name(name))
+  grid = tokenizers.token_shape(tok_config)
+  model = build_transformer(config.model, math.prod(grid))
   b = batch or int(config.batch_size)
   tx = ts.make_optimizer(config.optimizer)
   mesh = one_device_mesh()
   init_fn, shardings, _ = ts.state_layout(
-    lambda r: model.init(r, *transformer_trainer.init_inputs(model))['params'],
+    lambda r: model.init(r, *model.dummy_inputs())['params'],
     tx,
     mesh,
     config.logical_axis_rules,
@@ -160,8 +154,8 @@ def build_transformer(name: str, batch: int | None, dtype: str):
   tokens = rng.randint(0, model.codebook_size, (b, model.seq_len)).astype(np.int32)
   labels = rng.randint(0, model.num_classes, (b,)).astype(np.int32)
   if transformer_trainer.commit_tasks(config):
-    causal = tok_config.model.get('name') == 'magvit2'
-    videos = rng.randint(0, 256, (b,) + tokenizer_trainer.input_shape(tok_config), np.uint8)
+    causal = tokenizers.is_causal(tok_config.model)
+    videos = rng.randint(0, 256, (b,) + tokenizers.input_shape(tok_config), np.uint8)
     data = {'video': videos, 'tokens': tokens, 'label': labels}
 
     def step(state, batch):
@@ -187,19 +181,19 @@ def build_transformer(name: str, batch: int | None, dtype: str):
   return jitted, state, data, flops, count_params(state.params), b, notes
 
 
-def build_tokenizer(name: str, batch: int | None):
+def tokenizer_step(name: str, batch: int | None):
   """(jitted step, state, batch dict, None (XLA counts FLOPs), params, batch size, notes)."""
-  config = load_config(name)
-  model = tokenizer_trainer.build_model(config.model)
+  config = config_of(name)
+  model = tokenizers.build_tokenizer(config.model)
   b = batch or int(config.batch_size)
   tx = ts.make_optimizer(config.optimizer)
-  shape = tokenizer_trainer.input_shape(config)
+  shape = tokenizers.input_shape(config)
   with warnings.catch_warnings():
     warnings.simplefilter('ignore')  # "Perceptual loss disabled": reported in the notes.
     adv = Adversarial(config, shape)
   mesh = one_device_mesh()
   init_fn, shardings, _ = ts.state_layout(
-    lambda r: model.init(r, jnp.zeros((1,) + shape, jnp.float32))['params'],
+    tokenizers.init_params(model, config),
     tx,
     mesh,
     config.logical_axis_rules,
@@ -231,10 +225,10 @@ def run_one(which: str, name: str, batch: int | None, dtype: str, steps: int, wa
   row = {'config': name, 'which': which}
   try:
     if which == 'transformer':
-      jitted, state, data, flops, params, b, notes = build_transformer(name, batch, dtype)
+      jitted, state, data, flops, params, b, notes = transformer_step(name, batch, dtype)
       row['dtype'] = dtype
     else:
-      jitted, state, data, flops, params, b, notes = build_tokenizer(name, batch)
+      jitted, state, data, flops, params, b, notes = tokenizer_step(name, batch)
       row['dtype'] = 'float32'
     row.update(params=params, batch=b, notes=notes)
     t0 = time.perf_counter()
@@ -344,7 +338,7 @@ def main() -> None:
   for w in which:
     if args.configs:
       names = [c.strip() for c in args.configs.split(',') if c.strip()]
-      names = [n for n in names if (load_config(n).stage == w)]
+      names = [n for n in names if config_of(n).stage == w]
     else:
       names = list(TINY[w]) + (list(PAPER[w]) if args.paper else [])
     for n in names:
