@@ -23,8 +23,9 @@ CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'
 
 
 def config_path(name: str) -> pathlib.Path:
-  """The file of `name`: a path as given when it exists, else `configs/<basename>`."""
-  path = pathlib.Path(name)
+  """The file of `name`: a path as given when it exists, else `configs/<basename>` ('.py' may
+  be left out)."""
+  path = pathlib.Path(name if name.endswith('.py') else name + '.py')
   if path.is_file():
     return path
   candidate = CONFIG_DIR / path.name

@@ -62,14 +62,20 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
-  if _MODEL.value == 'magvit':
-    magvit_demo(
-      os.path.abspath(_WORKDIR.value),
-      _EVAL_CLIPS.value,
-      'magvit_ucf101.py' if _MAGVIT_TASKS.value == 'all' else 'magvit_k600.py',
-    )
-  else:
-    maskgit_demo()
+  from magvit_jax.trainers import loop  # pylint: disable=g-import-not-at-top
+
+  try:
+    if _MODEL.value == 'magvit':
+      magvit_demo(
+        os.path.abspath(_WORKDIR.value),
+        _EVAL_CLIPS.value,
+        'magvit_ucf101.py' if _MAGVIT_TASKS.value == 'all' else 'magvit_k600.py',
+      )
+    else:
+      maskgit_demo()
+  except loop.Preempted as e:
+    # SIGTERM (or a stopped job): the checkpoint of e.step is complete; re-running resumes.
+    print(f'Demo stopped at step {e.step}; re-run the same command to resume.', flush=True)
 
 
 def magvit_demo(workdir: str, eval_clips: int, config_file: str = 'magvit_k600.py') -> dict:

@@ -348,3 +348,18 @@ def test_psnr_is_one_function_for_numpy_jax_and_masks():
   mask = np.zeros((3, 4, 5, 1), bool)
   mask[:, :2] = True
   np.testing.assert_allclose(psnr(x, y, 2.0, mask=mask), psnr(x[:, :2], y[:, :2], 2.0), rtol=1e-12)
+
+
+def test_model_space_psnr_equals_psnr_of_uint8_pixels():
+  from magvit_jax.metrics.image import model_space_psnr, psnr  # pylint: disable=g-import-not-at-top
+
+  rs = np.random.RandomState(1)
+  a = rs.randint(0, 256, (2, 6, 6, 3))
+  b = np.clip(a + rs.randint(-9, 10, a.shape), 0, 255)
+  to_model = lambda u: u / 127.5 - 1.0  # noqa: E731
+  np.testing.assert_allclose(model_space_psnr(to_model(a), to_model(b)), psnr(a, b, 255.0))
+  # Out-of-range predictions are clipped first (a decoder may overshoot).
+  np.testing.assert_allclose(
+    model_space_psnr(to_model(a), to_model(b) * 3),
+    model_space_psnr(to_model(a), np.clip(to_model(b) * 3, -1, 1)),
+  )

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from typing import Any
@@ -28,6 +29,19 @@ from magvit_jax.data.transforms import (
   _spatial_video,
   _temporal_crop,
 )
+
+
+class _DropTfdsSelfDeprecation(logging.Filter):
+  """TFDS 4.9.10's own partial decoding reads its deprecated `FeatureConnector.dtype` and logs a
+  deprecation warning for it once per feature on every `as_dataset`: nothing this project
+  calls, so a user can do nothing about it. Exactly that message is dropped; every other
+  warning passes."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return '`FeatureConnector.dtype` is deprecated' not in record.getMessage()
+
+
+logging.getLogger('absl').addFilter(_DropTfdsSelfDeprecation())
 
 EMBEDDED_DATASETS = ('magvit_digits', 'magvit_moving_digits')
 _DATA_DIR_ENV = 'MAGVIT_DATA_DIR'

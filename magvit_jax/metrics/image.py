@@ -76,6 +76,17 @@ def psnr(
     return 10.0 * xp.log10(float(max_value) ** 2 / mse)
 
 
+def model_space_psnr(x: ArrayLike, y: ArrayLike) -> ArrayLike:
+  """PSNR of pixels in the models' space, [-1, 1] (clipped to it; peak = the full range).
+
+  x, y: [b, ...] float; NumPy or JAX (jittable) as `psnr`. Equal to the PSNR of the same
+  pixels mapped to [0, 1] or [0, 255].
+  """
+  if isinstance(x, jax.Array) or isinstance(y, jax.Array):
+    return psnr(jnp.clip(x, -1, 1), jnp.clip(y, -1, 1), max_value=2.0)
+  return psnr(np.clip(x, -1, 1), np.clip(y, -1, 1), max_value=2.0)
+
+
 def _gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
   """Normalised 1-D Gaussian, float64 [size]; the 2-D window is its outer product."""
   r = np.arange(size, dtype=np.float64) - (size - 1) / 2.0

@@ -25,7 +25,6 @@ import sys
 import threading
 from typing import Any, Callable, Iterator
 
-from absl import logging
 import jax
 import numpy as np
 
@@ -201,9 +200,10 @@ def _run_steps(
       if last_ckpt != step:
         checkpointer.save(step, state)
         last_ckpt = step
-      message = f'[{stage}] preempted at step {step}, checkpoint saved'
-      print(message, flush=True)
-      logging.warning('%s in %s/%d', message, checkpointer.directory, step)
+      print(
+        f'[{stage}] preempted at step {step}, checkpoint saved in {checkpointer.directory}/{step}',
+        flush=True,
+      )
       writer.close()
       sys.stdout.flush()
       raise Preempted(step, checkpointer.directory)

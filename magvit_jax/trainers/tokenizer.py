@@ -42,11 +42,6 @@ from magvit_jax import metrics_writer as mw
 from magvit_jax.trainers import train_state as ts
 
 
-def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
-  """Per-example PSNR in dB of [b, ...] pixels in [-1, 1] (clipped; peak = the full range)."""
-  return image_metrics.psnr(jnp.clip(x, -1, 1), jnp.clip(y, -1, 1), max_value=2.0)
-
-
 def generator_loss_terms(images: jax.Array, recon: jax.Array, aux: dict, loss_config) -> dict:
   """Weighted loss terms of the generator (encoder, quantizer, decoder)."""
   terms = {'vq_loss': aux['loss']}
@@ -74,7 +69,7 @@ def make_train_step(model, tx, loss_config, adv: Adversarial | None = None):
     new_state = ts.apply_gradients(state, grads, tx)
     metrics = {
       'loss': loss,
-      'psnr': jnp.mean(psnr(x, recon)),
+      'psnr': jnp.mean(image_metrics.model_space_psnr(x, recon)),
       'codebook_usage': aux['usage'],
       'perplexity': aux['perplexity'],
       **terms,
@@ -106,7 +101,7 @@ def evaluate(
   def recon_fn(params, pixels):
     x = tokenizers.to_float(pixels)
     recon, aux = model.apply({'params': params}, x)
-    return psnr(x, recon), aux['tokens']
+    return image_metrics.model_space_psnr(x, recon), aux['tokens']
 
   vocab = tokenizers.codebook_size(config.model)
   psnr_sum, count = 0.0, 0
