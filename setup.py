@@ -36,6 +36,8 @@ setuptools.setup(
       'pytest==9.2.0',
       # tests/test_style.py: the formatter and linter configured in pyproject.toml.
       'ruff==0.17.5',
+      # The fast lane runs on both cores: pytest -m 'not slow' -n 2 tests
+      'pytest-xdist==3.8.0',
       # tests/test_notebooks.py runs notebooks/*.ipynb in a Jupyter kernel; they plot with
       # matplotlib.
       'nbclient==0.11.0',

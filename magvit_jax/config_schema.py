@@ -244,6 +244,13 @@ def with_defaults(saved: dict) -> dict:
   return merge(base_config(stage, model).to_dict(), saved)
 
 
+def _module(model_config: ml_collections.ConfigDict) -> Any:
+  """The tokenizer module of `config.model` (its factors are the module's, not restated here)."""
+  from magvit_jax.models import tokenizers  # pylint: disable=g-import-not-at-top
+
+  return tokenizers.build_tokenizer(model_config)
+
+
 def _require(cond: bool, field: str, expected: str, value: Any) -> None:
   if not cond:
     raise ValueError(f'config.{field}={value!r}: expected {expected}')
@@ -279,7 +286,7 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
     _require(
       name in ('vqgan', 'vqgan3d', 'magvit2'), 'model.name', "'vqgan', 'vqgan3d' or 'magvit2'", name
     )
-    f = 2 ** (len(m.channel_multipliers) - 1)
+    f = 2 ** (len(m.channel_multipliers) - 1)  # Every tokenizer halves once per extra level.
     _require(
       config.data.image_size % f == 0,
       'data.image_size',
@@ -309,7 +316,7 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
         f'{len(m.channel_multipliers) - 1} booleans (one per downsampling level)',
         m.temporal_downsample,
       )
-      ft = 2 ** sum(bool(t) for t in m.temporal_downsample)
+      ft = _module(m).temporal_downsample_factor
       frames = config.data.num_frames
       _require(
         bool(frames) and frames % ft == 0,
@@ -331,7 +338,7 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
         f'{len(m.channel_multipliers) - 1} booleans (one per downsampling level)',
         m.temporal_downsample,
       )
-      ft = 2 ** sum(bool(t) for t in m.temporal_downsample)
+      ft = _module(m).temporal_factor
       frames = config.data.num_frames or 1
       _require((frames - 1) % ft == 0, 'data.num_frames', f'1 + {ft}*k', frames)
     for mult in m.channel_multipliers:

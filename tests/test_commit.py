@@ -132,6 +132,7 @@ def test_three_way_input_composition():
   np.testing.assert_array_equal(out, [[11, 2, m, 4, 15, m]])
 
 
+@pytest.mark.slow  # over 4 s on 2 cores; the full suite runs it
 def test_loss_weights_reach_the_right_positions():
   rng = np.random.default_rng(1)
   b, n, k = 2, 6, 7
@@ -172,6 +173,7 @@ def test_factorised_commit_loss_sums_sub_tokens():
   np.testing.assert_allclose(loss, nll.mean(), rtol=1e-5)
 
 
+@pytest.mark.slow  # over 8 s on 2 cores; the full suite runs it
 def test_task_token_changes_the_output_and_is_required():
   model = Transformer(
     codebook_size=16,

@@ -97,6 +97,7 @@ def test_convert_errors_name_the_key(fake_state):
     cw.i3d_from_torch(dict(fake_state, **{'Mixed_3b.b9.conv3d.weight': np.zeros(3)}))
 
 
+@pytest.mark.slow  # over 6 s on 2 cores; the full suite runs it
 def test_convert_cli_npz_load_and_forward(fake_state, tmp_path, capsys):
   """Raw state_dict .npz -> CLI -> i3d loader -> forward on a tiny (9-frame) video."""
   src, dst = tmp_path / 'i3d_state_dict.npz', tmp_path / 'out' / 'i3d.npz'

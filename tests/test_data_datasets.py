@@ -417,6 +417,7 @@ def test_video_folder_eval_shards(folder):
     np.testing.assert_array_equal(np.concatenate([s[k] for s in shards]), whole[k])
 
 
+@pytest.mark.slow  # over 6 s on 2 cores; the full suite runs it
 def test_video_folder_train_stream(folder):
   cfg = _folder_config(folder)
   kw = dict(split='train', train=True, seed=3)

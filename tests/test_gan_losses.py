@@ -123,6 +123,7 @@ def disc3d():
   return (model, *_init(model, x), x)
 
 
+@pytest.mark.slow  # over 4 s on 2 cores; the full suite runs it
 @pytest.mark.parametrize('which', ['disc2d', 'disc3d'])
 def test_discriminator_shapes_and_gradients(which, request):
   model, _, params, x = request.getfixturevalue(which)
@@ -183,6 +184,7 @@ def test_discriminator_input_errors(disc2d):
   assert nn.unbox(shapes)['params']['dense_0']['kernel'].shape == (4 * 16, 16)
 
 
+@pytest.mark.slow  # over 4 s on 2 cores; the full suite runs it
 def test_minibatch_stddev():
   x = jax.random.normal(jax.random.PRNGKey(0), (8, 3, 3, 5))
   y = disc_lib.minibatch_stddev(x, group_size=4)
@@ -248,6 +250,7 @@ def test_vgg_features_shapes(vgg_npz):
   ]
 
 
+@pytest.mark.slow  # over 8 s on 2 cores; the full suite runs it
 def test_perceptual_loss_properties(vgg_npz):
   loss = perceptual.make_perceptual_loss(vgg_npz, required=True)
   kx, ky = jax.random.split(jax.random.PRNGKey(0))

@@ -178,6 +178,7 @@ def test_commitment_value_and_gradient():
   np.testing.assert_allclose(np.asarray(g), COMMIT_W * 2 * (zn - q) / zn.size, rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.slow  # over 4 s on 2 cores; the full suite runs it
 def test_usage_and_perplexity():
   d = 18
   model = LookupFreeQuantizer(num_bits=d, chunk_size=65536)
@@ -200,6 +201,7 @@ def test_usage_and_perplexity():
   )
 
 
+@pytest.mark.slow  # over 6 s on 2 cores; the full suite runs it
 def test_grouped_approximation():
   d, n = 8, 200
   z = jax.random.normal(jax.random.PRNGKey(9), (n, d))

@@ -112,6 +112,7 @@ def _save_run(workdir, config, state):
   checkpointer.close()
 
 
+@pytest.mark.slow  # over 6 s on 2 cores; the full suite runs it
 def test_params_only_restore_never_reads_the_optimizer_state(tmp_path):
   """The checkpoint's optimizer state has a tree no optimizer of this config makes: a full
   restore would fail on it, the params-only loader does not look at it."""

@@ -19,6 +19,9 @@ from magvit_jax.config_loader import load_config
 from magvit_jax.models import tokenizers
 import tiny_configs  # tests/tiny_configs.py
 
+# Trains or runs subprocesses: the full suite (CI) runs it, the fast lane (-m 'not slow') skips it.
+pytestmark = pytest.mark.slow
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -53,6 +53,7 @@ def vqgan():
   return model, variables, x
 
 
+@pytest.mark.slow  # over 4 s on 2 cores; the full suite runs it
 def test_vqgan_shapes_and_token_range(vqgan):
   model, variables, x = vqgan
   recon, aux = model.apply(variables, x)
@@ -96,6 +97,7 @@ def test_vqgan_input_errors(vqgan):
 # ----------------------------------------------------------------------------- ResBlock
 
 
+@pytest.mark.slow  # over 4 s on 2 cores; the full suite runs it
 def test_resblock_shortcut_only_when_channels_change():
   x8 = jax.random.normal(jax.random.PRNGKey(0), (2, 4, 4, 8))
   block = layers.ResBlock(16, num_groups=4)
@@ -149,6 +151,7 @@ def transformer():
   return model, boxed, _numpy_params(boxed), tokens, labels
 
 
+@pytest.mark.slow  # over 6 s on 2 cores; the full suite runs it
 def test_transformer_logits_shape(transformer):
   model, _, variables, tokens, labels = transformer
   logits = model.apply(variables, tokens, labels)
@@ -268,6 +271,7 @@ def test_vqgan_imagenet_token_shape():
   assert nn.unbox(variables)['params']['quantizer']['codebook'].shape == (1024, 256)
 
 
+@pytest.mark.slow  # over 6 s on 2 cores; the full suite runs it
 def test_factorised_transformer_sub_token_heads():
   """num_sub_tokens=2 over a 64-code vocabulary: two 8-way heads, one table each, mask row."""
   model = Transformer(**dict(TINY_TF, codebook_size=64, num_sub_tokens=2))

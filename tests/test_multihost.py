@@ -21,12 +21,16 @@ import textwrap
 
 import jax
 import numpy as np
+import pytest
 
 from magvit_jax import metrics_writer as mw
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
 from magvit_jax import pretrained
 from magvit_jax.config_loader import load_config
 import tiny_configs  # tests/tiny_configs.py
+
+# Trains or runs subprocesses: the full suite (CI) runs it, the fast lane (-m 'not slow') skips it.
+pytestmark = pytest.mark.slow
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 3

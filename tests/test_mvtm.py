@@ -147,6 +147,7 @@ def test_masked_cross_entropy_no_masked_tokens():
   np.testing.assert_allclose(float(metrics['num_masked']), 0.5)
 
 
+@pytest.mark.slow  # over 6 s on 2 cores; the full suite runs it
 def test_unmasked_positions_get_zero_gradient():
   rng = jax.random.PRNGKey(0)
   logits = jax.random.normal(rng, (3, 6, 7))

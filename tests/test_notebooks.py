@@ -11,6 +11,9 @@ import nbformat
 from nbclient import NotebookClient
 import pytest
 
+# Trains or runs subprocesses: the full suite (CI) runs it, the fast lane (-m 'not slow') skips it.
+pytestmark = pytest.mark.slow
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / 'notebooks'
 KERNEL = 'magvit-notebook-test'

@@ -8,13 +8,15 @@ import optax
 import pytest
 
 from magvit_jax import parallel
-from magvit_jax.config_loader import load_config
+import tiny_configs  # tests/tiny_configs.py
 from magvit_jax.models import tokenizers
 from magvit_jax.models.transformer import build_transformer
-from magvit_jax.models.vqgan import VQGAN
 from magvit_jax.trainers import tokenizer as tok_trainer
 from magvit_jax.trainers import train_state as ts
 from magvit_jax.trainers import transformer as tf_trainer
+
+# Trains or runs subprocesses: the full suite (CI) runs it, the fast lane (-m 'not slow') skips it.
+pytestmark = pytest.mark.slow
 
 NUM_STEPS = 2
 ATOL = RTOL = 1e-5
@@ -169,15 +171,6 @@ def test_shard_batch_layout():
 
 # ----------------------------------------------------------------------------- train steps
 
-TOKENIZER = dict(
-  filters=16,
-  channel_multipliers=(1, 2, 2),
-  num_res_blocks=1,
-  embedding_dim=8,
-  codebook_size=32,
-  num_groups=4,
-)
-
 
 def _meshes():
   return {
@@ -261,21 +254,10 @@ def _numpy_params(shapes):
 
 @pytest.fixture(scope='module')
 def transformer_runs():
-  config = load_config('maskgit_imagenet.py:digits')
-  config.model.update(
-    dict(
-      codebook_size=32,
-      num_classes=10,
-      hidden_size=32,
-      num_layers=2,
-      num_heads=2,
-      mlp_dim=64,
-      dropout_rate=0.1,
-    )
-  )
+  config = tiny_configs.maskgit(tokenizer_workdir='')
   _optimizer_overrides(config)
   assert config.masking.class_dropout > 0  # the class-dropout path is exercised too
-  tokenizer = VQGAN(**TOKENIZER)
+  tokenizer = tokenizers.build_tokenizer(tiny_configs.vqgan().model)
   assert tokenizer.downsample_factor == 4  # 16x16 images -> 4x4 = 16 tokens
   tok_params = _numpy_params(
     nn.unbox(jax.eval_shape(tokenizer.init, jax.random.PRNGKey(42), jnp.zeros((1, 16, 16, 3))))[
@@ -301,9 +283,9 @@ def transformer_runs():
 
 @pytest.fixture(scope='module')
 def tokenizer_runs():
-  config = load_config('vqgan_imagenet.py:digits')
+  config = tiny_configs.vqgan()
   # One halving (8x8 images -> 4x4 tokens) keeps the compile small.
-  config.model.update(dict(TOKENIZER, channel_multipliers=(1, 2)))
+  config.model.channel_multipliers = (1, 2)
   _optimizer_overrides(config)
   model = tokenizers.build_tokenizer(config.model)
   tx = _optimizer(config.optimizer)

@@ -20,6 +20,7 @@ def _setup(seed=0, shape=(2, 3, 5, D)):
   return model, params, z
 
 
+@pytest.mark.slow  # over 6 s on 2 cores; the full suite runs it
 def test_tokens_are_argmin_and_zq_is_codebook_lookup():
   model, params, z = _setup()
   z_q, aux = model.apply({'params': params}, z)

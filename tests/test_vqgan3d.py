@@ -64,6 +64,7 @@ def model_2d():
 # ----------------------------------------------------------------------------- shapes
 
 
+@pytest.mark.slow  # over 6 s on 2 cores; the full suite runs it
 def test_shapes_and_roundtrip(model_2d):
   _, variables_2d, _, _, _ = model_2d
   model = VQGAN3D(**TINY, temporal_downsample=(True, False))
@@ -92,6 +93,7 @@ def test_shapes_and_roundtrip(model_2d):
   np.testing.assert_allclose(np.asarray(from_tokens), np.asarray(recon), atol=1e-5)
 
 
+@pytest.mark.slow  # over 4 s on 2 cores; the full suite runs it
 def test_temporal_and_paper_shapes_via_eval_shape():
   model = VQGAN3D(filters=16, num_groups=8, codebook_size=32, embedding_dim=8)  # (1, 2, 2, 4)
   assert model.temporal_downsample_factor == 4 and model.downsample_factor == 8
@@ -296,6 +298,7 @@ def _frames_2d_with_clip_group_norm(model_2d, variables_2d, videos):
   )
 
 
+@pytest.mark.slow  # over 6 s on 2 cores; the full suite runs it
 def test_central_inflation_is_framewise_without_temporal_downsampling(model_2d):
   """Non-static video, no temporal downsampling: central == 2D per frame, average != ."""
   model_2, variables_2d, _, _, _ = model_2d
