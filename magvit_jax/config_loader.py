@@ -79,15 +79,27 @@ def unknown_key_error(config: ml_collections.ConfigDict, key: str) -> KeyError:
   return KeyError(f'config key {key!r} does not exist{hint}')
 
 
+def _parent(config: ml_collections.ConfigDict, key: str) -> tuple[ml_collections.ConfigDict, str]:
+  """The ConfigDict holding dotted `key` and its last part; unknown keys are refused."""
+  node = config
+  *parents, leaf = key.split('.')
+  for part in parents:
+    if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+      raise unknown_key_error(config, key)
+    node = node[part]
+  if leaf not in node:
+    raise unknown_key_error(config, key)
+  return node, leaf
+
+
+def get_key(config: ml_collections.ConfigDict, key: str) -> Any:
+  """The value of dotted `key` ('model.filters'); an unknown key names the closest valid ones."""
+  node, leaf = _parent(config, key)
+  return node[leaf]
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
   """Sets each 'dotted.key' of `overrides` on `config` (in place); unknown keys are refused."""
   for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for part in parents:
-      if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-        raise unknown_key_error(config, key)
-      node = node[part]
-    if leaf not in node:
-      raise unknown_key_error(config, key)
+    node, leaf = _parent(config, key)
     node[leaf] = value

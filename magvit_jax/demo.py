@@ -44,6 +44,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from magvit_jax import cli_errors
+
 from magvit_jax.config_loader import load_config
 
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/demo', 'Directory for both runs and the samples.')
@@ -214,4 +216,4 @@ def maskgit_demo():
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli_errors.run(main)

@@ -45,6 +45,8 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 
+from magvit_jax import cli_errors
+
 from magvit_jax import cli_flags
 from magvit_jax import pretrained
 from magvit_jax.evaluation import evaluate, format_table, latest_step, load_samples, spread_labels
@@ -133,4 +135,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli_errors.run(main)

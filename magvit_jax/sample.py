@@ -30,6 +30,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from magvit_jax import cli_errors
+
 from magvit_jax import cli_flags
 from magvit_jax import pretrained
 
@@ -97,4 +99,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli_errors.run(main)

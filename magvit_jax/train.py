@@ -25,6 +25,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import app
 from absl import flags
 from absl import logging
+
+from magvit_jax import cli_errors
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -78,7 +80,7 @@ def main(argv):
     _MULTIHOST.value, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
   )
   try:
-    run(_CONFIG.value, _WORKDIR.value)
+    run(cli_errors.config_value(_CONFIG), _WORKDIR.value)
   except loop.Preempted as e:
     # A clean stop: the checkpoint of e.step is complete; re-running resumes from it.
     print(
@@ -87,4 +89,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli_errors.run(main)
