@@ -1,9 +1,6 @@
 """Adversarial tokenizer training: discriminator frozen before its start step, gradients reach
 both networks, generator EMA, and exact kill-and-resume with the discriminator state."""
 
-import importlib.util
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,13 +12,12 @@ from magvit_jax.trainers import tokenizer as tokenizer_trainer
 from magvit_jax.trainers import train_state as ts
 from magvit_jax.trainers.adversarial import Adversarial
 from magvit_jax import pretrained
+from magvit_jax.config_loader import load_config
 from magvit_jax.models import tokenizers
 import tiny_configs  # tests/tiny_configs.py
 
 # Trains or runs subprocesses: the full suite (CI) runs it, the fast lane (-m 'not slow') skips it.
 pytestmark = pytest.mark.slow
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
@@ -117,12 +113,7 @@ def test_gan_kill_and_resume_matches_uninterrupted(tmp_path):
 
 
 def test_joint_image_video_gan_is_refused():
-  spec = importlib.util.spec_from_file_location(
-    'v2', REPO / 'configs' / 'magvit2_tokenizer_video.py'
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config('digits')
+  c = load_config('magvit2_tokenizer_video.py:digits')
   c.losses.gan_weight = 0.1
   with pytest.raises(ValueError, match='image_every'):
     Adversarial(c, (5, 32, 32, 3))
