@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import orbax.checkpoint as ocp
@@ -31,6 +31,17 @@ ARCHITECTURE_KEYS = ('stage', 'model')
 
 class IncompatibleCheckpointError(ValueError):
   pass
+
+
+class DamagedCheckpointError(RuntimeError):
+  """A checkpoint (or every checkpoint) of a run cannot be read."""
+
+
+def _reason(error: BaseException) -> str:
+  """The first line of an orbax / TensorStore error, short enough for one log line."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  text = lines[0] if lines else type(error).__name__
+  return text if len(text) <= 240 else text[:237] + '...'
 
 
 def _as_tree(state: Any) -> Any:
@@ -176,6 +187,63 @@ class Checkpointer:
       ),
     )
     return restored['state'][field]
+
+  def restore_readable(
+    self, read: Callable[[int], Any], step: int | None = None, strict: bool = False
+  ) -> tuple[Any, int, list[int]]:
+    """`read(step)` at `step`, or (step None) at the newest checkpoint that can be read.
+
+    A checkpoint that cannot be read (truncated or missing files) is reported loudly with its
+    step and the reason, and the next older one is tried; with `strict`, or an explicit
+    `step`, the first failure is raised instead. A checkpoint of another architecture is
+    always refused (IncompatibleCheckpointError).
+    Returns (what read returned, its step, the newer steps that were damaged).
+    """
+    steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    if step is not None and step not in self.all_steps():
+      raise FileNotFoundError(
+        f'no checkpoint of step {step} in {self.directory}; it has steps {self.all_steps()}'
+      )
+    damaged: list[int] = []
+    for s in steps:
+      try:
+        return read(s), s, damaged
+      except IncompatibleCheckpointError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  (orbax/TensorStore raise many types)
+        message = f'checkpoint {self.directory}/{s} is damaged and cannot be read: {_reason(e)}'
+        if strict or step is not None:
+          older = [t for t in self.all_steps() if t < s]
+          hint = f' (older checkpoints: steps {older})' if older else ''
+          raise DamagedCheckpointError(message + hint) from e
+        print(f'WARNING: {message}; falling back to the next older checkpoint', flush=True)
+        damaged.append(s)
+    raise DamagedCheckpointError(
+      f'no readable checkpoint in {self.directory}: steps {damaged} are all damaged'
+    )
+
+  def set_aside(self, steps: Sequence[int], why: str) -> None:
+    """Moves checkpoints out of the run (to `<checkpoints>_set_aside/<why>-<step>`), so a
+    resumed run can save those steps again and keep-last-N never counts them; kept on disk
+    for inspection."""
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      root = epath.Path(self.directory + '_set_aside')
+      root.mkdir(parents=True, exist_ok=True)
+      for s in steps:
+        target = root / f'{why}-{s}'
+        if target.exists():
+          target.rmtree()
+        (epath.Path(self.directory) / str(s)).rename(target)
+        print(f'[checkpoint] moved step {s} ({why}) to {target}', flush=True)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+      multihost_utils.sync_global_devices('checkpoint_set_aside')
+    self._manager.reload()
 
   def close(self) -> None:
     self._manager.wait_until_finished()

@@ -28,6 +28,13 @@ SPLIT = flags.DEFINE_string(
   'split', None, 'Split of the condition clips / reference data (default: config.data.eval_split).'
 )
 
+RESTORE_STEP = flags.DEFINE_integer(
+  'restore_step', None, 'Transformer checkpoint step to use (default: the newest readable one).'
+)
+STRICT_RESTORE = flags.DEFINE_bool(
+  'strict_restore', False, 'Refuse a damaged newest checkpoint instead of using an older one.'
+)
+
 # Decoding settings (default: the run's config.sampling).
 STEPS = flags.DEFINE_integer('steps', None, 'Decoding steps T.')
 SCHEDULE = flags.DEFINE_enum('schedule', None, list(SCHEDULES), 'Mask schedule of decoding.')
@@ -45,6 +52,11 @@ def decode_overrides() -> dict[str, Any]:
     choice_temperature=CHOICE_T.value,
     temperature=TEMPERATURE.value,
   )
+
+
+def sampler_kwargs() -> dict[str, Any]:
+  """Which checkpoint a `Sampler` restores (--restore_step, --strict_restore)."""
+  return dict(step=RESTORE_STEP.value, strict=STRICT_RESTORE.value)
 
 
 def num_samples(default: int) -> int:

@@ -89,7 +89,7 @@ def main(argv):
     )
     print(f'[evaluate] {task} on {len(videos)} clips', flush=True)
     metrics, _ = video_tasks.evaluate_task(
-      Sampler(workdir),
+      Sampler(workdir, **cli_flags.sampler_kwargs()),
       task,
       videos,
       labels,
@@ -109,7 +109,7 @@ def main(argv):
 
     labels = spread_labels(num, int(config.model.num_classes))
     print(f'[evaluate] generating {len(labels)} samples', flush=True)
-    result = Sampler(workdir).generate(
+    result = Sampler(workdir, **cli_flags.sampler_kwargs()).generate(
       labels, seed=seed, batch_size=batch, **cli_flags.decode_overrides()
     )
     images, labels = result['images'], result['labels']

@@ -54,8 +54,11 @@ def restore_params(
   mesh: jax.sharding.Mesh | None = None,
   train_command: str = 'python -m magvit_jax.train --config=... --workdir=WORKDIR',
   step: int | None = None,
+  strict: bool = False,
 ) -> tuple[Any, int]:
-  """Evaluation parameters of checkpoint `step` (default: latest) in `<workdir>/checkpoints`.
+  """Evaluation parameters of checkpoint `step` in `<workdir>/checkpoints`; by default the
+  newest readable one (a damaged newer one is reported with its reason and skipped, unless
+  `strict`).
 
   init_params: rng -> params (possibly logically boxed); only its shapes are used, to lay the
   restored arrays out on `mesh` (default: all devices along 'data') by the run's rule table.
@@ -72,17 +75,24 @@ def restore_params(
   )
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.to_dict())
   try:
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
+    if checkpointer.latest_step() is None:
       raise FileNotFoundError(
         f'no checkpoint in {workdir}/checkpoints; train it first with `{train_command}`'
       )
-    return checkpointer.restore_subtree(abstract, ('ema_params', 'params'), step), step
+    params, step, _ = checkpointer.restore_readable(
+      lambda s: checkpointer.restore_subtree(abstract, ('ema_params', 'params'), s), step, strict
+    )
+    return params, step
   finally:
     checkpointer.close()
 
 
-def load_tokenizer(workdir: str, mesh: jax.sharding.Mesh | None = None) -> Loaded:
+def load_tokenizer(
+  workdir: str,
+  mesh: jax.sharding.Mesh | None = None,
+  step: int | None = None,
+  strict: bool = False,
+) -> Loaded:
   """The frozen tokenizer of a tokenizer run: module, evaluation params, config, step."""
   config = read_config(workdir, 'tokenizer')
   module = tokenizers.build_tokenizer(config.model)
@@ -92,6 +102,8 @@ def load_tokenizer(workdir: str, mesh: jax.sharding.Mesh | None = None) -> Loade
     tokenizers.init_params(module, config),
     mesh,
     f'python -m magvit_jax.train --config=configs/<tokenizer config>.py --workdir={workdir}',
+    step,
+    strict,
   )
   return Loaded(module, params, config, step)
 
@@ -103,7 +115,12 @@ def transformer_module(config: ml_collections.ConfigDict) -> Transformer:
   return build_transformer(config.model, tokenizers.num_tokens(tok_config))
 
 
-def load_transformer(workdir: str, mesh: jax.sharding.Mesh | None = None) -> Loaded:
+def load_transformer(
+  workdir: str,
+  mesh: jax.sharding.Mesh | None = None,
+  step: int | None = None,
+  strict: bool = False,
+) -> Loaded:
   """A trained transformer: module, evaluation params, config, step."""
   config = read_config(workdir, 'transformer')
   module = transformer_module(config)
@@ -114,6 +131,8 @@ def load_transformer(workdir: str, mesh: jax.sharding.Mesh | None = None) -> Loa
     mesh,
     f'python -m magvit_jax.train --config=configs/<transformer config>.py '
     f'--config.tokenizer_workdir={config.tokenizer_workdir} --workdir={workdir}',
+    step,
+    strict,
   )
   return Loaded(module, params, config, step)
 

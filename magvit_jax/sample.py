@@ -52,7 +52,7 @@ def run_task() -> None:
   config = pretrained.read_config(workdir, 'transformer')
   videos, labels = video_tasks.load_clips(config, cli_flags.num_samples(100), cli_flags.SPLIT.value)
   result = video_tasks.run_task(
-    Sampler(workdir),
+    Sampler(workdir, **cli_flags.sampler_kwargs()),
     task,
     videos,
     labels,
@@ -87,7 +87,7 @@ def main(argv):
   # Sample i gets class classes[i // per_class] so the grid has one row per class.
   per_class = max(1, num // len(classes))
   labels = [classes[min(i // per_class, len(classes) - 1)] for i in range(num)]
-  sampler = sampler_lib.Sampler(workdir)
+  sampler = sampler_lib.Sampler(workdir, **cli_flags.sampler_kwargs())
   result = sampler.generate(
     labels,
     seed=cli_flags.SEED.value,

@@ -50,6 +50,17 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
   'process_id', None, 'With --multihost: index of this process (default: detected).'
 )
+_RESTORE_STEP = flags.DEFINE_integer(
+  'restore_step',
+  None,
+  'Resume from this checkpoint step (later ones are set aside); default: the newest readable.',
+)
+_STRICT_RESTORE = flags.DEFINE_bool(
+  'strict_restore',
+  False,
+  'Refuse to start when the newest checkpoint is damaged, instead of falling back to the next '
+  'older readable one.',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -66,7 +77,9 @@ def run(config, workdir: str):
     from magvit_jax.trainers import transformer as trainer
   else:
     raise ValueError(f"config.stage={config.stage!r}: expected 'tokenizer' or 'transformer'")
-  return trainer.train_and_evaluate(config, workdir)
+  return trainer.train_and_evaluate(
+    config, workdir, restore_step=_RESTORE_STEP.value, strict_restore=_STRICT_RESTORE.value
+  )
 
 
 def main(argv):

@@ -212,7 +212,7 @@ def test_evaluate_cli_generates_and_logs(tmp_path, monkeypatch, digits_net, digi
   (workdir / 'config.json').write_text(json.dumps(config))
 
   class FakeSampler:
-    def __init__(self, wd):
+    def __init__(self, wd, **unused_restore_kwargs):
       assert wd == str(workdir)
 
     def generate(self, asked, **unused_kwargs):

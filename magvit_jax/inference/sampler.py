@@ -32,10 +32,12 @@ class Sampler:
     workdir: a transformer run's workdir (its config names the tokenizer workdir).
   """
 
-  def __init__(self, workdir: str):
-    loaded = pretrained.load_transformer(workdir)
+  def __init__(self, workdir: str, step: int | None = None, strict: bool = False):
+    # step: the transformer checkpoint (default: newest readable; `strict` refuses a damaged
+    # newest one instead of falling back).
+    loaded = pretrained.load_transformer(workdir, step=step, strict=strict)
     self.model, self.params, self.config = loaded.module, loaded.params, loaded.config
-    frozen = pretrained.load_tokenizer(self.config.tokenizer_workdir)
+    frozen = pretrained.load_tokenizer(self.config.tokenizer_workdir, strict=strict)
     self.tokenizer, self.tok_params = frozen.module, frozen.params
     self.input_shape = tokenizers.input_shape(frozen.config)  # (H, W, 3) or (T, H, W, 3)
     self.token_shape = tokenizers.token_shape(frozen.config)  # (h, w) or (t, h, w)

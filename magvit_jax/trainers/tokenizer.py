@@ -178,8 +178,19 @@ def inflated_init(init_params, model_config, mesh):
   return init
 
 
-def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
-  """Trains (or resumes) the tokenizer in `workdir`; returns final state and eval metrics."""
+def train_and_evaluate(
+  config,
+  workdir: str,
+  *,
+  max_steps: int | None = None,
+  restore_step: int | None = None,
+  strict_restore: bool = False,
+) -> dict[str, Any]:
+  """Trains (or resumes) the tokenizer in `workdir`; returns final state and eval metrics.
+
+  Resumes from the newest readable checkpoint (or `restore_step`; `strict_restore` refuses a
+  damaged one instead of falling back, see `train_state.init_or_restore`).
+  """
   validate_config(config, stage='tokenizer')
   fileio.makedirs(workdir)  # Local or gs://.
   ckpt_lib.write_workdir_config(workdir, config)
@@ -201,7 +212,15 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
     init_params = inflated_init(init_params, config.model, mesh)
   adv = Adversarial(config, tokenizers.input_shape(config))
   state, shardings, start_step = ts.init_or_restore(
-    init_params, tx, config, mesh, checkpointer, 'tokenizer', adv.init_extra
+    init_params,
+    tx,
+    config,
+    mesh,
+    checkpointer,
+    'tokenizer',
+    adv.init_extra,
+    restore_step=restore_step,
+    strict_restore=strict_restore,
   )
 
   # Data, positioned after the last completed step.

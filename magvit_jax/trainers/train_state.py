@@ -138,9 +138,14 @@ def init_or_restore(
   checkpointer,
   stage: str,
   init_extra: Callable[[jax.Array, Any], dict] | None = None,
+  restore_step: int | None = None,
+  strict_restore: bool = False,
 ) -> tuple[TrainState, Any, int]:
-  """The run's sharded state: restored from the latest checkpoint, or freshly initialised.
+  """The run's sharded state: restored from the latest readable checkpoint, or fresh.
 
+  A damaged newest checkpoint is reported and the next older one is used (`strict_restore`
+  refuses instead); `restore_step` picks a checkpoint explicitly. Checkpoints newer than the
+  one resumed from are set aside (`Checkpointer.set_aside`), so the run saves those steps anew.
   Returns (state, state_shardings, start_step); start_step is 0 for a fresh run.
   """
   init_fn, shardings, abstract = state_layout(
@@ -148,7 +153,11 @@ def init_or_restore(
   )
   start_step = checkpointer.latest_step() or 0
   if start_step:
-    state = checkpointer.restore(abstract)
+    state, start_step, damaged = checkpointer.restore_readable(
+      lambda s: checkpointer.restore(abstract, s), restore_step, strict_restore
+    )
+    checkpointer.set_aside(damaged, 'damaged')
+    checkpointer.set_aside([s for s in checkpointer.all_steps() if s > start_step], 'superseded')
     print(f'[{stage}] resumed from {checkpointer.directory}/{start_step}', flush=True)
   else:
     state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(int(config.seed)))

@@ -217,8 +217,18 @@ def mfu_scalars(model: Transformer, global_batch: int):
   return scalars
 
 
-def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) -> dict[str, Any]:
-  """Trains (or resumes) the transformer in `workdir` on tokens of a frozen tokenizer."""
+def train_and_evaluate(
+  config,
+  workdir: str,
+  *,
+  max_steps: int | None = None,
+  restore_step: int | None = None,
+  strict_restore: bool = False,
+) -> dict[str, Any]:
+  """Trains (or resumes) the transformer in `workdir` on tokens of a frozen tokenizer.
+
+  Resuming: as the tokenizer trainer (`restore_step`, `strict_restore`).
+  """
   from magvit_jax.data import pipeline  # TF is imported only here.
 
   validate_config(config, stage='transformer')
@@ -249,7 +259,15 @@ def train_and_evaluate(config, workdir: str, *, max_steps: int | None = None) ->
     os.path.join(workdir, 'checkpoints'), config.to_dict(), int(config.max_checkpoints)
   )
   state, shardings, start_step = ts.init_or_restore(
-    init_params, tx, config, mesh, checkpointer, 'transformer'
+    init_params,
+    tx,
+    config,
+    mesh,
+    checkpointer,
+    'transformer',
+    None,
+    restore_step=restore_step,
+    strict_restore=strict_restore,
   )
 
   # Data, positioned after the last completed step.
