@@ -135,8 +135,3 @@ def load_transformer(
     strict,
   )
   return Loaded(module, params, config, step)
-
-
-def tokenizer_config_of(transformer_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The config of the tokenizer run a transformer run was trained on."""
-  return read_config(transformer_config.tokenizer_workdir, 'tokenizer')

@@ -29,13 +29,6 @@ def _resize_uint8(image: tf.Tensor, size: int, antialias: bool) -> tf.Tensor:
   return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
-def _maybe_resize(image: tf.Tensor, size: int) -> tf.Tensor:
-  """Resizes to [size, size, 3] unless the (static) shape already matches."""
-  if image.shape[0] == size and image.shape[1] == size:
-    return tf.cast(image, tf.uint8)
-  return _resize_uint8(image, size, antialias=True)
-
-
 def _center_square_crop(image: tf.Tensor) -> tf.Tensor:
   """Center square crop of an image [h, w, c] or a video [t, h, w, c]."""
   shape = tf.shape(image)
