@@ -169,6 +169,18 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Any) -> Any:
   return nn.logical_to_mesh_sharding(specs, mesh, rules_tuple(rules))
 
 
+def sharded_abstract(boxed_tree: Any, mesh: Mesh, rules: Any) -> tuple[Any, Any]:
+  """(abstract tree, shardings) of an `eval_shape`d tree whose leaves may be logically boxed:
+  ShapeDtypeStructs carrying the NamedShardings of the rule table (a restore target)."""
+  shardings = logical_shardings(boxed_tree, mesh, rules)
+  abstract = jax.tree_util.tree_map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    nn.unbox(boxed_tree),
+    shardings,
+  )
+  return abstract, shardings
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:
   """Leading (batch) axis split over ('data', 'fsdp'), the rest replicated."""
   return NamedSharding(mesh, P(('data', 'fsdp'), *([None] * (ndim - 1))))

@@ -18,7 +18,6 @@ import dataclasses
 import os
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import ml_collections
 
@@ -66,12 +65,8 @@ def restore_params(
   train_command: named in the error when there is no checkpoint.
   """
   mesh = mesh or parallel.make_mesh({'data': -1})
-  boxed = jax.eval_shape(init_params, jax.random.PRNGKey(0))
-  shardings = parallel.logical_shardings(boxed, mesh, config.logical_axis_rules)
-  abstract = jax.tree_util.tree_map(
-    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-    nn.unbox(boxed),
-    shardings,
+  abstract, _ = parallel.sharded_abstract(
+    jax.eval_shape(init_params, jax.random.PRNGKey(0)), mesh, config.logical_axis_rules
   )
   checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.to_dict())
   try:

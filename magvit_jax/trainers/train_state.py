@@ -8,7 +8,6 @@ turns them into `NamedSharding`s, and the init function is jitted with those
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import flax
@@ -17,9 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from magvit_jax import checkpoint as ckpt_lib
 from magvit_jax import parallel
-from magvit_jax.config_schema import config_from_dict
 
 
 @flax.struct.dataclass
@@ -114,11 +111,8 @@ def state_layout(
   def init_fn(rng):
     return nn.unbox(boxed_init(rng))
 
-  boxed = jax.eval_shape(boxed_init, jax.random.PRNGKey(0))
-  shardings = parallel.logical_shardings(boxed, mesh, rules)
-  shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
-  abstract = jax.tree_util.tree_map(
-    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
+  abstract, shardings = parallel.sharded_abstract(
+    jax.eval_shape(boxed_init, jax.random.PRNGKey(0)), mesh, rules
   )
   return init_fn, shardings, abstract
 
@@ -162,30 +156,3 @@ def init_or_restore(
   else:
     state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(int(config.seed)))
   return state, shardings, start_step
-
-
-def restore_params(
-  workdir: str,
-  config_dict: dict,
-  init_params: Callable[[jax.Array], Any],
-  mesh,
-  train_command: str,
-  init_extra: Callable[[jax.Array, Any], dict] | None = None,
-) -> Any:
-  """Evaluation parameters (EMA when kept) of the latest checkpoint in `<workdir>/checkpoints`.
-
-  train_command: what to run when there is no checkpoint (named in the error).
-  """
-  config = config_from_dict(config_dict)
-  _, _, abstract = state_layout(
-    init_params, make_optimizer(config.optimizer), mesh, config.logical_axis_rules, init_extra
-  )
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config_dict)
-  try:
-    if checkpointer.latest_step() is None:
-      raise FileNotFoundError(
-        f'no checkpoint in {workdir}/checkpoints; train it first with `{train_command}`'
-      )
-    return checkpointer.restore(abstract).eval_params
-  finally:
-    checkpointer.close()
