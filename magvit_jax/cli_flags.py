@@ -17,10 +17,13 @@ from magvit_jax.masking.schedules import SCHEDULES
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a trained transformer run.')
 NUM_SAMPLES = flags.DEFINE_integer(
-  'num_samples', None, 'Samples (or, with --task, clips) to generate (default: per CLI).'
+  'num_samples',
+  None,
+  'Samples (or, with --task, clips) to generate (default: per CLI).',
+  lower_bound=1,
 )
 SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
-BATCH = flags.DEFINE_integer('batch_size', 50, 'Samples decoded per jitted call.')
+BATCH = flags.DEFINE_integer('batch_size', 50, 'Samples decoded per jitted call.', lower_bound=1)
 TASK = flags.DEFINE_enum(
   'task', None, list(TASKS), 'MAGVIT COMMIT task to run on eval clips (FP, FI, OPC, ...).'
 )
@@ -35,12 +38,20 @@ STRICT_RESTORE = flags.DEFINE_bool(
   'strict_restore', False, 'Refuse a damaged newest checkpoint instead of using an older one.'
 )
 
-# Decoding settings (default: the run's config.sampling).
-STEPS = flags.DEFINE_integer('steps', None, 'Decoding steps T.')
+# Decoding settings (default: the run's config.sampling). The bounds are those of
+# `DecodeSettings`, checked here when the flags are parsed so that a bad value is reported
+# before any checkpoint is read.
+STEPS = flags.DEFINE_integer('steps', None, 'Decoding steps T.', lower_bound=1)
 SCHEDULE = flags.DEFINE_enum('schedule', None, list(SCHEDULES), 'Mask schedule of decoding.')
-GUIDANCE = flags.DEFINE_float('guidance_scale', None, 'Classifier-free guidance scale.')
-CHOICE_T = flags.DEFINE_float('choice_temperature', None, 'Gumbel scale of the confidence.')
-TEMPERATURE = flags.DEFINE_float('temperature', None, 'Token sampling temperature.')
+GUIDANCE = flags.DEFINE_float(
+  'guidance_scale', None, 'Classifier-free guidance scale.', lower_bound=0.0
+)
+CHOICE_T = flags.DEFINE_float(
+  'choice_temperature', None, 'Gumbel scale of the confidence.', lower_bound=0.0
+)
+TEMPERATURE = flags.DEFINE_float(
+  'temperature', None, 'Token sampling temperature.', lower_bound=0.0
+)
 
 
 def decode_overrides() -> dict[str, Any]:
@@ -60,8 +71,8 @@ def sampler_kwargs() -> dict[str, Any]:
 
 
 def num_samples(default: int) -> int:
-  """--num_samples, or `default` when unset; a value < 1 is a usage error."""
+  """--num_samples, or `default` when unset (a value < 1 is refused when the flags are parsed)."""
   value = default if NUM_SAMPLES.value is None else NUM_SAMPLES.value
   if value < 1:
-    raise flags.ValidationError(f'--num_samples must be positive, got {value}')
+    raise ValueError(f'--num_samples={value}: expected a positive integer')
   return value

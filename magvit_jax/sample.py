@@ -44,6 +44,22 @@ _CLASSES = flags.DEFINE_list(
 flags.mark_flags_as_required(['workdir', 'output'])
 
 
+def check_classes(values: list[str], num_classes: int, workdir: str) -> list[int]:
+  """--classes as class ids (all classes when empty); ValueError on a non-integer or an id
+  outside [0, num_classes)."""
+  flag = f'--classes={",".join(values)}'
+  try:
+    classes = [int(c) for c in values]
+  except ValueError as e:
+    raise ValueError(f'{flag}: expected comma-separated integer class ids') from e
+  if any(c < 0 or c >= num_classes for c in classes):
+    raise ValueError(
+      f'{flag}: class ids must be in [0, {num_classes}) '
+      f'(model.num_classes={num_classes} of {workdir})'
+    )
+  return classes or list(range(num_classes))
+
+
 def run_task() -> None:
   from magvit_jax.inference import video_tasks  # pylint: disable=g-import-not-at-top
   from magvit_jax.inference.sampler import Sampler  # pylint: disable=g-import-not-at-top
@@ -79,11 +95,9 @@ def main(argv):
 
   workdir = cli_flags.WORKDIR.value
   num = cli_flags.num_samples(100)
+  # Checked against the saved config before any checkpoint is read.
   num_classes = int(pretrained.read_config(workdir, 'transformer').model.num_classes)
-  try:
-    classes = [int(c) for c in _CLASSES.value] or list(range(num_classes))
-  except ValueError as e:
-    raise app.UsageError(f'--classes must be integers, got {_CLASSES.value}') from e
+  classes = check_classes(_CLASSES.value, num_classes, workdir)
   # Sample i gets class classes[i // per_class] so the grid has one row per class.
   per_class = max(1, num // len(classes))
   labels = [classes[min(i // per_class, len(classes) - 1)] for i in range(num)]

@@ -39,6 +39,7 @@ class Sampler:
     self.model, self.params, self.config = loaded.module, loaded.params, loaded.config
     frozen = pretrained.load_tokenizer(self.config.tokenizer_workdir, strict=strict)
     self.tokenizer, self.tok_params = frozen.module, frozen.params
+    self.tokenizer_config = frozen.config
     self.input_shape = tokenizers.input_shape(frozen.config)  # (H, W, 3) or (T, H, W, 3)
     self.token_shape = tokenizers.token_shape(frozen.config)  # (h, w) or (t, h, w)
     self.is_video = len(self.input_shape) == 4
@@ -52,15 +53,21 @@ class Sampler:
     # tokens [..., n] -> uint8 pixels [N, *input_shape].
     self.to_pixels = jax.jit(lambda tokens: detokenize(tok_params, tokens))
 
-    @jax.jit
-    def to_tokens(pixels_uint8):
-      """uint8 [N, *input_shape] -> tokens [N, *token_shape]."""
-      _, aux = tokenizer.apply(
-        {'params': tok_params}, tokenizers.to_float(pixels_uint8), method='encode'
-      )
-      return aux['tokens']
+    tokenize, grid = tokenizers.make_tokenize_fn(tokenizer, frozen.config), self.token_shape
+    # pixels [N, *input_shape] -> tokens [N, *token_shape]; `encode` checks them first.
+    self._encode = jax.jit(lambda pixels: tokenize(tok_params, pixels).reshape((-1,) + grid))
 
-    self.to_tokens = to_tokens
+  def encode(self, images: Any) -> jax.Array:
+    """Tokens int32 [N, *token_shape] of `images`: uint8 [N, *input_shape] (or float in
+    [-1, 1]).
+
+    Raises ValueError, before anything is compiled, on a wrong shape, rank or dtype (naming the
+    shape this tokenizer takes) or on NaN / Inf values in a float input (counting them).
+    """
+    tokenizers.check_pixels(images, self.tokenizer_config, name='images')
+    return self._encode(jnp.asarray(images))
+
+  to_tokens = encode  # The name notebooks use.
 
   def settings(self, **overrides: Any) -> DecodeSettings:
     """The run's `config.sampling` with the given (non-None) overrides."""
@@ -175,23 +182,20 @@ class Sampler:
   ) -> dict[str, np.ndarray]:
     """Inpainting / outpainting / class-conditional editing.
 
-    images: uint8 [N, *input_shape]; region: bool on the token grid ([h, w] / [t, h, w], or with
-    a leading N), True where
-    tokens are regenerated (inpainting: the hole; outpainting: everything outside the kept
+    images: uint8 [N, *input_shape] (or float in [-1, 1]; checked as in `encode`); region: bool
+    on the token grid ([h, w] / [t, h, w], or with a leading N), True where tokens are
+    regenerated (inpainting: the hole; outpainting: everything outside the kept
     area); labels: [N] class to edit towards. Tokens outside `region` are kept exactly.
     """
     images = np.asarray(images)
-    if images.shape[1:] != self.input_shape:
-      raise ValueError(
-        f'images must be uint8 [N, {", ".join(map(str, self.input_shape))}], got {images.shape}'
-      )
+    tokenizers.check_pixels(images, self.tokenizer_config, name='images')
     region = np.asarray(region, bool)
     if region.shape[-len(self.token_shape) :] != self.token_shape:
       raise ValueError(
         f'region must be bool [..., {", ".join(map(str, self.token_shape))}] on '
         f'the token grid, got {region.shape}'
       )
-    tokens = self.to_tokens(images)
+    tokens = self._encode(jnp.asarray(images))
     init = maskgit.mask_region(tokens, jnp.asarray(region), self.model.mask_token_id)
     out = self.decode_tokens(np.asarray(init), labels, **kwargs)
     out['original_tokens'] = np.asarray(tokens).reshape(len(images), -1)

@@ -29,7 +29,9 @@ class DecodeSettings:
 
   def __post_init__(self):
     if self.num_steps < 1:
-      raise ValueError(f'decoding steps={self.num_steps}: expected an integer >= 1')
+      raise ValueError(
+        f'decoding steps={self.num_steps} (num_steps, --steps): expected a positive integer'
+      )
     if self.schedule not in SCHEDULES:
       raise ValueError(f'schedule={self.schedule!r}: expected one of {SCHEDULES}')
     for name in ('guidance_scale', 'choice_temperature', 'temperature'):

@@ -1,14 +1,19 @@
 """Converts torchvision's VGG-16 checkpoint to the npz read by `load_vgg16_weights`.
 
-  python -m magvit_jax.losses.convert_vgg16 --input vgg16-397923af.pth --output vgg16.npz
-      [--lpips vgg.pth]
+  python -m magvit_jax.losses.convert_vgg16 --input vgg16-397923af.npz --output vgg16.npz
+      [--lpips vgg.npz]
+  python -m magvit_jax.losses.convert_vgg16 --allow_pickle --input vgg16-397923af.pth \
+      --output vgg16.npz [--lpips vgg.pth]
 
 `--input` is torchvision's public `vgg16` state_dict (`features.{0,2,5,...,28}.weight`
-[out, in, 3, 3] and `.bias` [out]; `classifier.*` is ignored) as a `.pth` (read
-with torch, which must be installed: it is imported only here) or an `.npz`
-holding the same raw torch arrays under the same keys (no torch needed).
+[out, in, 3, 3] and `.bias` [out]; `classifier.*` is ignored): by default an `.npz` or
+`.safetensors` (needs `pip install safetensors`) holding the raw torch arrays under the same
+keys (no torch needed). The `.pth` itself is read only with `--allow_pickle`: `torch.load`
+(torch must be installed; imported only then) unpickles it, and a pickle can execute arbitrary
+code, so pass the flag only for a file you trust. The error without it prints the command
+that makes the `.npz` on a machine with torch.
 `--lpips` optionally adds the LPIPS v0.1 linear layers (`lin{k}.model.1.weight`
-[1, C, 1, 1], same .pth/.npz rule) as `lin{k}` [C]. Nothing is downloaded.
+[1, C, 1, 1], same file rules) as `lin{k}` [C]. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -21,29 +26,17 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from magvit_jax.losses.perceptual import STAGE_CHANNELS, VGG16_LAYERS, load_vgg16_weights
+from magvit_jax.metrics import convert_weights
 
 # torchvision vgg16.features indices of the 13 convs, in VGG16_LAYERS order.
 TORCH_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 
 
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Raw arrays from a torch `.pth`/`.pt` state_dict or an `.npz` of the same keys."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} does not exist')
-  if path.endswith('.npz'):
-    with np.load(path, allow_pickle=False) as data:
-      return {k: np.asarray(data[k]) for k in data.files}
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-      f'Reading {path} needs PyTorch (`pip install torch`, CPU build is enough). '
-      'Alternatively pass an .npz holding the state_dict arrays under the same keys.'
-    ) from e
-  state = torch.load(path, map_location='cpu', weights_only=True)
-  if isinstance(state, Mapping) and 'state_dict' in state:
-    state = state['state_dict']
-  return {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, 'detach')}
+def read_state_dict(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
+  """Raw arrays from an `.npz` / `.safetensors` of a torch state_dict, or (only with
+  `allow_pickle`: Python pickle, which can execute arbitrary code, so only for files you trust)
+  from the torch `.pth`/`.pt` itself. See `convert_weights.read_state_dict` for the errors."""
+  return convert_weights.read_state_dict(path, '', allow_pickle)
 
 
 def _strip_prefix(raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -84,12 +77,16 @@ def convert_state_dict(
   return out
 
 
-def convert_file(input_path: str, output_path: str, lpips_path: str | None = None) -> None:
-  """Reads, converts, writes `output_path` and re-validates it with `load_vgg16_weights`."""
+def convert_file(
+  input_path: str, output_path: str, lpips_path: str | None = None, allow_pickle: bool = False
+) -> None:
+  """Reads, converts, writes `output_path` and re-validates it with `load_vgg16_weights`.
+
+  allow_pickle: also read .pth/.pt inputs (Python pickle: only for files you trust)."""
   if not output_path.endswith('.npz'):
     raise ValueError(f'--output must end with .npz; got {output_path!r}')
-  lpips = read_state_dict(lpips_path) if lpips_path else None
-  arrays = convert_state_dict(read_state_dict(input_path), lpips)
+  lpips = read_state_dict(lpips_path, allow_pickle) if lpips_path else None
+  arrays = convert_state_dict(read_state_dict(input_path, allow_pickle), lpips)
   os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
   np.savez(output_path, **arrays)
   load_vgg16_weights(output_path)
@@ -99,13 +96,22 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
-  parser.add_argument('--input', required=True, help='torchvision vgg16 .pth or raw .npz')
+  parser.add_argument(
+    '--input', required=True, help='torchvision vgg16 arrays: .npz, .safetensors (.pth: see below)'
+  )
   parser.add_argument('--output', required=True, help='output .npz')
-  parser.add_argument('--lpips', default=None, help='optional LPIPS v0.1 vgg.pth (or .npz)')
+  parser.add_argument(
+    '--lpips', default=None, help='optional LPIPS v0.1 vgg weights (.npz, .safetensors, .pth)'
+  )
+  parser.add_argument('--allow_pickle', action='store_true', help=convert_weights.ALLOW_PICKLE_HELP)
+  parser.add_argument('--verbose', action='store_true', help='Show the traceback of an error.')
   args = parser.parse_args(argv)
-  convert_file(args.input, args.output, args.lpips)
-  print(f'wrote {args.output}')
-  return 0
+
+  def convert() -> None:
+    convert_file(args.input, args.output, args.lpips, args.allow_pickle)
+    print(f'wrote {args.output}')
+
+  return convert_weights.report_user_errors(convert, args.verbose)
 
 
 if __name__ == '__main__':

@@ -56,7 +56,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 CONVERT_COMMAND = (
-  'python -m magvit_jax.losses.convert_vgg16 --input vgg16-397923af.pth --output {path}'
+  'python -m magvit_jax.losses.convert_vgg16 --input vgg16-397923af.pth --output {path} '
+  '--allow_pickle (--allow_pickle: the .pth is Python pickle, which can run arbitrary code; '
+  'only for a file you trust, else pass an .npz of its arrays as --input)'
 )
 
 

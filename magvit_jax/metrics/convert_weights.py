@@ -1,15 +1,19 @@
 r"""Converts public PyTorch weights of the metric networks to magvit_jax .npz files.
 
   python -m magvit_jax.metrics.convert_weights inception \
-      --input=pt_inception-2015-12-05-6726825d.pth --output=inception_fid.npz
-  python -m magvit_jax.metrics.convert_weights i3d \
+      --input=pt_inception-2015-12-05-6726825d.npz --output=inception_fid.npz
+  python -m magvit_jax.metrics.convert_weights i3d --allow_pickle \
       --input=i3d_pretrained_400.pt --output=i3d_kinetics400.npz
 
 (`convert_weights <network> SRC DST` with positional paths works too.) No network
-access: the input is a PyTorch state_dict, either the .pth/.pt itself (read with
-a lazily imported `torch`, CPU only) or an .npz holding its raw arrays under
-the same names, for machines without torch -- export it anywhere with
-`np.savez(out, **{k: v.numpy() for k, v in torch.load(pt, map_location='cpu').items()})`.
+access: the input is a PyTorch state_dict's arrays under their PyTorch names, read by default
+from an .npz or a .safetensors file (needs `pip install safetensors`). The .pth/.pt itself is
+read only with `--allow_pickle` (`allow_pickle=True`): `torch.load` unpickles it, and a pickle
+can run arbitrary code, so pass it only for a file you trust (torch is imported only then,
+CPU only, with `weights_only=True`). Without torch here, or to avoid the pickle, export the
+arrays on a machine with torch (`to_npz_command` prints this command for a file):
+  sd = torch.load(pt, map_location='cpu', weights_only=True)
+  np.savez(out, **{k: v.numpy() for k, v in sd.items()})
 A leading `module.` (nn.DataParallel) is dropped from the names. The output is
 validated with the network's loader before this returns.
 
@@ -42,7 +46,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Dict, Sequence, Tuple
+import sys
+from typing import Callable, Dict, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -50,29 +55,101 @@ from magvit_jax.metrics import i3d
 from magvit_jax.metrics import inception
 
 
+# Weight files read by default, and the PyTorch pickles read only with `allow_pickle`.
+SAFE_EXTENSIONS = ('.npz', '.safetensors')
+PICKLE_EXTENSIONS = ('.pt', '.pth')
+ALLOW_PICKLE_HELP = (
+  'Also read .pt/.pth inputs. They are read with torch.load, which runs Python pickle from the '
+  'file: a pickle can execute arbitrary code, so use this only for files you trust. '
+  'Not needed for .npz or .safetensors inputs.'
+)
+
+
+def to_npz_command(path: str) -> str:
+  """A shell command that exports the arrays of the PyTorch file `path` to an .npz (needs torch)."""
+  out = os.path.splitext(path)[0] + '.npz'
+  return (
+    'python -c "import numpy as np, torch; '
+    f"sd = torch.load('{path}', map_location='cpu', weights_only=True); "
+    f"np.savez('{out}', **{{k: v.numpy() for k, v in sd.items()}})\""
+  )
+
+
 def read_state_dict(
-  path: str, how_to_get: str = inception.INCEPTION_HOW_TO_GET
+  path: str, how_to_get: str = inception.INCEPTION_HOW_TO_GET, allow_pickle: bool = False
 ) -> Dict[str, np.ndarray]:
-  """A PyTorch state_dict as name -> numpy array, from .pth/.pt (needs torch) or .npz.
+  """A PyTorch state_dict as name -> numpy array, from an .npz or .safetensors of its arrays, or
+  (only with `allow_pickle`) from the .pth/.pt itself.
 
   A `module.` prefix (nn.DataParallel) is removed from every name.
+
+  Args:
+    path: the weights file; its extension chooses the reader.
+    how_to_get: named in the error when `path` does not exist.
+    allow_pickle: read a .pt/.pth with `torch.load(weights_only=True)`. That is still Python
+      pickle, which can execute arbitrary code from the file: only for files you trust.
+
+  Raises:
+    ValueError: an extension other than .npz, .safetensors, .pt, .pth, or a .pt/.pth without
+      `allow_pickle` (refused before the file is opened).
+    FileNotFoundError: `path` does not exist.
+    ImportError: safetensors (for .safetensors) or torch (for .pt/.pth) is not installed.
   """
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in SAFE_EXTENSIONS + PICKLE_EXTENSIONS:
+    raise ValueError(
+      f'{path}: unknown weights file extension {ext or "(none)"!r}; expected one of '
+      f'{", ".join(SAFE_EXTENSIONS)} (or {", ".join(PICKLE_EXTENSIONS)} with --allow_pickle)'
+    )
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found. {how_to_get}')
-  if path.endswith('.npz'):
-    with np.load(path) as f:
+    raise FileNotFoundError(f'{path} not found. {how_to_get}'.strip())
+  if ext == '.npz':
+    with np.load(path, allow_pickle=False) as f:
       return _strip_module_prefix({k: np.asarray(f[k]) for k in f.files})
+  if ext == '.safetensors':
+    try:
+      from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError(
+        f'reading {path} needs the safetensors package: pip install safetensors '
+        '(or pass an .npz of the same arrays)'
+      ) from e
+    return _strip_module_prefix(dict(load_file(path)))
+  if not allow_pickle:
+    raise ValueError(
+      f'refusing to read {path}: a {ext} file is read with Python pickle (torch.load), which can '
+      'execute arbitrary code from the file. If you trust it, pass --allow_pickle '
+      '(allow_pickle=True); otherwise make an .npz of its arrays on a machine with torch and '
+      f'pass that: {to_npz_command(path)}'
+    )
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(
-      f'reading {path} needs torch (pip install torch), or convert it elsewhere to an .npz of '
-      'its raw arrays: np.savez(out, **{k: v.numpy() for k, v in torch.load(pth).items()})'
+      f'reading {path} needs torch (pip install torch), or make an .npz of its arrays '
+      f'elsewhere: {to_npz_command(path)}'
     ) from e
-  state = torch.load(path, map_location='cpu')
-  if isinstance(state, dict) and 'state_dict' in state:
+  state = torch.load(path, map_location='cpu', weights_only=True)
+  if isinstance(state, Mapping) and 'state_dict' in state:
     state = state['state_dict']
-  return _strip_module_prefix({k: v.detach().cpu().numpy() for k, v in state.items()})
+  return _strip_module_prefix(
+    {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, 'detach')}
+  )
+
+
+def report_user_errors(run: Callable[[], None], verbose: bool = False) -> int:
+  """Runs `run()` for an argparse CLI: 0 on success; a user error (a refused or missing file,
+  a file of the wrong kind, a missing optional package) prints one `error: ...` line on stderr
+  and returns 2, as `magvit_jax.cli_errors` does for the absl CLIs (`verbose`: re-raise)."""
+  try:
+    run()
+  except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
+    if verbose:
+      raise
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    print(f'error: {" ".join(text.split()) or type(e).__name__}', file=sys.stderr, flush=True)
+    return 2
+  return 0
 
 
 def _strip_module_prefix(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -110,9 +187,10 @@ def inception_from_torch(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
   return out
 
 
-def convert_inception(src: str, dst: str) -> None:
-  """Writes `dst` (.npz, Flax names) from pytorch-fid's `src` (.pth or .npz), then validates it."""
-  arrays = inception_from_torch(read_state_dict(src))
+def convert_inception(src: str, dst: str, allow_pickle: bool = False) -> None:
+  """Writes `dst` (.npz, Flax names) from pytorch-fid's `src` (.npz or .safetensors of its
+  arrays; its .pth only with `allow_pickle`, see `read_state_dict`), then validates it."""
+  arrays = inception_from_torch(read_state_dict(src, allow_pickle=allow_pickle))
   os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
   np.savez(dst, **arrays)
   inception.load_inception_weights(dst)  # Raises, naming the layer, if anything is off.
@@ -211,9 +289,10 @@ def i3d_from_torch(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
   return out
 
 
-def convert_i3d(src: str, dst: str) -> None:
-  """Writes `dst` (.npz, Flax names) from pytorch-i3d's `src` (.pt or .npz), then validates it."""
-  arrays = i3d_from_torch(read_state_dict(src, i3d.I3D_HOW_TO_GET))
+def convert_i3d(src: str, dst: str, allow_pickle: bool = False) -> None:
+  """Writes `dst` (.npz, Flax names) from pytorch-i3d's `src` (.npz or .safetensors of its
+  arrays; its .pt only with `allow_pickle`, see `read_state_dict`), then validates it."""
+  arrays = i3d_from_torch(read_state_dict(src, i3d.I3D_HOW_TO_GET, allow_pickle))
   os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
   np.savez(dst, **arrays)
   i3d.load_i3d_weights(dst)  # Raises, naming the variable, if anything is off.
@@ -222,20 +301,28 @@ def convert_i3d(src: str, dst: str) -> None:
 CONVERTERS = {'inception': convert_inception, 'i3d': convert_i3d}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('network', choices=sorted(CONVERTERS))
-  parser.add_argument('src', nargs='?', help='PyTorch state_dict (.pth/.pt, or .npz of it)')
+  parser.add_argument(
+    'src', nargs='?', help='PyTorch state_dict arrays: .npz, .safetensors (.pth/.pt: see below)'
+  )
   parser.add_argument('dst', nargs='?', help='output .npz for --weights of magvit_jax.evaluate')
   parser.add_argument('--input', help='same as SRC')
   parser.add_argument('--output', help='same as DST')
+  parser.add_argument('--allow_pickle', action='store_true', help=ALLOW_PICKLE_HELP)
+  parser.add_argument('--verbose', action='store_true', help='Show the traceback of an error.')
   args = parser.parse_args(argv)
   src, dst = args.input or args.src, args.output or args.dst
   if not src or not dst:
     parser.error('give the input and output files (--input=... --output=..., or SRC DST)')
-  CONVERTERS[args.network](src, dst)
-  print(f'wrote {dst}')
+
+  def convert() -> None:
+    CONVERTERS[args.network](src, dst, allow_pickle=args.allow_pickle)
+    print(f'wrote {dst}')
+
+  return report_user_errors(convert, args.verbose)
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

