@@ -13,7 +13,7 @@ from typing import Any
 from absl import flags
 
 from magvit_jax.masking.commit import TASKS
-from magvit_jax.masking.schedules import SCHEDULES
+from magvit_jax.masking.schedules import ALL_SCHEDULES
 
 WORKDIR = flags.DEFINE_string('workdir', None, 'Workdir of a trained transformer run.')
 NUM_SAMPLES = flags.DEFINE_integer(
@@ -42,7 +42,7 @@ STRICT_RESTORE = flags.DEFINE_bool(
 # `DecodeSettings`, checked here when the flags are parsed so that a bad value is reported
 # before any checkpoint is read.
 STEPS = flags.DEFINE_integer('steps', None, 'Decoding steps T.', lower_bound=1)
-SCHEDULE = flags.DEFINE_enum('schedule', None, list(SCHEDULES), 'Mask schedule of decoding.')
+SCHEDULE = flags.DEFINE_enum('schedule', None, list(ALL_SCHEDULES), 'Mask schedule of decoding.')
 GUIDANCE = flags.DEFINE_float(
   'guidance_scale', None, 'Classifier-free guidance scale.', lower_bound=0.0
 )

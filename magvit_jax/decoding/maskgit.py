@@ -63,17 +63,26 @@ def num_masked_after_step(
   rounding error of 1e-5, so values that are integers in exact arithmetic stay so); for ``step < T - 1`` it is clipped to
   ``max(0, min(n_now - 1, max(1, m)))``; at ``step = T - 1`` it is 0.
 
+  MaskGIT's own decoder (``maskgit/libml/parallel_decode.py``) differs in two corner cases
+  (documented in docs/mask_schedules.md, kept on purpose): its floor is a plain float32
+  floor, so where ``gamma * n_start`` is an integer in exact arithmetic but rounds just below
+  it re-masks one token fewer (``cosine`` at ``r = 2/3``: 256 tokens, ``T = 12``, step 7:
+  127 there, 128 here); and it clips with ``max(1, min(n_now - 1, m))``, so with one
+  unknown token left before the last step it re-masks it (here it is kept: 0).
+
   Args:
     step: int32 scalar (may be traced).
     num_steps: ``T``.
     num_unknown_at_start: [b] int32, unknown tokens in the initial map.
     num_unknown_now: [b] int32, unknown tokens before this step.
-    schedule: a name in ``schedules.SCHEDULES``.
+    schedule: a name in ``schedules.ALL_SCHEDULES``; the official ones
+      (``schedules.OFFICIAL_SCHEDULES``) get ``N = n_start`` per example, as MaskGIT's
+      decoder passes ``total_unknown = unknown_number_in_the_beginning``.
 
   Returns:
     [b] int32.
   """
-  gamma = schedules.get_schedule(schedule)
+  gamma = schedules.get_schedule(schedule, num_tokens=num_unknown_at_start)
   ratio = (jnp.asarray(step, jnp.float32) + 1.0) / num_steps
   x = gamma(ratio) * num_unknown_at_start.astype(jnp.float32)
   # floor with a small relative tolerance: in float32, (1 - 3 / 7) * 7 is 1.9999999, and a
@@ -193,7 +202,7 @@ def decode(
     labels: [b] int32 class labels.
     mask_token_id: id of the mask token (normally ``k``; if ``< k`` it is never sampled).
     num_steps: ``T >= 1``.
-    schedule: mask schedule name (``schedules.SCHEDULES``).
+    schedule: mask schedule name (``schedules.ALL_SCHEDULES``).
     choice_temperature: scale of the Gumbel noise added to the confidence at step 0,
       annealed linearly to 0 at the last step (``* (1 - (t + 1) / T)``).
     temperature: sampling temperature (logits are divided by it); 0 means argmax.
@@ -223,7 +232,7 @@ def decode(
     raise ValueError(
       f'condition_tokens must match init_tokens {init_tokens.shape}, got {condition_tokens.shape}.'
     )
-  schedules.get_schedule(schedule)  # validate the name early
+  schedules.check_name(schedule)  # validate the name early
   init_tokens = init_tokens.astype(jnp.int32)
   labels = jnp.asarray(labels).astype(jnp.int32)
   b, n = init_tokens.shape

@@ -9,14 +9,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from magvit_jax.masking.schedules import SCHEDULES
+from magvit_jax.masking.schedules import ALL_SCHEDULES
 
 
 @dataclasses.dataclass(frozen=True)
 class DecodeSettings:
   """Arguments of `magvit_jax.decoding.maskgit.decode` that a user chooses.
 
-  num_steps: T decoding steps (>= 1); schedule: mask schedule name (`SCHEDULES`);
+  num_steps: T decoding steps (>= 1); schedule: mask schedule name (`ALL_SCHEDULES`);
   guidance_scale: classifier-free guidance (0 = off); choice_temperature: scale of the Gumbel
   noise on the confidence (annealed to 0 over the steps); temperature: token sampling temperature.
   """
@@ -32,8 +32,8 @@ class DecodeSettings:
       raise ValueError(
         f'decoding steps={self.num_steps} (num_steps, --steps): expected a positive integer'
       )
-    if self.schedule not in SCHEDULES:
-      raise ValueError(f'schedule={self.schedule!r}: expected one of {SCHEDULES}')
+    if self.schedule not in ALL_SCHEDULES:
+      raise ValueError(f'schedule={self.schedule!r}: expected one of {ALL_SCHEDULES}')
     for name in ('guidance_scale', 'choice_temperature', 'temperature'):
       if getattr(self, name) < 0:
         raise ValueError(f'{name}={getattr(self, name)}: expected a float >= 0')

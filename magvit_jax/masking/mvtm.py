@@ -19,13 +19,14 @@ def mask_count(r: jax.Array, num_tokens: int, schedule: str) -> jax.Array:
 
   Args:
     r: float array of any shape, values in [0, 1].
-    num_tokens: ``n``, the number of tokens per example.
-    schedule: a name in ``schedules.SCHEDULES``.
+    num_tokens: ``n``, the number of tokens per example (also the token count ``N`` of
+      the official schedules, ``schedules.OFFICIAL_SCHEDULES``).
+    schedule: a name in ``schedules.ALL_SCHEDULES``.
 
   Returns:
     int32 array of the shape of ``r``, values in ``[1, n]``.
   """
-  gamma = schedules.get_schedule(schedule)
+  gamma = schedules.get_schedule(schedule, num_tokens=num_tokens)
   count = jnp.ceil(gamma(r) * num_tokens).astype(jnp.int32)
   return jnp.clip(count, 1, num_tokens)
 
@@ -58,7 +59,7 @@ def sample_mask(rng: jax.Array, batch_size: int, num_tokens: int, schedule: str)
     rng: PRNG key.
     batch_size: ``b``.
     num_tokens: ``n``.
-    schedule: a name in ``schedules.SCHEDULES``.
+    schedule: a name in ``schedules.ALL_SCHEDULES``.
 
   Returns:
     [b, n] bool, True = masked; every row has between 1 and n True entries.
