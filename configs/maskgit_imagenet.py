@@ -9,14 +9,19 @@ Argument: `imagenet` (default; the paper's model: 24 layers, 16 heads, hidden
 768, MLP 3072, dropout 0.1, codebook 1024, 16x16 tokens at 256x256, cosine
 schedule, T=8, choice temperature 4.5, AdamW b1 0.9 b2 0.96, lr 1e-4 with 5k
 warmup, label smoothing 0.1, batch 256) or `digits` (tiny CPU variant on the
-embedded digits).
+embedded digits), or `official256` / `official512` (the released MaskGIT
+transformer's exact architecture, 16x16 / 32x32 tokens at 256x256 / 512x512:
+BERT post-LN blocks, `model.norm_layout='post'`, and the released sampler's
+settings: cosine schedule, 16 steps, choice temperature 4.5), so that its
+checkpoints maskgit_imagenet{256,512}_checkpoint load through
+magvit_jax.convert.maskgit_transformer; see docs/pretrained.md.
 """
 
 import ml_collections
 
 from magvit_jax.config_schema import base_config, check_variant, tiny_cpu_variant
 
-VARIANTS = ('imagenet', 'digits')
+VARIANTS = ('imagenet', 'digits', 'official256', 'official512')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -78,4 +83,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.masking.class_dropout = 0.1
     c.sampling.update(dict(num_steps=8, choice_temperature=4.5, guidance_scale=1.0))
     c.optimizer.weight_decay = 0.01
+  elif variant in ('official256', 'official512'):
+    # maskgit/configs/maskgit_class_cond_config.py + maskgit/inference.py: the sizes above,
+    # post-LN blocks; the released sampler runs 16 steps (num_iterations=16), cosine,
+    # choice temperature 4.5, plain categorical sampling, no guidance.
+    c.model.norm_layout = 'post'
+    c.data.image_size = 256 if variant == 'official256' else 512
+    c.sampling.num_steps = 16
   return c

@@ -11,9 +11,11 @@ token. Output: `logits: [batch, n, codebook_size] float32` (the mask id is
 never predicted).
 
 Layout follows BERT / the MaskGIT reference: token + learned position
-embeddings -> LayerNorm -> dropout -> pre-LN encoder blocks -> MLM head
-(dense, GELU, LayerNorm) -> logits tied to the token embedding table plus a
-bias.
+embeddings -> LayerNorm -> dropout -> pre-LN encoder blocks -> final LayerNorm
+-> MLM head (dense, GELU, LayerNorm) -> logits tied to the token embedding
+table plus a bias. `norm_layout='post'` gives the released MaskGIT
+transformer's exact layout instead (BERT's post-LN blocks, no final LayerNorm;
+see magvit_jax/convert/maskgit_transformer.py).
 
 Every parameter carries logical axis names (`vocab`, `embed`, `mlp`, `heads`,
 `kv`, `length`); `magvit_jax.parallel` maps them to the mesh with the rule
@@ -86,26 +88,38 @@ class Attention(nn.Module):
     )(out)
 
 
+NORM_LAYOUTS = ('pre', 'post')
+
+
 class EncoderBlock(nn.Module):
-  """Pre-LayerNorm transformer block. x: [b, n, d] -> [b, n, d]."""
+  """Transformer block. x: [b, n, d] -> [b, n, d].
+
+  norm_layout 'pre': x + f(LN(x)) for f = attention, then MLP. 'post' (BERT, the released
+  MaskGIT transformer): LN(x + f(x)). The LayerNorms are `ln_attn` and `ln_mlp` either way.
+  """
 
   num_heads: int
   mlp_dim: int
   dropout_rate: float
   dtype: Dtype = jnp.float32
+  norm_layout: str = 'pre'
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
     d = x.shape[-1]
-    y = _layer_norm('ln_attn', self.dtype)(x)
+    pre = self.norm_layout == 'pre'
+    y = _layer_norm('ln_attn', self.dtype)(x) if pre else x
     y = Attention(self.num_heads, self.dropout_rate, self.dtype, name='attn')(y, deterministic)
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
-    y = _layer_norm('ln_mlp', self.dtype)(x)
+    if not pre:
+      x = _layer_norm('ln_attn', self.dtype)(x)
+    y = _layer_norm('ln_mlp', self.dtype)(x) if pre else x
     y = _dense(self.mlp_dim, ('embed', 'mlp'), 'mlp_in', self.dtype)(y)
     y = nn.gelu(y)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     y = _dense(d, ('mlp', 'embed'), 'mlp_out', self.dtype)(y)
-    return x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    return x if pre else _layer_norm('ln_mlp', self.dtype)(x)
 
 
 class Transformer(nn.Module):
@@ -117,6 +131,9 @@ class Transformer(nn.Module):
     seq_len: n, number of image tokens (h * w, or t * h * w).
     hidden_size, num_layers, num_heads, mlp_dim, dropout_rate: as in BERT.
     num_tasks: T > 0 adds a task prompt token (COMMIT); 0 = no task token (MaskGIT).
+    norm_layout: 'pre' (default): pre-LN blocks and a final LayerNorm `ln_final` before the
+      MLM head; 'post': BERT's post-LN blocks and no `ln_final` (the last block's output is
+      already normalised), as in the released MaskGIT checkpoints.
     num_sub_tokens: s > 1 factorises each token into s sub-tokens of k_sub = K^(1/s) values
       (MAGVIT-v2: 2^18 -> 2 x 2^9), each with its own embedding table (summed) and output
       head; the output is then [b, n, s, k_sub] and token = sum_j sub_j * k_sub^j.
@@ -133,6 +150,7 @@ class Transformer(nn.Module):
   dropout_rate: float = 0.1
   num_sub_tokens: int = 1
   num_tasks: int = 0
+  norm_layout: str = 'pre'
   dtype: Dtype = jnp.float32
 
   def dummy_inputs(self) -> tuple[jax.Array, ...]:
@@ -189,6 +207,8 @@ class Transformer(nn.Module):
       )
     if not self.num_tasks and tasks is not None:
       raise ValueError('tasks were given but the model has num_tasks=0 (no task token)')
+    if self.norm_layout not in NORM_LAYOUTS:
+      raise ValueError(f'norm_layout must be one of {NORM_LAYOUTS}, got {self.norm_layout!r}')
     d = self.hidden_size
     init = nn.initializers.truncated_normal(0.02)
     class_table = self.param(
@@ -246,9 +266,15 @@ class Transformer(nn.Module):
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
     for i in range(self.num_layers):
       x = EncoderBlock(
-        self.num_heads, self.mlp_dim, self.dropout_rate, self.dtype, name=f'block_{i}'
+        self.num_heads,
+        self.mlp_dim,
+        self.dropout_rate,
+        self.dtype,
+        norm_layout=self.norm_layout,
+        name=f'block_{i}',
       )(x, deterministic)
-    x = _layer_norm('ln_final', self.dtype)(x)
+    if self.norm_layout == 'pre':
+      x = _layer_norm('ln_final', self.dtype)(x)
     # MLM head.
     x = _dense(d, ('embed', 'embed_out'), 'head_dense', self.dtype)(x[:, self.num_prefix :])
     x = _layer_norm('head_ln', self.dtype)(nn.gelu(x))
@@ -315,5 +341,6 @@ def build_transformer(model_config: Any, seq_len: int) -> Transformer:
     dropout_rate=float(m['dropout_rate']),
     num_sub_tokens=int(m['num_sub_tokens']),
     num_tasks=int(m['num_tasks']),
+    norm_layout=str(m.get('norm_layout', 'pre')),
     dtype=jnp.dtype(m['dtype']),
   )

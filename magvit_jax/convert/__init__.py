@@ -1,0 +1,1 @@
+"""Converters from the official implementations' parameters to this project's models."""
