@@ -6,14 +6,17 @@ r"""VQGAN tokenizer of MaskGIT (stage 1).
 Argument: `imagenet` (default; 256x256, 16x16 tokens, codebook 1024 x 256,
 filters 128, multipliers (1, 1, 2, 2, 4), 2 residual blocks: the MaskGIT
 tokenizer) or `digits` (tiny CPU variant on the embedded 32x32 digits:
-8x8 tokens).
+8x8 tokens), or `official256` / `official512` (the released MaskGIT tokenizer's exact
+architecture at 256x256 -> 16x16 / 512x512 -> 32x32 tokens, so that its checkpoints
+tokenizer_imagenet{256,512}_checkpoint load through magvit_jax.convert.maskgit_vqgan;
+see docs/pretrained.md).
 """
 
 import ml_collections
 
 from magvit_jax.config_schema import base_config, check_variant, tiny_cpu_variant
 
-VARIANTS = ('imagenet', 'digits')
+VARIANTS = ('imagenet', 'digits', 'official256', 'official512')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -59,6 +62,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         embedding_dim=32,
         codebook_size=256,
         num_groups=8,
+      )
+    )
+  elif variant in ('official256', 'official512'):
+    # google-research/maskgit configs/vqgan_config.py (vqvae section; the same tokenizer for
+    # both sizes), plus the reference code's quirks (magvit_jax/models/vqgan.py).
+    c.data.image_size = 256 if variant == 'official256' else 512
+    c.model.update(
+      dict(
+        filters=128,
+        channel_multipliers=(1, 1, 2, 2, 4),
+        num_res_blocks=2,
+        embedding_dim=256,
+        codebook_size=1024,
+        commitment_cost=0.25,
+        num_groups=32,  # flax GroupNorm's default, as the reference code uses it.
+        shortcut='output',
+        res_conv_bias=False,
+        encoder_in_bias=False,
+        pixel_range='unit',
       )
     )
   return c

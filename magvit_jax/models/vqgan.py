@@ -8,6 +8,15 @@ decoded back to `[batch, H, W, 3]`.
 MaskGIT's tokenizer: filters 128, channel multipliers (1, 1, 2, 2, 4), 2 residual
 blocks per level, GroupNorm + swish, average-pool downsampling, nearest + conv
 upsampling, no attention, codebook 1024 x 256 (16x downsampling: 256 -> 16).
+
+Options that reproduce the released MaskGIT tokenizer exactly (docs/pretrained.md,
+configs/vqgan_imagenet.py:official256); their defaults are this project's own VQGAN:
+  shortcut='output'      the residual blocks' 1x1 shortcut conv reads the residual branch's
+                         output (features -> features), not the block's input;
+  res_conv_bias=False    no biases on the residual blocks' convs (shortcut included);
+  encoder_in_bias=False  no bias on the encoder's first conv;
+  pixel_range='unit'     the networks see [0, 1] pixels: `encode` maps its [-1, 1] input to
+                         (x + 1) / 2, and `decode` / `decode_tokens` map the output y to 2y - 1.
 """
 
 from __future__ import annotations
@@ -20,6 +29,63 @@ import jax
 from magvit_jax.models import layers
 from magvit_jax.quantizers.vq import VectorQuantizer
 
+SHORTCUTS = ('input', 'output')
+PIXEL_RANGES = ('signed', 'unit')
+
+
+def _conv(features: int, kernel_size: Sequence[int], name: str, use_bias: bool = True) -> nn.Conv:
+  """`layers.conv`, or the same conv (init and logical axes) without a bias."""
+  if use_bias:
+    return layers.conv(features, kernel_size, name)
+  spatial = tuple(f'conv_{i}' for i in range(len(kernel_size)))
+  return nn.Conv(
+    features,
+    tuple(kernel_size),
+    padding='SAME',
+    use_bias=False,
+    kernel_init=nn.with_logical_partitioning(
+      nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'),
+      spatial + ('conv_in', 'conv_out'),
+    ),
+    name=name,
+  )
+
+
+class MaskgitResBlock(nn.Module):
+  """`layers.ResBlock` with the released MaskGIT tokenizer's options (same param names).
+
+  shortcut='output': when the channel count changes, the 1x1 shortcut conv (features ->
+  features) is applied to the residual branch's output x, and the block returns x + conv(x)
+  (the reference code's behaviour); 'input': to the block's input, as `layers.ResBlock`.
+  use_bias=False: none of the block's convs has a bias. x: [b, h, w, c_in] -> [b, h, w, features].
+  """
+
+  features: int
+  num_groups: int = 32
+  shortcut: str = 'output'
+  use_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    residual = x
+    x = nn.swish(layers.group_norm(self.num_groups, 'norm_0')(x))
+    x = _conv(self.features, (3, 3), 'conv_0', self.use_bias)(x)
+    x = nn.swish(layers.group_norm(self.num_groups, 'norm_1')(x))
+    x = _conv(self.features, (3, 3), 'conv_1', self.use_bias)(x)
+    if residual.shape[-1] != self.features:
+      source = x if self.shortcut == 'output' else residual
+      residual = _conv(self.features, (1, 1), 'shortcut', self.use_bias)(source)
+    return x + residual
+
+
+def _res_block(
+  features: int, num_groups: int, name: str, shortcut: str, use_bias: bool
+) -> nn.Module:
+  # The defaults build `layers.ResBlock` itself, so the default VQGAN is unchanged.
+  if shortcut == 'input' and use_bias:
+    return layers.ResBlock(features, num_groups, name=name)
+  return MaskgitResBlock(features, num_groups, shortcut, use_bias, name=name)
+
 
 class Encoder(nn.Module):
   """[b, H, W, 3] -> [b, H/f, W/f, embedding_dim]."""
@@ -29,17 +95,23 @@ class Encoder(nn.Module):
   num_res_blocks: int
   embedding_dim: int
   num_groups: int = 32
+  shortcut: str = 'input'
+  res_conv_bias: bool = True
+  encoder_in_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = layers.conv(self.filters, (3, 3), 'conv_in')(x)
+    def block(features: int, name: str) -> nn.Module:
+      return _res_block(features, self.num_groups, name, self.shortcut, self.res_conv_bias)
+
+    x = _conv(self.filters, (3, 3), 'conv_in', self.encoder_in_bias)(x)
     for level, mult in enumerate(self.channel_multipliers):
       for i in range(self.num_res_blocks):
-        x = layers.ResBlock(self.filters * mult, self.num_groups, name=f'down_{level}_res_{i}')(x)
+        x = block(self.filters * mult, f'down_{level}_res_{i}')(x)
       if level < len(self.channel_multipliers) - 1:
         x = layers.downsample_2x(x)
     for i in range(self.num_res_blocks):
-      x = layers.ResBlock(x.shape[-1], self.num_groups, name=f'mid_res_{i}')(x)
+      x = block(x.shape[-1], f'mid_res_{i}')(x)
     x = nn.swish(layers.group_norm(self.num_groups, 'norm_out')(x))
     return layers.conv(self.embedding_dim, (1, 1), 'conv_out')(x)
 
@@ -51,18 +123,21 @@ class Decoder(nn.Module):
   channel_multipliers: Sequence[int]
   num_res_blocks: int
   num_groups: int = 32
+  shortcut: str = 'input'
+  res_conv_bias: bool = True
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
+    def block(features: int, name: str) -> nn.Module:
+      return _res_block(features, self.num_groups, name, self.shortcut, self.res_conv_bias)
+
     mults = tuple(self.channel_multipliers)
     x = layers.conv(self.filters * mults[-1], (3, 3), 'conv_in')(z)
     for i in range(self.num_res_blocks):
-      x = layers.ResBlock(x.shape[-1], self.num_groups, name=f'mid_res_{i}')(x)
+      x = block(x.shape[-1], f'mid_res_{i}')(x)
     for level in reversed(range(len(mults))):
       for i in range(self.num_res_blocks):
-        x = layers.ResBlock(
-          self.filters * mults[level], self.num_groups, name=f'up_{level}_res_{i}'
-        )(x)
+        x = block(self.filters * mults[level], f'up_{level}_res_{i}')(x)
       if level > 0:
         x = layers.upsample_2x(x)
         x = layers.conv(x.shape[-1], (3, 3), f'up_{level}_conv')(x)
@@ -84,20 +159,40 @@ class VQGAN(nn.Module):
   codebook_size: int = 1024
   commitment_cost: float = 0.25
   num_groups: int = 32
+  # The released MaskGIT tokenizer's quirks (module docstring; defaults: this project's VQGAN).
+  shortcut: str = 'input'
+  res_conv_bias: bool = True
+  encoder_in_bias: bool = True
+  pixel_range: str = 'signed'
   causal: ClassVar[bool] = False  # Frames are not coded causally (it codes images only).
 
   def setup(self):
+    if self.shortcut not in SHORTCUTS:
+      raise ValueError(f'VQGAN shortcut={self.shortcut!r}: expected one of {SHORTCUTS}')
+    if self.pixel_range not in PIXEL_RANGES:
+      raise ValueError(f'VQGAN pixel_range={self.pixel_range!r}: expected one of {PIXEL_RANGES}')
     self.encoder = Encoder(
       self.filters,
       self.channel_multipliers,
       self.num_res_blocks,
       self.embedding_dim,
       self.num_groups,
+      self.shortcut,
+      self.res_conv_bias,
+      self.encoder_in_bias,
     )
     self.quantizer = VectorQuantizer(self.codebook_size, self.commitment_cost)
     self.decoder = Decoder(
-      self.filters, self.channel_multipliers, self.num_res_blocks, self.num_groups
+      self.filters,
+      self.channel_multipliers,
+      self.num_res_blocks,
+      self.num_groups,
+      self.shortcut,
+      self.res_conv_bias,
     )
+
+  def _pixels_out(self, y: jax.Array) -> jax.Array:
+    return y * 2.0 - 1.0 if self.pixel_range == 'unit' else y
 
   @property
   def downsample_factor(self) -> int:
@@ -120,15 +215,17 @@ class VQGAN(nn.Module):
         f'image height/width {images.shape[1:3]} must be divisible by the '
         f'downsampling factor {f} (len(channel_multipliers) - 1 halvings)'
       )
+    if self.pixel_range == 'unit':
+      images = (images + 1.0) * 0.5
     return self.quantizer(self.encoder(images))
 
   def decode(self, quantized: jax.Array) -> jax.Array:
     """quantized: [b, h, w, d] -> images [b, H, W, 3] float32 (unclipped)."""
-    return self.decoder(quantized)
+    return self._pixels_out(self.decoder(quantized))
 
   def decode_tokens(self, tokens: jax.Array) -> jax.Array:
     """tokens: [b, h, w] int32 -> images [b, H, W, 3] float32."""
-    return self.decoder(self.quantizer.lookup(tokens))
+    return self._pixels_out(self.decoder(self.quantizer.lookup(tokens)))
 
   def __call__(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     quantized, aux = self.encode(images)
