@@ -90,6 +90,9 @@ def base_config(stage: str, model: str = 'vqgan') -> ml_collections.ConfigDict:
       # data.name='video_folder'.
       video_key=ml_collections.config_dict.placeholder(str),
       folder=ml_collections.config_dict.placeholder(str),
+      # Records that cannot be decoded (or hold NaN/Inf) are skipped and counted; the run stops
+      # once more than this fraction of the records read was skipped (docs/data.md).
+      max_skipped_fraction=0.01,
     )
   )
   c.batch_size = 256
@@ -280,6 +283,15 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
   _require(
     config.data.image_size > 0, 'data.image_size', 'a positive integer', config.data.image_size
   )
+  for section in ('data', 'image_data'):
+    if section in config:
+      limit = config[section].get('max_skipped_fraction', 0.01)
+      _require(
+        not isinstance(limit, bool) and isinstance(limit, (int, float)) and 0 <= limit <= 1,
+        f'{section}.max_skipped_fraction',
+        'a fraction in [0, 1]',
+        limit,
+      )
   m = config.model
   if stage == 'tokenizer':
     name = m.name
@@ -309,6 +321,19 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
       )
     if name in ('vqgan', 'vqgan3d'):
       _require(m.codebook_size > 1, 'model.codebook_size', 'an integer > 1', m.codebook_size)
+    if name == 'vqgan':
+      # The released MaskGIT tokenizer's options (magvit_jax/models/vqgan.py, docs/pretrained.md).
+      _require(
+        m.shortcut in ('input', 'output'), 'model.shortcut', "'input' or 'output'", m.shortcut
+      )
+      _require(
+        m.pixel_range in ('signed', 'unit'),
+        'model.pixel_range',
+        "'signed' or 'unit'",
+        m.pixel_range,
+      )
+      for key in ('res_conv_bias', 'encoder_in_bias'):
+        _require(isinstance(m[key], bool), f'model.{key}', 'True or False', m[key])
     if name == 'vqgan3d':
       _require(
         len(m.temporal_downsample) == len(m.channel_multipliers) - 1,
@@ -349,7 +374,7 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
         m.num_groups,
       )
   else:
-    from magvit_jax.masking.schedules import SCHEDULES  # pylint: disable=g-import-not-at-top
+    from magvit_jax.masking.schedules import ALL_SCHEDULES  # pylint: disable=g-import-not-at-top
 
     _require(
       m.hidden_size % m.num_heads == 0,
@@ -358,15 +383,21 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
       m.num_heads,
     )
     _require(
-      config.masking.schedule in SCHEDULES,
+      m.get('norm_layout', 'pre') in ('pre', 'post'),
+      'model.norm_layout',
+      "'pre' or 'post'",
+      m.get('norm_layout'),
+    )
+    _require(
+      config.masking.schedule in ALL_SCHEDULES,
       'masking.schedule',
-      f'one of {SCHEDULES}',
+      f'one of {ALL_SCHEDULES}',
       config.masking.schedule,
     )
     _require(
-      config.sampling.schedule in SCHEDULES,
+      config.sampling.schedule in ALL_SCHEDULES,
       'sampling.schedule',
-      f'one of {SCHEDULES}',
+      f'one of {ALL_SCHEDULES}',
       config.sampling.schedule,
     )
     _require(

@@ -1,0 +1,163 @@
+"""Official checkpoints -> this project's workdirs: `python -m magvit_jax.convert maskgit ...`.
+
+  python -m magvit_jax.convert maskgit \
+      --tokenizer=tokenizer_imagenet256_checkpoint \
+      --transformer=maskgit_imagenet256_checkpoint --workdir=runs/maskgit256
+
+writes two normal workdirs (config.json + an orbax checkpoint of the parameters, step 0):
+`<workdir>/tokenizer` (the VQGAN, config `vqgan_imagenet.py:official256`) and `<workdir>`
+itself (the transformer, config `maskgit_imagenet.py:official256`, its `tokenizer_workdir`
+pointing at the first). `sample`, `evaluate`, editing and the notebooks then use them
+unchanged (`python -m magvit_jax.sample --workdir=runs/maskgit256 --classes=1,7,282`).
+With only `--tokenizer`, `<workdir>` is the tokenizer workdir. The resolution (256 / 512) is
+read from the transformer's position table, else `--resolution`. `--tokenizer_config` /
+`--transformer_config` replace the default configs (e.g. for a smaller model of the official
+architecture: `--transformer_config=configs/maskgit_imagenet.py:official256
+--transformer_config.model.num_layers=2`).
+
+The files are msgpack (`flax.serialization`), read without pickle. A file of the wrong model
+size or tree is refused naming the key paths (see `maskgit_vqgan`, `maskgit_transformer`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from magvit_jax import checkpoint as ckpt_lib
+from magvit_jax import cli_errors
+from magvit_jax import fileio
+from magvit_jax.config_loader import load_config
+from magvit_jax.config_schema import validate_config
+from magvit_jax.convert import maskgit_transformer, maskgit_vqgan
+
+COMMANDS = ('maskgit',)
+RESOLUTIONS = {257: 256, 1025: 512}  # Position-table rows (class token + tokens) -> pixels.
+
+_TOKENIZER = flags.DEFINE_string('tokenizer', None, 'Official tokenizer checkpoint file.')
+_TRANSFORMER = flags.DEFINE_string('transformer', None, 'Official transformer checkpoint file.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Where to write the workdir(s).')
+_RESOLUTION = flags.DEFINE_enum(
+  'resolution', None, ['256', '512'], 'Image size, when there is no transformer to read it from.'
+)
+_TOKENIZER_CONFIG = config_flags.DEFINE_config_file(
+  'tokenizer_config', None, 'Tokenizer config (default configs/vqgan_imagenet.py:official<res>).'
+)
+_TRANSFORMER_CONFIG = config_flags.DEFINE_config_file(
+  'transformer_config',
+  None,
+  'Transformer config (default configs/maskgit_imagenet.py:official<res>).',
+)
+
+
+def write_params_workdir(workdir: str, config: ml_collections.ConfigDict, params: Any) -> None:
+  """A workdir holding `config` (config.json) and `params` as checkpoint step 0, readable by
+  `pretrained.load_tokenizer` / `load_transformer` (which read only the parameters)."""
+  if fileio.exists(os.path.join(workdir, 'checkpoints')):
+    raise ValueError(
+      f'--workdir: {workdir}/checkpoints exists: convert into a new --workdir (nothing was overwritten)'
+    )
+  ckpt_lib.write_workdir_config(workdir, config)
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, 'checkpoints'), config.to_dict(), 1)
+  try:
+    checkpointer.save(0, {'params': params, 'step': np.int32(0)})
+  finally:
+    checkpointer.close()
+
+
+def convert_maskgit(
+  workdir: str,
+  tokenizer_file: str | None,
+  transformer_file: str | None,
+  resolution: int | None = None,
+  tokenizer_config: ml_collections.ConfigDict | None = None,
+  transformer_config: ml_collections.ConfigDict | None = None,
+) -> dict[str, str]:
+  """Converts the official MaskGIT files into workdirs; returns {'tokenizer': dir,
+  'transformer': dir} of what was written. See the module docstring."""
+  if not tokenizer_file:
+    raise ValueError('--tokenizer: the official tokenizer checkpoint file is required')
+  transformer_tree = None
+  if transformer_file:
+    transformer_tree = maskgit_transformer.load_official_tree(transformer_file)
+    rows = _position_rows(transformer_tree)
+    if resolution is None and rows in RESOLUTIONS and transformer_config is None:
+      resolution = RESOLUTIONS[rows]
+  resolution = resolution or 256
+  tok_config = tokenizer_config or load_config(f'vqgan_imagenet.py:official{resolution}')
+  validate_config(tok_config, 'tokenizer')
+  tok_params = maskgit_vqgan.tokenizer_params_from_official(
+    maskgit_vqgan.load_official_tree(tokenizer_file), tok_config.model
+  )
+  written = {}
+  tok_dir = os.path.join(workdir, 'tokenizer') if transformer_tree is not None else workdir
+  write_params_workdir(tok_dir, tok_config, jax.device_get(tok_params))
+  written['tokenizer'] = tok_dir
+  if transformer_tree is not None:
+    tf_config = transformer_config or load_config(f'maskgit_imagenet.py:official{resolution}')
+    with tf_config.unlocked():
+      tf_config.tokenizer_workdir = os.path.abspath(tok_dir)
+    validate_config(tf_config, 'transformer')
+    from magvit_jax.models import tokenizers  # pylint: disable=g-import-not-at-top
+    from magvit_jax.trainers import transformer as transformer_trainer  # pylint: disable=g-import-not-at-top
+
+    transformer_trainer.check_tokenizer_matches(tf_config, tok_config)
+    params = maskgit_transformer.transformer_params_from_official(
+      transformer_tree, tf_config, seq_len=tokenizers.num_tokens(tok_config)
+    )
+    write_params_workdir(workdir, tf_config, jax.device_get(params))
+    written['transformer'] = workdir
+  return written
+
+
+def _position_rows(tree: dict) -> int | None:
+  """Rows of the official position-embedding table (None if the tree has no such leaf)."""
+  flat = _flatten(tree.get('params', tree))
+  rows = [v.shape[0] for k, v in flat.items() if 'position' in k.lower() and np.ndim(v) == 2]
+  return rows[0] if rows else None
+
+
+def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f'{prefix}{k}/'))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def main(argv: list[str]) -> None:
+  commands = argv[1:]
+  if commands != ['maskgit']:
+    raise ValueError(
+      f'expected one command, one of {list(COMMANDS)} (e.g. `python -m magvit_jax.convert maskgit '
+      f'--tokenizer=FILE --transformer=FILE --workdir=DIR`), got {commands}'
+    )
+  if not _WORKDIR.value:
+    raise ValueError('--workdir: where to write the converted workdir is required')
+  written = convert_maskgit(
+    _WORKDIR.value,
+    _TOKENIZER.value,
+    _TRANSFORMER.value,
+    int(_RESOLUTION.value) if _RESOLUTION.value else None,
+    cli_errors.config_value(_TOKENIZER_CONFIG) if _TOKENIZER_CONFIG.present else None,
+    cli_errors.config_value(_TRANSFORMER_CONFIG) if _TRANSFORMER_CONFIG.present else None,
+  )
+  for kind, path in written.items():
+    print(f'[convert] wrote the {kind} workdir {path}', flush=True)
+  if 'transformer' in written:
+    print(
+      f'[convert] sample with: python -m magvit_jax.sample --workdir={written["transformer"]} '
+      f'--classes=1,7,282',
+      flush=True,
+    )
+
+
+if __name__ == '__main__':
+  cli_errors.run(main)

@@ -1,0 +1,151 @@
+"""`python -m magvit_jax.convert maskgit`: official files -> workdirs that `sample` uses as is.
+
+The transformer file is the small official model of the parity fixture
+(tests/data/maskgit_transformer_parity.npz, made by the official code); the tokenizer file is
+an official-layout tree of random values of a matching small size (4 x 4 tokens, codebook 16).
+That the converted values compute what the official code computes is tests/test_parity_*.py;
+here: the CLI writes loadable workdirs whose parameters are exactly the converters' output,
+sampling runs on them, and bad input ends in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flax import serialization, traverse_util
+
+from magvit_jax import pretrained
+from magvit_jax.config_loader import load_config
+from magvit_jax.convert import maskgit_transformer, maskgit_vqgan
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FIXTURE = REPO / 'tests' / 'data' / 'maskgit_transformer_parity.npz'
+# The small official tokenizer: 16 x 16 pixels -> 4 x 4 tokens of a 16-code book.
+TOKENIZER = dict(
+  filters=8, channel_multipliers=(1, 2, 2), num_res_blocks=1, embedding_dim=8, codebook_size=16
+)
+
+pytestmark = pytest.mark.slow  # Subprocesses that import jax and compile.
+
+
+def _flags(prefix: str, values: dict) -> list[str]:
+  out = []
+  for k, v in values.items():
+    v = f'({",".join(map(str, v))},)' if isinstance(v, tuple) else v
+    out.append(f'--{prefix}.{k}={v}')
+  return out
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+  root = tmp_path_factory.mktemp('official')
+  with np.load(FIXTURE) as z:
+    data = {k: z[k] for k in z.files}
+  cfg = json.loads(str(data['config_json']))
+  flat = {tuple(k.split('/')): v for k, v in data.items() if k.startswith('params/')}
+  (root / 'transformer').write_bytes(serialization.to_bytes(traverse_util.unflatten_dict(flat)))
+  tok_config = load_config('vqgan_imagenet.py:official256')
+  tok_config.model.update(dict(TOKENIZER, num_groups=4))
+  rng = np.random.default_rng(0)
+  tree = {
+    tuple(path.split('/')): rng.normal(0, 0.1, shape).astype(np.float32)
+    for path, shape in maskgit_vqgan.official_shapes(tok_config.model).items()
+  }
+  (root / 'tokenizer').write_bytes(serialization.to_bytes(traverse_util.unflatten_dict(tree)))
+  tok_flags = _flags('tokenizer_config.model', dict(TOKENIZER, num_groups=4))
+  tok_flags.append('--tokenizer_config.data.image_size=16')
+  tf_values = {k: cfg[k] for k in ('codebook_size', 'num_classes', 'hidden_size', 'num_layers')}
+  tf_values.update(num_heads=cfg['num_heads'], mlp_dim=cfg['mlp_dim'])
+  tf_flags = _flags('transformer_config.model', tf_values) + [
+    '--transformer_config.data.image_size=16',
+    f'--transformer_config.data.num_classes={cfg["num_classes"]}',
+  ]
+  return root, tok_config, tok_flags, tf_flags
+
+
+def _run(*args, cwd=REPO) -> subprocess.CompletedProcess:
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  return subprocess.run(
+    [sys.executable, '-m', *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+  )
+
+
+def test_convert_writes_workdirs_that_sample_uses(files, tmp_path):
+  root, tok_config, tok_flags, tf_flags = files
+  workdir = tmp_path / 'maskgit'
+  result = _run(
+    'magvit_jax.convert',
+    'maskgit',
+    f'--tokenizer={root / "tokenizer"}',
+    f'--transformer={root / "transformer"}',
+    f'--workdir={workdir}',
+    '--tokenizer_config=configs/vqgan_imagenet.py:official256',
+    *tok_flags,
+    '--transformer_config=configs/maskgit_imagenet.py:official256',
+    *tf_flags,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'wrote the transformer workdir {workdir}' in result.stdout
+
+  tok = pretrained.load_tokenizer(str(workdir / 'tokenizer'))
+  want = maskgit_vqgan.tokenizer_params_from_official(
+    maskgit_vqgan.load_official_tree(root / 'tokenizer'), tok.config.model
+  )
+  got, want = traverse_util.flatten_dict(tok.params), traverse_util.flatten_dict(want)
+  assert got.keys() == want.keys()
+  for key in want:
+    np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]))
+  transformer = pretrained.load_transformer(str(workdir))
+  assert transformer.config.tokenizer_workdir == str(workdir / 'tokenizer')
+  assert transformer.config.model.norm_layout == 'post'
+  want = maskgit_transformer.transformer_params_from_official(
+    maskgit_transformer.load_official_tree(root / 'transformer'), transformer.config, seq_len=16
+  )
+  got, want = traverse_util.flatten_dict(transformer.params), traverse_util.flatten_dict(want)
+  assert got.keys() == want.keys()
+  for key in want:
+    np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]))
+
+  sample = _run(
+    'magvit_jax.sample',
+    f'--workdir={workdir}',
+    f'--output={tmp_path / "samples"}',
+    '--classes=1,7',
+    '--num_samples=2',
+    '--steps=4',
+  )
+  assert sample.returncode == 0, sample.stderr[-3000:]
+  with np.load(tmp_path / 'samples' / 'samples.npz') as z:
+    assert z['images'].shape == (2, 16, 16, 3) and z['labels'].tolist() == [1, 7]
+
+  again = _run(
+    'magvit_jax.convert',
+    'maskgit',
+    f'--tokenizer={root / "tokenizer"}',
+    f'--workdir={workdir}',
+    '--tokenizer_config=configs/vqgan_imagenet.py:official256',
+    *tok_flags,
+  )
+  assert again.returncode == 2, again.stderr[-3000:] and again.stderr.strip().splitlines()[
+    -1
+  ].startswith('error: ')
+  assert 'checkpoints exists' in again.stderr
+
+
+def test_a_file_of_another_size_is_refused_naming_the_key(files, tmp_path):
+  root, _, _, _ = files
+  # The small tokenizer file against the full-size official256 config.
+  result = _run(
+    'magvit_jax.convert', 'maskgit', f'--tokenizer={root / "tokenizer"}', f'--workdir={tmp_path}'
+  )
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr[-2000:]
+  assert 'expected shape' in lines[0] and 'params/' in lines[0]
+  assert not (tmp_path / 'checkpoints').exists()
