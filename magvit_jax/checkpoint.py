@@ -106,7 +106,7 @@ class Checkpointer:
       options=ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
       ),
-      item_names=('state', 'config'),
+      item_names=('state', 'config', 'data'),
     )
 
   def latest_step(self) -> int | None:
@@ -115,15 +115,26 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state: Any) -> None:
-    self._manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_as_tree(state)), config=ocp.args.JsonSave(self.config)
-      ),
-      force=True,
+  def save(self, step: int, state: Any, data_state: dict | None = None) -> None:
+    """Saves `state` (and the run's config) as step `step`.
+
+    data_state: where the training data streams stand after this step (a JSON-able dict, see
+      `magvit_jax.data.skipped_records`), so a resume reads on from there exactly.
+    """
+    items = dict(
+      state=ocp.args.StandardSave(_as_tree(state)), config=ocp.args.JsonSave(self.config)
     )
+    if data_state is not None:
+      items['data'] = ocp.args.JsonSave(data_state)
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     self._manager.wait_until_finished()
+
+  def data_state(self, step: int) -> dict | None:
+    """The data positions saved with `step` (None for a checkpoint saved without them)."""
+    if not (epath.Path(self.directory) / str(step) / 'data').exists():
+      return None
+    restored = self._manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
+    return restored['data']
 
   def saved_config(self, step: int | None = None) -> dict:
     step = self.latest_step() if step is None else step

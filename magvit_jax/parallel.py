@@ -291,15 +291,27 @@ def describe_runtime(mesh: Mesh) -> str:
   )
 
 
+def gather_ints(values: list[int]) -> np.ndarray:
+  """int64 [process_count, len(values)]: every process's `values`, on every process.
+
+  A collective (every process calls it at the same point); on one process no device work.
+  """
+  local = np.asarray(values, np.int64).reshape(1, -1)
+  if jax.process_count() == 1:
+    return local
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  # Sent as two int32 halves: without jax_enable_x64 an int64 would be cut to 32 bits.
+  halves = np.concatenate([local[0] >> 31, local[0] & (2**31 - 1)]).astype(np.int32)
+  got = np.asarray(multihost_utils.process_allgather(halves), np.int64)
+  got = got.reshape(jax.process_count(), 2, -1)
+  return (got[:, 0] << 31) | got[:, 1]
+
+
 def any_process(flag: bool) -> bool:
   """True on every process if `flag` is true on any process.
 
   A collective: every process must call it at the same point of the program.
   On one process it is just `flag` (no device work).
   """
-  if jax.process_count() == 1:
-    return bool(flag)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-  flags = multihost_utils.process_allgather(np.asarray([int(bool(flag))], np.int32))
-  return bool(np.asarray(flags).max())
+  return bool(gather_ints([int(bool(flag))]).max())

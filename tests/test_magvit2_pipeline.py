@@ -47,11 +47,11 @@ def test_joint_schedule_resumes_on_the_same_steps():
   """Step s is an image step iff s % image_every == 0, also after a restart at any step."""
   config = tiny_configs.magvit2_tokenizer()
   config.image_every = 3
-  full = tokenizer_trainer.mixed_batches(config, 2, start_step=0)
+  full = tokenizer_trainer.MixedBatches(config, 2, start_step=0)
   kinds = ['video' if 'video' in next(full) else 'image' for _ in range(9)]
   assert kinds == ['video', 'video', 'image'] * 3
-  resumed = tokenizer_trainer.mixed_batches(config, 2, start_step=4)
-  again = tokenizer_trainer.mixed_batches(config, 2, start_step=0)
+  resumed = tokenizer_trainer.MixedBatches(config, 2, start_step=4)
+  again = tokenizer_trainer.MixedBatches(config, 2, start_step=0)
   reference = [next(again) for _ in range(9)][4:]
   for expected in reference:
     got = next(resumed)

@@ -42,14 +42,12 @@ DRIVER = textwrap.dedent("""\
     from magvit_jax.trainers import tokenizer
 
     delay = float(os.environ.get('STEP_DELAY', '0'))
-    batches = tokenizer.mixed_batches
-
-    def slow_batches(*args, **kwargs):
-      for batch in batches(*args, **kwargs):
+    class SlowBatches(tokenizer.MixedBatches):
+      def __next__(self):
         time.sleep(delay)
-        yield batch
+        return super().__next__()
 
-    tokenizer.mixed_batches = slow_batches
+    tokenizer.MixedBatches = SlowBatches
     app.run(train.main)
     """)
 

@@ -20,17 +20,25 @@ global batch (process p: rows [p * batch_size, (p + 1) * batch_size)), so the gl
 is the same for any number of processes; every random augmentation (incl. the temporal crop of
 videos) is a stateless function of (seed, position in the global stream). So
 `start_step=k` reproduces batches k, k+1, ... of a fresh iterator exactly, by skipping
-`k * batch_size` raw (still encoded) records before any decoding.
+`k * global batch` raw (still encoded) records before any decoding; `resume=` (what a
+checkpoint stored) starts at an exact stream position instead, which stays exact when bad
+records were skipped.
+
+Bad records (`skipped_records`): each record is decoded under a guard; one that fails to decode
+or holds NaN/Inf in a float feature is dropped, counted, named once in the log, and replaced by
+the next record; past `data.max_skipped_fraction` the stream stops with an error.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+import re
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from magvit_jax.data import skipped_records
 from magvit_jax.data.tfds_source import (
   EMBEDDED_DATASETS,
   DatasetNotPreparedError,
@@ -47,6 +55,7 @@ from magvit_jax.data.video_folder import (
 )
 
 __all__ = [
+  'DamagedDataError',
   'DatasetNotPreparedError',
   'EMBEDDED_DATASETS',
   'VIDEO_FOLDER',
@@ -66,10 +75,12 @@ def create_dataset(
   train: bool,
   seed: int = 0,
   start_step: int = 0,
+  resume: dict[str, int] | None = None,
+  stream: str = 'data',
   process_index: int | None = None,
   process_count: int | None = None,
   drop_remainder: bool = True,
-) -> Iterator[dict[str, np.ndarray]]:
+) -> skipped_records.GoodBatches:
   """Per-process iterator of numpy batches from a TFDS dataset or a video folder.
 
   Args:
@@ -83,6 +94,9 @@ def create_dataset(
         fixed length; required for variable-length videos: ucf101, video folders);
       `video_key` (str or None/absent): the TFDS video feature (a sequence of images), default
         'video' ('image_main' for bair_robot_pushing_small); the output key is always 'video';
+      `max_skipped_fraction` (float in [0, 1], default 0.01): the stream stops with
+        TooManyBadRecordsError once more than this fraction of its records was skipped as
+        undecodable or non-finite (see `skipped_records`);
       `folder` (str; `name='video_folder'` only): a folder laid out as
         `<folder>/<split>/<class_name>/<clip>/` (frame images *.jpg/*.jpeg/*.png, in name
         order) or `<folder>/<split>/<class_name>/<clip>.npy` (uint8 [T, H, W, 3]); labels are
@@ -96,14 +110,21 @@ def create_dataset(
       False -> this process's shard, one pass in file order, no shuffle, no augmentation
       (videos: the first `num_frames` frames), `drop_remainder` as given.
     seed: shuffle/augmentation seed; same seed -> identical stream.
-    start_step: (train) resume: the first batch yielded is batch `start_step` of a fresh stream.
+    start_step: (train) resume: the first batch yielded is batch `start_step` of a fresh stream
+      (exact when no record was skipped before it).
+    resume: (train) {'position', 'read', 'skipped'} of this process as a checkpoint stored them
+      (`skipped_records.resume_position`): the stream starts at that position, the counts go
+      on; overrides `start_step`.
+    stream: the config section of `data_config` ('data', 'image_data'): names the skip
+      metrics and the limit's config key in messages.
     process_index, process_count: default `jax.process_index()` / `jax.process_count()`.
       Training: rows of each global batch (see above). Evaluation: shards from
       `tfds.even_splits` (video folders: contiguous file-order shards; sizes differ by at
       most 1).
     drop_remainder: (eval) drop a final partial batch.
 
-  Yields:
+  Returns a `skipped_records.GoodBatches` iterator (with `position()`, `state()`,
+  `stats()`) that yields
     {'image': uint8 [batch_size, image_size, image_size, 3], 'label': int32 [batch_size]}, or
     for a video dataset (a video feature `video_key`, or a video folder)
     {'video': uint8 [batch_size, num_frames, image_size, image_size, 3],
@@ -119,6 +140,13 @@ def create_dataset(
     raise ValueError(f'batch_size must be positive, got {batch_size}.')
   if start_step < 0:
     raise ValueError(f'start_step must be >= 0, got {start_step}.')
+  max_skipped = _cfg_get(data_config, 'max_skipped_fraction', 0.01)
+  if (
+    isinstance(max_skipped, bool)
+    or not isinstance(max_skipped, (int, float))
+    or not (0 <= max_skipped <= 1)
+  ):
+    raise ValueError(f'data.max_skipped_fraction must be in [0, 1], got {max_skipped!r}.')
   num_frames = _cfg_get(data_config, 'num_frames', None)
   if num_frames is not None and (
     not isinstance(num_frames, (int, np.integer)) or isinstance(num_frames, bool) or num_frames <= 0
@@ -135,6 +163,8 @@ def create_dataset(
   options = tf.data.Options()
   options.deterministic = True
   global_batch = int(batch_size) * int(process_count)
+  resume = dict(resume or {})
+  start = int(resume.get('position', int(start_step) * global_batch)) if train else 0
   args = (
     data_config,
     split,
@@ -142,15 +172,14 @@ def create_dataset(
     int(image_size),
     train,
     int(seed),
-    int(start_step),
-    global_batch,
+    start,
     int(process_index),
     int(process_count),
   )
   if name == VIDEO_FOLDER:
-    ds, preprocess = _video_folder_records(*args)
+    ds, preprocess, source = _video_folder_records(*args)
   else:
-    ds, preprocess = _tfds_records(name, *args, options)
+    ds, preprocess, source = _tfds_records(name, *args, options)
   # `ds` holds (position, raw record): for training the position in the global stream (after
   # the resume skip), for eval the position in this process's shard.
   if train:
@@ -164,12 +193,74 @@ def create_dataset(
   else:
     base = tf.constant(int(seed) * 1_000_003 + int(process_index), tf.int64)
 
-  ds = ds.map(
-    lambda i, ex: preprocess(ex, tf.stack([base, i])),
+  ds = ds.interleave(
+    _guarded_decode(ds, preprocess, source, base),
+    cycle_length=8,
+    block_length=1,
     num_parallel_calls=tf.data.AUTOTUNE,
     deterministic=True,
   )
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   ds = ds.prefetch(tf.data.AUTOTUNE)
   ds = ds.with_options(options)
-  return iter(tfds.as_numpy(ds))
+  return skipped_records.GoodBatches(
+    _framing_errors_named(tfds.as_numpy(ds), name, split, data_config),
+    batch_size,
+    stream=stream,
+    max_skipped_fraction=float(max_skipped),
+    drop_remainder=drop_remainder,
+    start_position=start,
+    read=int(resume.get('read', 0)),
+    skipped=int(resume.get('skipped', 0)),
+  )
+
+
+class DamagedDataError(OSError):
+  """A data file is damaged below the record level (e.g. a TFRecord whose CRC fails)."""
+
+
+def _framing_errors_named(batches, name: str, split: str, data_config: Any):
+  """`batches`, with TF's bare DataLossError ('corrupted record at 889869', no file named)
+  turned into an error that names the dataset, split and data_dir and how to repair them."""
+  try:
+    yield from batches
+  except tf.errors.DataLossError as e:
+    where = (
+      _cfg_get(data_config, 'folder')
+      if name == VIDEO_FOLDER
+      else (_cfg_get(data_config, 'data_dir') or default_data_dir())
+    )
+    detail = re.sub(r'\{\{.*?\}\}|\[Op:.*$', '', ' '.join(str(e.message).split())).strip()
+    raise DamagedDataError(
+      f'a file of dataset {name!r} (split {split!r}) in {where} is damaged below the record '
+      f'level, where no single record can be skipped ({detail}); rebuild the dataset '
+      f'(`tfds build {name} --data_dir=...`) or restore its files from a copy'
+    ) from None
+
+
+def _guarded_decode(ds: tf.data.Dataset, preprocess, source, base: tf.Tensor):
+  """fn(position, raw record) -> a dataset of exactly one decoded row with the markers of
+  `skipped_records`: the decoded record, or, if decoding raised, zeros marked `_bad`.
+
+  Used with `interleave` (deterministic, one row per input): the output order is the input
+  order, and an error in one record no longer ends the whole stream.
+  """
+
+  def decode(i, ex):
+    row = preprocess(ex, tf.stack([base, i]))
+    return dict(row, _position=i, _bad=tf.constant(False), _source=source(ex))
+
+  spec = ds.map(decode).element_spec
+  for key, s in spec.items():
+    if not s.shape.is_fully_defined():
+      raise ValueError(f'pipeline output {key!r} has no static shape ({s.shape})')
+
+  def placeholder(i, ex):
+    row = {k: tf.zeros(s.shape, s.dtype) for k, s in spec.items() if not k.startswith('_')}
+    return dict(row, _position=i, _bad=tf.constant(True), _source=source(ex))
+
+  def guarded(i, ex):
+    one = tf.data.Dataset.from_tensors((i, ex))
+    return one.map(decode).ignore_errors().concatenate(one.map(placeholder)).take(1)
+
+  return guarded

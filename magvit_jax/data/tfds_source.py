@@ -33,15 +33,19 @@ from magvit_jax.data.transforms import (
 
 class _DropTfdsSelfDeprecation(logging.Filter):
   """TFDS 4.9.10's own partial decoding reads its deprecated `FeatureConnector.dtype` and logs a
-  deprecation warning for it once per feature on every `as_dataset`: nothing this project
-  calls, so a user can do nothing about it. Exactly that message is dropped; every other
-  warning passes."""
+  deprecation warning for it once per feature on every `as_dataset`, and its reader (with
+  `add_tfds_id`) calls TF's deprecated `CounterV2`: nothing this project calls, so a user can
+  do nothing about them. Exactly those messages are dropped; every other warning passes."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return '`FeatureConnector.dtype` is deprecated' not in record.getMessage()
+    message = record.getMessage()
+    return '`FeatureConnector.dtype` is deprecated' not in message and (
+      'CounterV2 (from tensorflow' not in message
+    )
 
 
 logging.getLogger('absl').addFilter(_DropTfdsSelfDeprecation())
+logging.getLogger('tensorflow').addFilter(_DropTfdsSelfDeprecation())
 
 EMBEDDED_DATASETS = ('magvit_digits', 'magvit_moving_digits')
 _DATA_DIR_ENV = 'MAGVIT_DATA_DIR'
@@ -288,13 +292,17 @@ def _tfds_records(
   image_size: int,
   train: bool,
   seed: int,
-  start_step: int,
-  global_batch: int,
+  start: int,
   process_index: int,
   process_count: int,
   options: tf.data.Options,
 ):
-  """(dataset of (position, encoded example), preprocess) of a TFDS dataset."""
+  """(dataset of (position, encoded example), preprocess, source) of a TFDS dataset.
+
+  start: (train) the first position of the global stream to read (raw records before it are
+  skipped undecoded). source: fn(encoded example) -> its `tfds_id` (file and record index),
+  how a bad record is named in the log.
+  """
   builder = get_builder(name, _cfg_get(data_config, 'data_dir'))
   available = sorted(builder.info.splits.keys())
   unknown = [s for s in _split_names(split) if s not in available]
@@ -350,7 +358,11 @@ def _tfds_records(
     else split
   )
   read_config = tfds.ReadConfig(
-    options=options, shuffle_seed=seed, interleave_cycle_length=1, try_autocache=False
+    options=options,
+    shuffle_seed=seed,
+    interleave_cycle_length=1,
+    try_autocache=False,
+    add_tfds_id=True,
   )
   ds = builder.as_dataset(
     split=shard, shuffle_files=False, read_config=read_config, decoders=decoders
@@ -360,8 +372,8 @@ def _tfds_records(
     ds = ds.repeat()
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.enumerate()
-    if start_step:
-      ds = ds.skip(int(start_step) * global_batch)  # Raw records: cheap.
+    if start:
+      ds = ds.skip(int(start))  # Raw records: cheap.
   else:
     ds = ds.enumerate()
-  return ds, preprocess
+  return ds, preprocess, lambda example: example['tfds_id']

@@ -247,12 +247,13 @@ def _video_folder_records(
   image_size: int,
   train: bool,
   seed: int,
-  start_step: int,
-  global_batch: int,
+  start: int,
   process_index: int,
   process_count: int,
 ):
-  """(dataset of (position, clip index), preprocess) of a video folder; see create_dataset."""
+  """(dataset of (position, clip index), preprocess, source) of a video folder; see
+  create_dataset. start: (train) the first position of the global stream; source: fn(clip
+  index) -> the clip's path."""
   if num_frames is None:
     raise ValueError(
       f'data.name={VIDEO_FOLDER!r}: clips have variable length: set data.num_frames.'
@@ -263,7 +264,6 @@ def _video_folder_records(
   if train:
     # Epoch e is a full permutation of the clips, seeded by (seed, e); so the record at global
     # position k is computed directly and a resume skips less than one epoch.
-    start = int(start_step) * global_batch
     first_epoch = start // n
     shuffle_seed = tf.constant(int(seed), tf.int64)
 
@@ -279,4 +279,5 @@ def _video_folder_records(
     # Contiguous shards in file order; sizes differ by at most one.
     lo, hi = process_index * n // process_count, (process_index + 1) * n // process_count
     ds = tf.data.Dataset.range(lo, hi).enumerate()
-  return ds, preprocess
+  paths_t = tf.constant(paths, tf.string)
+  return ds, preprocess, lambda clip: paths_t[clip]

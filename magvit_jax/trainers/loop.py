@@ -13,6 +13,11 @@ flushed and checked, the state of that step is saved, "preempted at step N,
 checkpoint saved" is logged and `Preempted` is raised; `magvit_jax.train`
 catches it and exits with status 0. Re-running the same command resumes from
 that checkpoint, and the resumed run's losses equal an uninterrupted run's.
+
+Data: every checkpoint also stores where each training stream stands (its position and skip
+counts per process, `data_state`), so a resume reads on exactly from there even when bad
+records were skipped; the skip counts of the streams (`data/skipped`,
+`data/skipped_fraction`, summed over processes) go into the metrics at every log step.
 With several processes the flag is OR-ed over all processes (a tiny
 all-gather) every `preemption_sync_every` steps, so all of them stop -- and
 save -- at the same step; on one process it is looked at after every step.
@@ -44,6 +49,45 @@ class Preempted(Exception):
     super().__init__(f'preempted at step {step}, checkpoint saved in {directory}/{step}')
     self.step = step
     self.directory = directory
+
+
+def _streams(batches: Any) -> dict[str, Any]:
+  """The training streams behind `batches`: {'data': ...} for one `GoodBatches`, the
+  `streams` of a `MixedBatches`, {} for a plain iterator (tests)."""
+  if hasattr(batches, 'streams'):
+    return dict(batches.streams)
+  return {'data': batches} if hasattr(batches, 'state') else {}
+
+
+def _data_state(streams: dict[str, Any]) -> dict[str, dict[str, list[int]]] | None:
+  """{stream: {'position': [per process], 'read': [...], 'skipped': [...]}}, gathered from
+  every process (a collective), for the checkpoint; None without streams."""
+  if not streams:
+    return None
+  names = sorted(streams)
+  local = [v for n in names for v in _counts(streams[n])]
+  table = parallel.gather_ints(local).reshape(-1, len(names), 3)
+  return {
+    n: {
+      key: [int(v) for v in table[:, i, j]] for j, key in enumerate(('position', 'read', 'skipped'))
+    }
+    for i, n in enumerate(names)
+  }
+
+
+def _counts(stream: Any) -> tuple[int, int, int]:
+  state = stream.state()
+  return state['position'], state['read'], state['skipped']
+
+
+def _data_scalars(data_state: dict[str, dict[str, list[int]]] | None) -> dict[str, float]:
+  """Skip metrics summed over processes: {'<stream>/skipped', '<stream>/skipped_fraction'}."""
+  out = {}
+  for name, counts in (data_state or {}).items():
+    read, skipped = sum(counts['read']), sum(counts['skipped'])
+    out[f'{name}/skipped'] = float(skipped)
+    out[f'{name}/skipped_fraction'] = skipped / max(read, 1)
+  return out
 
 
 class _SigtermFlag:
@@ -153,6 +197,10 @@ def _run_steps(
   last_ckpt = checkpointer.latest_step()
   pending: list[dict[str, Any]] = []
   pending_steps: list[int] = []
+  streams = _streams(batches)
+
+  def save(step: int) -> None:
+    checkpointer.save(step, state, _data_state(streams))
 
   def flush() -> None:
     if not pending:
@@ -161,6 +209,8 @@ def _run_steps(
     mw.check_finite(pending_steps, stacked['loss'], last_ckpt, checkpointer.directory)
     for i, step in enumerate(pending_steps):
       writer.write(step, {k: v[i] for k, v in stacked.items()})
+    if streams:  # A collective: every process flushes at the same steps.
+      writer.write(pending_steps[-1], _data_scalars(_data_state(streams)))
     shown = {k: float(np.mean(v)) for k, v in stacked.items()}
     rate = progress.rate(pending_steps[-1])
     if extra_scalars is not None:
@@ -185,7 +235,7 @@ def _run_steps(
     if step % ckpt_every == 0 or step == total:
       flush()
       writer.flush(force=True)  # The metrics up to a checkpoint are stored before it.
-      checkpointer.save(step, state)
+      save(step)
       last_ckpt = step
     if multiprocess:
       # Every process reaches the same steps, so they all take part in each all-gather.
@@ -198,7 +248,7 @@ def _run_steps(
       flush()  # The NaN check comes first: never save a state whose losses were not finite.
       writer.flush(force=True)
       if last_ckpt != step:
-        checkpointer.save(step, state)
+        save(step)
         last_ckpt = step
       print(
         f'[{stage}] preempted at step {step}, checkpoint saved in {checkpointer.directory}/{step}',

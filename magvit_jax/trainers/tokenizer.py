@@ -34,6 +34,7 @@ from magvit_jax import fileio
 from magvit_jax import parallel
 from magvit_jax import pretrained
 from magvit_jax.config_schema import validate_config
+from magvit_jax.data import skipped_records
 from magvit_jax.metrics import image as image_metrics
 from magvit_jax.models import tokenizers, vqgan3d
 from magvit_jax.trainers import loop
@@ -130,33 +131,49 @@ def evaluate(
   }
 
 
-def mixed_batches(config, local_batch: int, start_step: int):
+class MixedBatches:
   """Training batches for steps start_step+1, ...: videos/images of config.data, and with
-  `config.image_every = k > 0` an image batch of `config.image_data` at every k-th step."""
-  from magvit_jax.data import pipeline  # TF is imported only here.
+  `config.image_every = k > 0` an image batch of `config.image_data` at every k-th step.
 
-  every = int(config.image_every)
-  seed = int(config.seed)
+  data_state: what the checkpoint of `start_step` stored about the streams (None: a checkpoint
+  without it, or a fresh run; the streams then start at `start_step`'s batch). `streams`
+  maps each config section ('data', 'image_data') to its `skipped_records.GoodBatches`, whose
+  positions and skip counts the training loop stores in every checkpoint.
+  """
 
-  def stream(data_config, consumed):
-    return pipeline.create_dataset(
-      data_config,
-      split=data_config.train_split,
-      batch_size=local_batch,
-      train=True,
-      seed=seed,
-      start_step=consumed,
-    )
+  def __init__(self, config, local_batch: int, start_step: int, data_state: dict | None = None):
+    from magvit_jax.data import pipeline  # TF is imported only here.
 
-  if not every:
-    yield from stream(config.data, start_step)
-    return
-  images = stream(config.image_data, start_step // every)
-  videos = stream(config.data, start_step - start_step // every)
-  step = start_step
-  while True:
-    step += 1
-    yield next(images) if step % every == 0 else next(videos)
+    self._every = int(config.image_every)
+    self._step = int(start_step)
+
+    def stream(section: str, consumed: int):
+      return pipeline.create_dataset(
+        config[section],
+        split=config[section].train_split,
+        batch_size=local_batch,
+        train=True,
+        seed=int(config.seed),
+        start_step=consumed,
+        resume=skipped_records.resume_position(
+          data_state, section, jax.process_index(), jax.process_count()
+        ),
+        stream=section,
+      )
+
+    image_steps = start_step // self._every if self._every else 0
+    self.streams = {'data': stream('data', start_step - image_steps)}
+    if self._every:
+      self.streams['image_data'] = stream('image_data', image_steps)
+
+  def __iter__(self) -> 'MixedBatches':
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    self._step += 1
+    if self._every and self._step % self._every == 0:
+      return next(self.streams['image_data'])
+    return next(self.streams['data'])
 
 
 def inflated_init(init_params, model_config, mesh):
@@ -223,8 +240,9 @@ def train_and_evaluate(
     strict_restore=strict_restore,
   )
 
-  # Data, positioned after the last completed step.
-  batches = mixed_batches(config, local_batch, start_step)
+  # Data, positioned after the last completed step (where its checkpoint says the streams stood).
+  data_state = checkpointer.data_state(start_step) if start_step else None
+  batches = MixedBatches(config, local_batch, start_step, data_state)
 
   # Step.
   step_fn = jax.jit(

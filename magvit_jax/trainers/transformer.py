@@ -32,6 +32,7 @@ from magvit_jax import metrics_writer as mw
 from magvit_jax import parallel
 from magvit_jax import pretrained
 from magvit_jax.config_schema import validate_config
+from magvit_jax.data import skipped_records
 from magvit_jax.masking import commit
 from magvit_jax.masking import mvtm
 from magvit_jax.models import tokenizers
@@ -270,7 +271,8 @@ def train_and_evaluate(
     strict_restore=strict_restore,
   )
 
-  # Data, positioned after the last completed step.
+  # Data, positioned after the last completed step (where its checkpoint says the stream stood).
+  data_state = checkpointer.data_state(start_step) if start_step else None
   batches = pipeline.create_dataset(
     config.data,
     split=config.data.train_split,
@@ -278,6 +280,9 @@ def train_and_evaluate(
     train=True,
     seed=int(config.seed),
     start_step=start_step,
+    resume=skipped_records.resume_position(
+      data_state, 'data', jax.process_index(), jax.process_count()
+    ),
   )
 
   # Step.
