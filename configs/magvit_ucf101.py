@@ -10,6 +10,9 @@ Stage 2, the COMMIT transformer on its tokens:
 Arguments: B, L (transformers), tokenizer_B, tokenizer_L, and the tiny CPU variants
 digits / tokenizer_digits on the embedded moving digits. Sizes and paper values:
 magvit_jax/magvit_presets.py.
+
+official_B / official_L: the official MAGVIT 3D-VQ (google-research/magvit) as our 3D-VQ;
+its params convert with magvit_jax/convert/magvit_3dvq.py (docs/pretrained.md).
 """
 
 import ml_collections

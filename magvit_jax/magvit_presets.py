@@ -6,6 +6,10 @@ Each of those files calls `get_magvit_config(dataset, arg)` with `arg` one of
   tokenizer_B / _L     the 3D-VQ tokenizer of that size (stage 1)
   digits               tiny transformer on the embedded moving digits (CPU)
   tokenizer_digits     tiny 3D-VQ on the embedded moving digits (CPU)
+  official_B / _L      the official MAGVIT 3D-VQ (google-research/magvit, videogvt/configs/
+                       vqgan3d_{ucf101,bair}_config.py B / L): the architecture options that
+                       make our VQGAN3D compute the official function (OFFICIAL_3DVQ_OPTIONS;
+                       params via magvit_jax/convert/magvit_3dvq.py) and its training values
 
 Paper facts (../shared/PAPERS.md): 3D-VQ B / L = filters 64 / 128, 2 residual blocks,
 codebook 1024, embedding 256, channel multipliers (1, 2, 2, 4), temporal downsampling
@@ -25,6 +29,23 @@ from magvit_jax.config_schema import base_config, check_variant, tiny_cpu_varian
 from magvit_jax.masking.commit import TASKS
 
 ARGS = ('B', 'L', 'tokenizer_B', 'tokenizer_L', 'digits', 'tokenizer_digits')
+OFFICIAL_ARGS = ('official_B', 'official_L')
+
+# config.model options of the official 3D-VQ (videogvt/models/enc_dec_3dcnn.py): flax 'SAME'
+# convs (zeros in time too), no biases in the residual blocks nor on the encoder's first conv,
+# pixels in [0, 1] (the official data pipeline's zero_centering=False).
+OFFICIAL_3DVQ_OPTIONS = dict(
+  temporal_padding='constant', res_conv_bias=False, encoder_in_bias=False, pixel_range='unit'
+)
+# Training values of the official configs, per dataset and size: (batch size, epochs, train
+# clips). videogvt/configs/vqgan3d_ucf101_config.py / vqgan3d_bair_config.py. There is no
+# official K600 3D-VQ config: the README's K600 3D-VQ has UCF-101's shapes (16 x 128 x 128 ->
+# 4 x 16 x 16, 1024 codes), so K600 takes UCF-101's architecture and keeps the training values
+# of `tokenizer_config` (check).
+OFFICIAL_TRAINING = {
+  'ucf101': {'B': (128, 500, 9_537), 'L': (256, 2000, 9_537)},
+  'bair': {'B': (128, 400, 43_264), 'L': (256, 800, 43_264)},
+}
 
 # Per dataset: TFDS name/data fields, clip size, classes and the COMMIT tasks of the paper's
 # benchmark on it.
@@ -159,6 +180,34 @@ def tokenizer_config(dataset: str, size: str) -> ml_collections.ConfigDict:
   return c
 
 
+def official_tokenizer_config(dataset: str, size: str) -> ml_collections.ConfigDict:
+  """The official MAGVIT 3D-VQ of size `size` on `dataset`, as our VQGAN3D (docs/pretrained.md).
+
+  Architecture: `tokenizer_config(dataset, size)` (the same sizes as the official config) plus
+  OFFICIAL_3DVQ_OPTIONS. Training (UCF-101, BAIR): the official batch size, epochs, cosine
+  decay after a one-epoch warmup; all: a discriminator as wide as the tokenizer
+  (discriminator.filters = vqvae.filters; BAIR: channel multipliers (2, 4, 4, 4)). Not
+  expressed: the official VQ's entropy loss (ratio 0.1, softmax, temperature 0.01). The
+  official runs start from its 2D ImageNet VQGAN inflated 'central' (model.inflate_from with
+  model.inflation='central' is the same method, given such a 2D run).
+  """
+  c = tokenizer_config(dataset, size)
+  c.model.update(OFFICIAL_3DVQ_OPTIONS)
+  if dataset in OFFICIAL_TRAINING:
+    batch, epochs, clips = OFFICIAL_TRAINING[dataset][size]
+    steps_per_epoch = clips // batch
+    c.batch_size = batch
+    c.eval_batch_size = batch // 4
+    c.num_train_steps = epochs * steps_per_epoch
+    c.optimizer.update(
+      dict(warmup_steps=steps_per_epoch, decay='cosine', decay_steps=epochs * steps_per_epoch)
+    )
+  c.discriminator.filters = c.model.filters
+  if dataset == 'bair':
+    c.discriminator.channel_multipliers = (2, 4, 4, 4)
+  return c
+
+
 def transformer_config(dataset: str, size: str) -> ml_collections.ConfigDict:
   """The COMMIT transformer (stage 2) of MAGVIT-`size` on `dataset`."""
   spec = DATASETS[dataset]
@@ -225,7 +274,9 @@ def transformer_config(dataset: str, size: str) -> ml_collections.ConfigDict:
 
 def get_magvit_config(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
   """Config of configs/magvit_<dataset>.py for `arg` in ARGS (default 'B')."""
-  arg = check_variant(f'magvit_{dataset}.py', arg, ARGS)
+  arg = check_variant(f'magvit_{dataset}.py', arg, ARGS + OFFICIAL_ARGS)
+  if arg.startswith('official_'):
+    return official_tokenizer_config(dataset, arg[len('official_') :])
   if arg.startswith('tokenizer_'):
     return tokenizer_config(dataset, arg[len('tokenizer_') :])
   return transformer_config(dataset, arg)

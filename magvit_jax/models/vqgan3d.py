@@ -25,6 +25,17 @@ like the 2D model's SAME. With 'edge' padding a static video (one image repeated
 over time) is reconstructed by an inflated model exactly as the 2D model
 reconstructs the image, for both inflation methods. GroupNorm statistics are
 taken over (T, H, W) and the channel group.
+
+Options that reproduce the official MAGVIT 3D-VQ (google-research/magvit,
+videogvt/models/enc_dec_3dcnn.py; configs/magvit_ucf101.py:official_B etc.,
+docs/pretrained.md); their defaults are this project's own 3D-VQ:
+  temporal_padding='constant'  zeros in time too (the official convs are flax 'SAME');
+  res_conv_bias=False          no biases on the residual blocks' convs (shortcut included);
+  encoder_in_bias=False        no bias on the encoder's first conv;
+  pixel_range='unit'           the networks see [0, 1] pixels: `encode` maps its [-1, 1]
+                               input to (x + 1) / 2, `decode` / `decode_tokens` map the
+                               output y to 2y - 1.
+Parameter conversion: magvit_jax/convert/magvit_3dvq.py.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ from magvit_jax.models import layers
 from magvit_jax.quantizers.vq import VectorQuantizer
 
 TEMPORAL_PADDINGS = ('edge', 'constant')
+PIXEL_RANGES = ('signed', 'unit')
 INFLATION_METHODS = ('central', 'average')
 
 
@@ -57,14 +69,15 @@ class Conv3D(nn.Module):
   (kt - 1) // 2 frames before and kt - 1 - (kt - 1) // 2 after (replicated edge
   frames for 'edge', zeros for 'constant'); height / width are zero padded the
   same way (SAME). Parameters `kernel` [kt, kh, kw, c_in, features] (logical
-  axes conv_0, conv_1, conv_2, conv_in, conv_out) and `bias` [features]
-  (conv_out), initialised like `layers.conv`.
+  axes conv_0, conv_1, conv_2, conv_in, conv_out) and, unless `use_bias` is
+  False, `bias` [features] (conv_out), initialised like `layers.conv`.
   """
 
   features: int
   kernel_size: Sequence[int] = (3, 3, 3)
   temporal_padding: str = 'edge'
   dtype: jnp.dtype = jnp.float32
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -85,12 +98,6 @@ class Conv3D(nn.Module):
       kernel_size + (x.shape[-1], self.features),
       jnp.float32,
     )
-    bias = self.param(
-      'bias',
-      nn.with_logical_partitioning(nn.initializers.zeros_init(), ('conv_out',)),
-      (self.features,),
-      jnp.float32,
-    )
     pads = [((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel_size]
     if pads[0] != (0, 0):
       mode = 'edge' if self.temporal_padding == 'edge' else 'constant'
@@ -102,6 +109,14 @@ class Conv3D(nn.Module):
       padding=[(0, 0), pads[1], pads[2]],
       dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'),
     )
+    if not self.use_bias:
+      return y
+    bias = self.param(
+      'bias',
+      nn.with_logical_partitioning(nn.initializers.zeros_init(), ('conv_out',)),
+      (self.features,),
+      jnp.float32,
+    )
     return y + bias.astype(self.dtype)
 
 
@@ -110,24 +125,25 @@ class ResBlock3D(nn.Module):
 
   The shortcut is a 1x1x1 conv of the block's input when the channel count
   changes, else the identity. x: [b, t, h, w, c_in] -> [b, t, h, w, features].
+  `use_bias=False`: none of the three convs has a bias (the official MAGVIT block).
   """
 
   features: int
   num_groups: int = 32
   temporal_padding: str = 'edge'
   dtype: jnp.dtype = jnp.float32
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     residual = x
     x = nn.swish(layers.group_norm(self.num_groups, 'norm_0', self.dtype)(x))
-    x = Conv3D(self.features, (3, 3, 3), self.temporal_padding, self.dtype, name='conv_0')(x)
+    tp, bias = self.temporal_padding, self.use_bias
+    x = Conv3D(self.features, (3, 3, 3), tp, self.dtype, bias, name='conv_0')(x)
     x = nn.swish(layers.group_norm(self.num_groups, 'norm_1', self.dtype)(x))
-    x = Conv3D(self.features, (3, 3, 3), self.temporal_padding, self.dtype, name='conv_1')(x)
+    x = Conv3D(self.features, (3, 3, 3), tp, self.dtype, bias, name='conv_1')(x)
     if residual.shape[-1] != self.features:
-      residual = Conv3D(
-        self.features, (1, 1, 1), self.temporal_padding, self.dtype, name='shortcut'
-      )(residual)
+      residual = Conv3D(self.features, (1, 1, 1), tp, self.dtype, bias, name='shortcut')(residual)
     return x + residual
 
 
@@ -165,19 +181,23 @@ class Encoder3D(nn.Module):
   temporal_downsample: Sequence[bool]
   num_groups: int = 32
   temporal_padding: str = 'edge'
+  res_conv_bias: bool = True
+  in_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     _check_temporal_downsample(self.channel_multipliers, self.temporal_downsample)
-    tp = self.temporal_padding
-    x = Conv3D(self.filters, (3, 3, 3), tp, name='conv_in')(x)
+    tp, rb = self.temporal_padding, self.res_conv_bias
+    x = Conv3D(self.filters, (3, 3, 3), tp, use_bias=self.in_bias, name='conv_in')(x)
     for level, mult in enumerate(self.channel_multipliers):
       for i in range(self.num_res_blocks):
-        x = ResBlock3D(self.filters * mult, self.num_groups, tp, name=f'down_{level}_res_{i}')(x)
+        x = ResBlock3D(
+          self.filters * mult, self.num_groups, tp, use_bias=rb, name=f'down_{level}_res_{i}'
+        )(x)
       if level < len(self.channel_multipliers) - 1:
         x = downsample_3d(x, bool(self.temporal_downsample[level]))
     for i in range(self.num_res_blocks):
-      x = ResBlock3D(x.shape[-1], self.num_groups, tp, name=f'mid_res_{i}')(x)
+      x = ResBlock3D(x.shape[-1], self.num_groups, tp, use_bias=rb, name=f'mid_res_{i}')(x)
     x = nn.swish(layers.group_norm(self.num_groups, 'norm_out')(x))
     return Conv3D(self.embedding_dim, (1, 1, 1), tp, name='conv_out')(x)
 
@@ -195,19 +215,20 @@ class Decoder3D(nn.Module):
   temporal_downsample: Sequence[bool]
   num_groups: int = 32
   temporal_padding: str = 'edge'
+  res_conv_bias: bool = True
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     _check_temporal_downsample(self.channel_multipliers, self.temporal_downsample)
     mults = tuple(self.channel_multipliers)
-    tp = self.temporal_padding
+    tp, rb = self.temporal_padding, self.res_conv_bias
     x = Conv3D(self.filters * mults[-1], (3, 3, 3), tp, name='conv_in')(z)
     for i in range(self.num_res_blocks):
-      x = ResBlock3D(x.shape[-1], self.num_groups, tp, name=f'mid_res_{i}')(x)
+      x = ResBlock3D(x.shape[-1], self.num_groups, tp, use_bias=rb, name=f'mid_res_{i}')(x)
     for level in reversed(range(len(mults))):
       for i in range(self.num_res_blocks):
         x = ResBlock3D(
-          self.filters * mults[level], self.num_groups, tp, name=f'up_{level}_res_{i}'
+          self.filters * mults[level], self.num_groups, tp, use_bias=rb, name=f'up_{level}_res_{i}'
         )(x)
       if level > 0:
         x = upsample_3d(x, bool(self.temporal_downsample[level - 1]))
@@ -233,11 +254,17 @@ class VQGAN3D(nn.Module):
   num_groups: int = 32
   temporal_downsample: Sequence[bool] = (True, True, False)
   temporal_padding: str = 'edge'
+  # The official MAGVIT 3D-VQ's options (module docstring; defaults: this project's 3D-VQ).
+  res_conv_bias: bool = True
+  encoder_in_bias: bool = True
+  pixel_range: str = 'signed'
   causal: ClassVar[bool] = False  # Frames are padded on both sides in time.
 
   def setup(self):
     _check_temporal_downsample(self.channel_multipliers, self.temporal_downsample)
     _check_temporal_padding(self.temporal_padding)
+    if self.pixel_range not in PIXEL_RANGES:
+      raise ValueError(f'VQGAN3D pixel_range={self.pixel_range!r}: expected one of {PIXEL_RANGES}')
     self.encoder = Encoder3D(
       self.filters,
       self.channel_multipliers,
@@ -246,6 +273,8 @@ class VQGAN3D(nn.Module):
       self.temporal_downsample,
       self.num_groups,
       self.temporal_padding,
+      self.res_conv_bias,
+      self.encoder_in_bias,
     )
     self.quantizer = VectorQuantizer(self.codebook_size, self.commitment_cost)
     self.decoder = Decoder3D(
@@ -255,7 +284,11 @@ class VQGAN3D(nn.Module):
       self.temporal_downsample,
       self.num_groups,
       self.temporal_padding,
+      self.res_conv_bias,
     )
+
+  def _pixels_out(self, y: jax.Array) -> jax.Array:
+    return y * 2.0 - 1.0 if self.pixel_range == 'unit' else y
 
   @property
   def downsample_factor(self) -> int:
@@ -291,6 +324,8 @@ class VQGAN3D(nn.Module):
         f'video height/width {videos.shape[2:4]} must be divisible by the '
         f'downsampling factor {f} (len(channel_multipliers) - 1 halvings)'
       )
+    if self.pixel_range == 'unit':
+      videos = (videos + 1.0) * 0.5
     return self.quantizer(self.encoder(videos))
 
   def decode(self, quantized: jax.Array) -> jax.Array:
@@ -300,13 +335,13 @@ class VQGAN3D(nn.Module):
         f'quantized latents must be [batch, frames, height, width, '
         f'embedding_dim], got shape {quantized.shape}'
       )
-    return self.decoder(quantized)
+    return self._pixels_out(self.decoder(quantized))
 
   def decode_tokens(self, tokens: jax.Array) -> jax.Array:
     """tokens: [b, t, h, w] int32 -> videos [b, T, H, W, 3] float32."""
     if tokens.ndim != 4:
       raise ValueError(f'tokens must be [batch, frames, height, width], got shape {tokens.shape}')
-    return self.decoder(self.quantizer.lookup(tokens))
+    return self._pixels_out(self.decoder(self.quantizer.lookup(tokens)))
 
   def __call__(self, videos: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     quantized, aux = self.encode(videos)
