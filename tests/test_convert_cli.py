@@ -149,3 +149,43 @@ def test_a_file_of_another_size_is_refused_naming_the_key(files, tmp_path):
   assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr[-2000:]
   assert 'expected shape' in lines[0] and 'params/' in lines[0]
   assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_convert_magvit_3dvq_writes_a_tokenizer_workdir_with_the_official_codes(tmp_path):
+  """The small official 3D-VQ of tests/data/magvit_3dvq_parity.npz (made by the official code)
+  -> a tokenizer workdir whose tokenizer gives the official codes."""
+  with np.load(REPO / 'tests' / 'data' / 'magvit_3dvq_parity.npz') as z:
+    data = {k: z[k] for k in z.files}
+  flat = {
+    tuple(k.split('/')): v.astype(np.float32) for k, v in data.items() if k.startswith('params/')
+  }
+  path = tmp_path / 'checkpoint_37000'
+  path.write_bytes(serialization.to_bytes(traverse_util.unflatten_dict(flat)))
+  model = {
+    k.split('/', 1)[1]: data[k]
+    for k in data
+    if k.startswith('config/') and k not in ('config/image_size', 'config/num_frames')
+  }
+  overrides = []
+  for key, value in model.items():
+    if value.dtype == bool:
+      value = f'({",".join(str(bool(v)) for v in value)},)'
+    elif value.ndim:
+      value = f'({",".join(str(int(v)) for v in value)},)'
+    overrides.append(f'--tokenizer_config.model.{key}={value}')
+  workdir = tmp_path / 'magvit'
+  result = _run(
+    'magvit_jax.convert',
+    'magvit',
+    f'--tokenizer={path}',
+    f'--workdir={workdir}',
+    '--tokenizer_config=configs/magvit_ucf101.py:official_B',
+    *overrides,
+    f'--tokenizer_config.data.image_size={int(data["config/image_size"])}',
+    f'--tokenizer_config.data.num_frames={int(data["config/num_frames"])}',
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  tok = pretrained.load_tokenizer(str(workdir))
+  videos = np.asarray(data['videos'], np.float32) * 2.0 - 1.0  # Official [0, 1] -> ours.
+  _, aux = tok.module.apply({'params': tok.params}, videos, method='encode')
+  np.testing.assert_array_equal(np.asarray(aux['tokens']), data['codes'])

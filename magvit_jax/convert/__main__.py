@@ -15,6 +15,13 @@ read from the transformer's position table, else `--resolution`. `--tokenizer_co
 architecture: `--transformer_config=configs/maskgit_imagenet.py:official256
 --transformer_config.model.num_layers=2`).
 
+  python -m magvit_jax.convert magvit --tokenizer=checkpoint_37000 --workdir=runs/magvit_3dvq \
+      [--tokenizer_config=configs/magvit_ucf101.py:official_L]
+
+writes the official MAGVIT 3D-VQ (google-research/magvit; no weights are public, so a
+checkpoint of your own training of it) as a tokenizer workdir (default config
+`magvit_ucf101.py:official_B`).
+
 The files are msgpack (`flax.serialization`), read without pickle. A file of the wrong model
 size or tree is refused naming the key paths (see `maskgit_vqgan`, `maskgit_transformer`).
 """
@@ -35,9 +42,9 @@ from magvit_jax import cli_errors
 from magvit_jax import fileio
 from magvit_jax.config_loader import load_config
 from magvit_jax.config_schema import validate_config
-from magvit_jax.convert import maskgit_transformer, maskgit_vqgan
+from magvit_jax.convert import magvit_3dvq, maskgit_transformer, maskgit_vqgan
 
-COMMANDS = ('maskgit',)
+COMMANDS = ('maskgit', 'magvit')
 RESOLUTIONS = {257: 256, 1025: 512}  # Position-table rows (class token + tokens) -> pixels.
 
 _TOKENIZER = flags.DEFINE_string('tokenizer', None, 'Official tokenizer checkpoint file.')
@@ -116,6 +123,21 @@ def convert_maskgit(
   return written
 
 
+def convert_magvit(
+  workdir: str, tokenizer_file: str | None, config: ml_collections.ConfigDict | None = None
+) -> dict[str, str]:
+  """The official MAGVIT 3D-VQ params in `tokenizer_file` -> a tokenizer workdir."""
+  if not tokenizer_file:
+    raise ValueError('--tokenizer: the official 3D-VQ checkpoint file is required')
+  config = config or load_config('magvit_ucf101.py:official_B')
+  validate_config(config, 'tokenizer')
+  params = magvit_3dvq.tokenizer_params_from_official(
+    magvit_3dvq.load_official_tree(tokenizer_file), config
+  )
+  write_params_workdir(workdir, config, jax.device_get(params))
+  return {'tokenizer': workdir}
+
+
 def _position_rows(tree: dict) -> int | None:
   """Rows of the official position-embedding table (None if the tree has no such leaf)."""
   flat = _flatten(tree.get('params', tree))
@@ -134,21 +156,25 @@ def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
 
 def main(argv: list[str]) -> None:
   commands = argv[1:]
-  if commands != ['maskgit']:
+  if len(commands) != 1 or commands[0] not in COMMANDS:
     raise ValueError(
       f'expected one command, one of {list(COMMANDS)} (e.g. `python -m magvit_jax.convert maskgit '
       f'--tokenizer=FILE --transformer=FILE --workdir=DIR`), got {commands}'
     )
   if not _WORKDIR.value:
     raise ValueError('--workdir: where to write the converted workdir is required')
-  written = convert_maskgit(
-    _WORKDIR.value,
-    _TOKENIZER.value,
-    _TRANSFORMER.value,
-    int(_RESOLUTION.value) if _RESOLUTION.value else None,
-    cli_errors.config_value(_TOKENIZER_CONFIG) if _TOKENIZER_CONFIG.present else None,
-    cli_errors.config_value(_TRANSFORMER_CONFIG) if _TRANSFORMER_CONFIG.present else None,
-  )
+  tok_config = cli_errors.config_value(_TOKENIZER_CONFIG) if _TOKENIZER_CONFIG.present else None
+  if commands[0] == 'magvit':
+    written = convert_magvit(_WORKDIR.value, _TOKENIZER.value, tok_config)
+  else:
+    written = convert_maskgit(
+      _WORKDIR.value,
+      _TOKENIZER.value,
+      _TRANSFORMER.value,
+      int(_RESOLUTION.value) if _RESOLUTION.value else None,
+      tok_config,
+      cli_errors.config_value(_TRANSFORMER_CONFIG) if _TRANSFORMER_CONFIG.present else None,
+    )
   for kind, path in written.items():
     print(f'[convert] wrote the {kind} workdir {path}', flush=True)
   if 'transformer' in written:
