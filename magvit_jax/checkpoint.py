@@ -12,10 +12,18 @@ the differing keys named.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
+import logging
 import os
-from typing import Any, Callable, Sequence
+import re
+import shutil
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import orbax.checkpoint as ocp
@@ -42,6 +50,157 @@ def _reason(error: BaseException) -> str:
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
   text = lines[0] if lines else type(error).__name__
   return text if len(text) <= 240 else text[:237] + '...'
+
+
+class CheckpointSaveError(OSError):
+  """Writing a checkpoint failed in the file system (a full disk, a file size limit, no
+  permission): the partial step was removed and the earlier checkpoints are intact, so a rerun
+  of the same command, once the cause is fixed, resumes from the newest of them."""
+
+
+# Orbax's name mark of an unfinished step directory (`<step>.orbax-checkpoint-tmp...`).
+_TMP_MARK = ocp.path.atomicity_types.TMP_DIR_SUFFIX
+# The errno in the text of an error that wraps an OS error: Python's "[Errno 28] ...",
+# TensorStore's "... [os_error_code='27']" (orbax re-raises those as ValueError / RuntimeError).
+_ERRNO_IN_TEXT = re.compile(r"\[Errno (\d+)\]|os_error_code='?(\d+)|\berrno[ =:]+(\d+)", re.I)
+# Without an errno, these strerror texts name the error.
+_KNOWN_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EIO)
+_QUOTED_PATH = re.compile(r'"(/[^"]+|gs://[^"]+)"')
+# What to do about each errno before the rerun.
+_ERRNO_HINTS = {
+  errno.ENOSPC: 'free space on that disk',
+  errno.EDQUOT: 'free space within your disk quota',
+  errno.EFBIG: 'lift the file size limit (ulimit -f) or free space',
+  errno.EROFS: 'make the checkpoint directory writable',
+  errno.EACCES: 'make the checkpoint directory writable',
+}
+
+
+def _os_failure(error: BaseException) -> tuple[int, str, str | None] | None:
+  """(errno, strerror, file) of the OS error behind `error` (None if there is none), from its
+  __cause__ / __context__ chain: an OSError itself, or an errno in the text of a wrapper."""
+  chain: list[BaseException] = []
+  e: BaseException | None = error
+  while e is not None and all(e is not c for c in chain):
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  for e in chain:
+    if isinstance(e, OSError) and e.errno:
+      return e.errno, e.strerror or os.strerror(e.errno), e.filename
+  for e in chain:
+    text = str(e)
+    found = _ERRNO_IN_TEXT.search(text)
+    code = int(next(g for g in found.groups() if g)) if found else None
+    code = code or next((c for c in _KNOWN_ERRNOS if os.strerror(c) in text), None)
+    if code:
+      paths = _QUOTED_PATH.findall(text)  # The last one is the file itself (before: its database).
+      return code, os.strerror(code), paths[-1] if paths else None
+  return None
+
+
+def _is_failed_write_noise(record: logging.LogRecord) -> bool:
+  """A log record that only repeats a failed checkpoint write: orbax's background threads log
+  their exception (absl), asyncio the task exceptions nobody retrieved once the save gave up."""
+  if record.levelno < logging.ERROR:
+    return False
+  if record.name == 'asyncio':
+    return 'exception was never retrieved' in record.getMessage()
+  return bool(record.exc_info) and f'{os.sep}orbax{os.sep}' in record.pathname
+
+
+class _HoldFailedWriteNoise(logging.Filter):
+  """Holds back failed-write records (`_is_failed_write_noise`) of the 'absl' and 'asyncio'
+  loggers: re-emitted if the save succeeds after all, dropped if it fails (the failure is then
+  reported once, as a CheckpointSaveError)."""
+
+  LOGGERS = ('absl', 'asyncio')
+
+  def __init__(self):
+    super().__init__()
+    self.held: list[logging.LogRecord] = []
+    self.failed = False
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if not _is_failed_write_noise(record):
+      return True
+    if not self.failed:
+      self.held.append(record)
+    return False
+
+
+@contextlib.contextmanager
+def _quiet_failed_writes() -> Iterator[None]:
+  """Keeps the dozens of lines a failed save logs (and prints at exit) off stderr.
+
+  On success the held records are logged after all. On failure the filter stays installed (the
+  writes of orbax's background threads keep failing for a while after the save raised) and
+  'Event loop is closed' errors of TensorStore callbacks into orbax's closed loops are dropped.
+  """
+  hold = _HoldFailedWriteNoise()
+  loggers = [logging.getLogger(name) for name in _HoldFailedWriteNoise.LOGGERS]
+  for logger in loggers:
+    logger.addFilter(hold)
+  previous_hook = sys.unraisablehook
+
+  def unraisablehook(unraisable: Any) -> None:
+    if not (
+      isinstance(unraisable.exc_value, RuntimeError)
+      and str(unraisable.exc_value) == 'Event loop is closed'
+    ):
+      previous_hook(unraisable)
+
+  sys.unraisablehook = unraisablehook
+  try:
+    yield
+  except BaseException:
+    hold.failed = True
+    hold.held.clear()
+    raise
+  sys.unraisablehook = previous_hook
+  for logger in loggers:
+    logger.removeFilter(hold)
+  for record in hold.held:
+    logging.getLogger(record.name).handle(record)
+
+
+def _join_new_threads(before: set[threading.Thread], timeout_s: float) -> None:
+  """Waits (up to `timeout_s` in all) for the threads started since `before` (orbax's writers
+  of a failed save, which go on after the first of them failed)."""
+  deadline = time.monotonic() + timeout_s
+  for thread in threading.enumerate():
+    if thread not in before and thread is not threading.current_thread() and not thread.daemon:
+      # The plain join: orbax's threads override join() to raise their exception.
+      threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
+
+
+def _remove_for_good(
+  paths: Sequence[epath.Path], quiet_s: float = 1.0, timeout_s: float = 15.0
+) -> list[str]:
+  """Removes `paths` again and again until none of them has come back for `quiet_s`.
+
+  The writes that TensorStore still has in flight when a save fails run on in its own threads
+  (no Python thread to join) and create their parent directories anew, within milliseconds of
+  a removal under load. Returns 'path (why)' for each path still there after `timeout_s`.
+  """
+  deadline = time.monotonic() + timeout_s
+  gone_since = None
+  errors: dict[epath.Path, str] = {}
+  while True:
+    present = [p for p in paths if p.exists()]
+    if not present:
+      gone_since = gone_since or time.monotonic()
+      if time.monotonic() - gone_since >= quiet_s:
+        return []
+    else:
+      gone_since = None
+      if time.monotonic() > deadline:
+        return [f'{p} ({errors.get(p, "it keeps coming back")})' for p in present]
+      for p in present:
+        try:
+          p.rmtree()
+        except OSError as e:  # A late writer added files while it was being removed.
+          errors[p] = f'{type(e).__name__}: {e}'
+    time.sleep(0.05)
 
 
 def _as_tree(state: Any) -> Any:
@@ -120,14 +279,84 @@ class Checkpointer:
 
     data_state: where the training data streams stand after this step (a JSON-able dict, see
       `magvit_jax.data.skipped_records`), so a resume reads on from there exactly.
+
+    Raises CheckpointSaveError when the file system refuses a write (a full disk, a file size
+    limit): the partial step is removed first, so the earlier checkpoints stay the run's newest.
     """
     items = dict(
       state=ocp.args.StandardSave(_as_tree(state)), config=ocp.args.JsonSave(self.config)
     )
     if data_state is not None:
       items['data'] = ocp.args.JsonSave(data_state)
-    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
-    self._manager.wait_until_finished()
+    steps_before = self.all_steps()
+    threads_before = set(threading.enumerate())
+    try:
+      with _quiet_failed_writes():
+        try:
+          self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+          self._manager.wait_until_finished()
+        except Exception:
+          # Orbax's other writer threads go on after the first failure; the partial step is
+          # removed once they are done (they would recreate its directories otherwise).
+          _join_new_threads(threads_before, timeout_s=30.0)
+          raise
+    except Exception as e:  # pylint: disable=broad-except  (orbax/TensorStore raise many types)
+      not_removed = self._remove_partial_step(step, steps_before)
+      failure = _os_failure(e)
+      if failure is None:
+        raise
+      error = CheckpointSaveError(
+        self._save_failed_message(step, steps_before, failure, not_removed)
+      )
+      error.errno = failure[0]  # str(error) stays the message alone.
+      raise error from e
+
+  def _remove_partial_step(self, step: int, steps_before: list[int]) -> list[str]:
+    """Removes what a failed save of `step` left (`<step>.orbax-checkpoint-tmp*`, and `<step>`
+    unless it was a checkpoint before) and makes orbax forget it; the paths it could not remove
+    (with why)."""
+    not_removed = []
+    if jax.process_index() == 0:
+      root = epath.Path(self.directory)
+      partial = [root / f'{step}{_TMP_MARK}']
+      partial += [p for p in root.glob(f'{step}{_TMP_MARK}*') if p not in partial]
+      if step not in steps_before:
+        partial.append(root / str(step))
+      not_removed = _remove_for_good(partial)
+    self._manager.reload()
+    return not_removed
+
+  def _save_failed_message(
+    self,
+    step: int,
+    steps_before: list[int],
+    failure: tuple[int, str, str | None],
+    not_removed: list[str],
+  ) -> str:
+    """One line: which save failed where and why, what is intact, what to do."""
+    code, strerror, path = failure
+    free = ''
+    if not fileio.is_remote(self.directory):
+      with contextlib.suppress(OSError):
+        free = f' ({shutil.disk_usage(self.directory).free / 2**20:.1f} MiB free on that disk)'
+    what = f'{strerror} (errno {code})'
+    if path:
+      name = path[len(self.directory) + 1 :] if path.startswith(self.directory + '/') else path
+      # Named as in the finished checkpoint: no temporary-directory marks, no TensorStore lock.
+      name = re.sub(re.escape(_TMP_MARK) + r'[^/]*|\.__lock$', '', name)
+      what += f' writing {name}'
+    intact = [s for s in steps_before if s != step]
+    if intact:
+      state = f'the checkpoint of step {max(intact)} is intact'
+      rerun = 'rerun the same command to resume from it'
+    else:
+      state = 'there is no earlier checkpoint'
+      rerun = 'rerun the same command to start again'
+    message = f'saving the checkpoint of step {step} to {self.directory} failed{free}: {what}; '
+    message += f'{state}; {_ERRNO_HINTS.get(code, "fix that")} and {rerun}'
+    if not_removed:
+      message += f' (could not remove the partial checkpoint: {"; ".join(not_removed)})'
+    return message
 
   def data_state(self, step: int) -> dict | None:
     """The data positions saved with `step` (None for a checkpoint saved without them)."""

@@ -4,12 +4,16 @@ Every CLI runs through `run(main)` instead of `absl.app.run(main)`. What counts 
 error: a flag that does not parse, a config key or variant or file that does not exist, and
 the ValueError / KeyError / FileNotFoundError that the project raises at its boundaries (bad
 config values, a workdir that is not one, a checkpoint of another architecture, a dataset that
-is not prepared, a class id out of range). Anything else is a bug and keeps its traceback.
+is not prepared, a class id out of range). An environment error (any other OSError: a full
+disk, a file size limit, no permission; e.g. `checkpoint.CheckpointSaveError`) also ends in one
+line, with exit code 1. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 from typing import Any, Callable, NoReturn, Sequence
 
 from absl import app
@@ -17,8 +21,9 @@ from absl import flags
 
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError)
 EXIT_USER_ERROR = 2
+EXIT_ENVIRONMENT_ERROR = 1
 
-_VERBOSE = flags.DEFINE_bool('verbose', False, 'Show the traceback of a user error.')
+_VERBOSE = flags.DEFINE_bool('verbose', False, 'Show the traceback of a user or environment error.')
 
 
 def _message(error: BaseException) -> str:
@@ -30,6 +35,22 @@ def fail(message: str) -> NoReturn:
   """Prints `error: message` (one line) on stderr and exits with status 2."""
   print(f'error: {message}', file=sys.stderr, flush=True)
   sys.exit(EXIT_USER_ERROR)
+
+
+def _environment_error(message: str) -> NoReturn:
+  """Prints `error: message` (one line) on stderr and exits with status 1.
+
+  Threads of a failed write (orbax's checkpoint writers) may still run and would keep the
+  interpreter from exiting, or print their failures while it shuts down; then the process ends
+  at once (os._exit) once stdout and stderr are flushed.
+  """
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  if any(
+    t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()
+  ):
+    sys.stdout.flush()
+    os._exit(EXIT_ENVIRONMENT_ERROR)  # pylint: disable=protected-access
+  sys.exit(EXIT_ENVIRONMENT_ERROR)
 
 
 def _bad_config(argv: Sequence[str]) -> str | None:
@@ -88,5 +109,9 @@ def run(main: Callable[[list[str]], None]) -> None:
       if _VERBOSE.value:
         raise
       fail(_message(e))
+    except OSError as e:
+      if _VERBOSE.value:
+        raise
+      _environment_error(_message(e))
 
   app.run(guarded, flags_parser=_parse_flags)
