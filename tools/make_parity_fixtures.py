@@ -1,6 +1,8 @@
 """Regenerates the parity fixtures in tests/data/ by running the official implementations.
 
   python tools/make_parity_fixtures.py --maskgit=/path/to/google-research/maskgit [--only=NAME]
+  /path/to/torch/python tools/make_parity_fixtures.py --open_magvit2=/path/to/Open-MAGVIT2 \
+    --only=open_magvit2
 
 Each part (tools/parity/<name>.py) builds an official network at a small size with random
 weights (fixed seeds), runs it on fixed inputs and writes one .npz to tests/data/: the params
@@ -23,12 +25,19 @@ OUT = TOOLS.parent / 'tests' / 'data'
 PARTS = {
   'maskgit_vqgan': ('maskgit_vqgan', 'maskgit'),
   'maskgit_transformer': ('maskgit_transformer', 'maskgit'),
+  'open_magvit2': ('open_magvit2', 'open_magvit2'),
+  'magvit_3dvq': ('magvit_3dvq', 'magvit'),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--maskgit', help='a checkout of github.com/google-research/maskgit')
+  parser.add_argument('--magvit', help='a checkout of github.com/google-research/magvit')
+  parser.add_argument(
+    '--open_magvit2',
+    help='a checkout of github.com/TencentARC/Open-MAGVIT2 (run with a python that has torch)',
+  )
   parser.add_argument('--only', choices=sorted(PARTS), help='make one fixture only')
   args = parser.parse_args(argv)
   sys.path.insert(0, str(TOOLS))

@@ -28,6 +28,8 @@ Design choices
   where (scale, bias) = Dense(latent) with the latent resized (nearest) to the
   current resolution causally (output frame n at temporal scale u takes latent
   frame 0 if n == 0 else 1 + (n - 1) // u).
+* Other layouts (Open-MAGVIT2's 2D image tokenizer, ...) are options of `_CausalCNN`:
+  kernel depth, padding, biases and the decoder's latent conditioning.
 * Downsampling: strided causal convs (kernel 3x3x3, stride (2 or 1, 2, 2)).
   Upsampling: causal conv to c * s_t * 2 * 2 channels, depth-to-space, and for
   s_t = 2 the first (extra) output frame is dropped so frame 0 stays alone.
@@ -88,6 +90,21 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
   return total // 2, total - total // 2
 
 
+SPATIAL_PADDINGS = ('same', 'symmetric')
+
+
+def _spatial_padding(mode: str, size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """(low, high) padding of one spatial axis: 'same' (XLA/TF 'SAME') or 'symmetric'
+  (kernel // 2 on both sides, PyTorch's `padding=kernel // 2`). They differ only for even
+  sizes with stride 2: 'same' pads (0, 1), output i sees inputs 2i .. 2i + 2; 'symmetric'
+  pads (1, 1), output i sees inputs 2i - 1 .. 2i + 1."""
+  if mode == 'same':
+    return _same_padding(size, kernel, stride)
+  if mode == 'symmetric':
+    return kernel // 2, kernel // 2
+  raise ValueError(f'spatial_padding={mode!r}: expected one of {SPATIAL_PADDINGS}')
+
+
 def per_frame_group_norm(norm: nn.Module, x: jax.Array) -> jax.Array:
   """Applies an image GroupNorm to every frame: x [b, t, h, w, c] -> same shape.
 
@@ -139,13 +156,16 @@ class CausalConv3D(nn.Module):
       chunk (None: zeros, i.e. the start of a video). new_cache: same shape (None
       when kt == s_t, e.g. 1x1x1 convs).
   Kernel [kt, kh, kw, c_in, features] with logical axes
-  ('conv_0', 'conv_1', 'conv_2', 'conv_in', 'conv_out'); bias ('conv_out',).
+  ('conv_0', 'conv_1', 'conv_2', 'conv_in', 'conv_out'); bias ('conv_out',), absent when
+  `use_bias` is False. `spatial_padding`: 'same' or 'symmetric' (see `_spatial_padding`).
   """
 
   features: int
   kernel_size: Sequence[int] = (3, 3, 3)
   strides: Sequence[int] = (1, 1, 1)
   dtype: jnp.dtype = jnp.float32
+  use_bias: bool = True
+  spatial_padding: str = 'same'
 
   @nn.compact
   def __call__(
@@ -183,7 +203,12 @@ class CausalConv3D(nn.Module):
       self.features,
       (kt, kh, kw),
       strides=(st, sh, sw),
-      padding=((0, 0), _same_padding(h, kh, sh), _same_padding(w, kw, sw)),
+      padding=(
+        (0, 0),
+        _spatial_padding(self.spatial_padding, h, kh, sh),
+        _spatial_padding(self.spatial_padding, w, kw, sw),
+      ),
+      use_bias=self.use_bias,
       dtype=self.dtype,
       kernel_init=_kernel_init(('conv_0', 'conv_1', 'conv_2', 'conv_in', 'conv_out')),
       bias_init=_bias_init(),
@@ -228,11 +253,66 @@ class AdaptiveGroupNorm(nn.Module):
     return x * (1.0 + scale) + bias
 
 
+def latent_statistics(z: jax.Array, epsilon: float = 1e-6) -> tuple[jax.Array, jax.Array]:
+  """Per-frame (mean, std) of latents z [b, t, h, w, d] over (h, w): two [b, t, d] arrays.
+
+  std = sqrt(unbiased variance + epsilon) (divisor h*w - 1, as `torch.var`'s default; for a
+  1x1 latent the divisor is 1, where torch would give NaN).
+  """
+  n = z.shape[2] * z.shape[3]
+  mean = jnp.mean(z, axis=(2, 3))
+  var = jnp.sum(jnp.square(z - mean[:, :, None, None]), axis=(2, 3)) / max(n - 1, 1)
+  return mean, jnp.sqrt(var + epsilon)
+
+
+class PooledAdaptiveGroupNorm(nn.Module):
+  """Per-frame GroupNorm whose scale and bias are predicted from pooled latent statistics.
+
+  x: [b, t, h, w, c]; mean, std: [b, t, d] (`latent_statistics` of the latent, resized in
+  time to x's frames) -> norm(x) * Dense_gamma(std) + Dense_beta(mean), one (scale, bias)
+  per frame and channel (Open-MAGVIT2's decoder AdaptiveGroupNorm). Dense kernels
+  ('conv_in', 'conv_out').
+  """
+
+  num_groups: int = 32
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+    if mean.shape[:2] != x.shape[:2] or std.shape != mean.shape:
+      raise ValueError(f'mean {mean.shape} / std {std.shape} must be [b, t, d] of x {x.shape}')
+    c = x.shape[-1]
+    norm = nn.GroupNorm(
+      num_groups=self.num_groups,
+      epsilon=1e-6,
+      use_scale=False,
+      use_bias=False,
+      dtype=self.dtype,
+      name='norm',
+    )
+    x = per_frame_group_norm(norm, x)
+
+    def dense(name):
+      return nn.Dense(
+        c,
+        dtype=self.dtype,
+        kernel_init=_kernel_init(('conv_in', 'conv_out')),
+        bias_init=_bias_init(),
+        name=name,
+      )
+
+    scale = dense('gamma')(std)[:, :, None, None]
+    bias = dense('beta')(mean)[:, :, None, None]
+    return x * scale + bias
+
+
 class CausalResBlock(nn.Module):
   """norm -> swish -> causal conv3 -> norm -> swish -> causal conv3, plus a shortcut.
 
   The shortcut is a 1x1x1 conv on the block's input when channels change.
   Norms are per-frame GroupNorm, or AdaptiveGroupNorm on `cond` when `adaptive`.
+  `conv_bias` False: the convs (and shortcut) have no bias. The 3x3 convs have kernel
+  (temporal_kernel_size, 3, 3) and `spatial_padding` (see `CausalConv3D`).
   `__call__(x, cache=None, first=True, cond=None) -> (y, new_cache)`:
   x [b, t, h, w, c_in] -> y [b, t, h, w, features]; cache {'conv_0', 'conv_1'}.
   """
@@ -241,6 +321,19 @@ class CausalResBlock(nn.Module):
   num_groups: int = 32
   adaptive: bool = False
   dtype: jnp.dtype = jnp.float32
+  conv_bias: bool = True
+  temporal_kernel_size: int = 3
+  spatial_padding: str = 'same'
+
+  def _conv(self, name: str, features: int, kernel_size: Sequence[int]) -> CausalConv3D:
+    return CausalConv3D(
+      features,
+      kernel_size,
+      dtype=self.dtype,
+      use_bias=self.conv_bias,
+      spatial_padding=self.spatial_padding,
+      name=name,
+    )
 
   def _norm(self, x: jax.Array, cond: jax.Array | None, name: str) -> jax.Array:
     if self.adaptive:
@@ -255,18 +348,13 @@ class CausalResBlock(nn.Module):
   ) -> tuple[jax.Array, Cache]:
     new = {}
     residual = x
+    kernel = (self.temporal_kernel_size, 3, 3)
     x = nn.swish(self._norm(x, cond, 'norm_0'))
-    x, new['conv_0'] = CausalConv3D(self.features, dtype=self.dtype, name='conv_0')(
-      x, _get(cache, 'conv_0'), first
-    )
+    x, new['conv_0'] = self._conv('conv_0', self.features, kernel)(x, _get(cache, 'conv_0'), first)
     x = nn.swish(self._norm(x, cond, 'norm_1'))
-    x, new['conv_1'] = CausalConv3D(self.features, dtype=self.dtype, name='conv_1')(
-      x, _get(cache, 'conv_1'), first
-    )
+    x, new['conv_1'] = self._conv('conv_1', self.features, kernel)(x, _get(cache, 'conv_1'), first)
     if residual.shape[-1] != self.features:
-      residual, _ = CausalConv3D(self.features, (1, 1, 1), dtype=self.dtype, name='shortcut')(
-        residual, None, first
-      )
+      residual, _ = self._conv('shortcut', self.features, (1, 1, 1))(residual, None, first)
     return x + residual, new
 
 
@@ -312,8 +400,27 @@ def _stream_shapes(module: nn.Module, x: jax.ShapeDtypeStruct, method: str) -> C
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
+ADAPTIVE_NORMS = ('every_norm', 'level_start')
+
+
 class _CausalCNN(nn.Module):
-  """The attributes shared by `CausalEncoder` and `CausalDecoder`, and the factors they imply."""
+  """The attributes shared by `CausalEncoder` and `CausalDecoder`, and the factors they imply.
+
+  Architecture options (defaults: the MAGVIT-v2 layout above; Open-MAGVIT2's image
+  tokenizer is temporal_kernel_size=1, spatial_padding='symmetric', res_conv_bias=False,
+  encoder_in_bias=False, adaptive_norm='level_start'):
+    temporal_kernel_size: kt of every 3x3 conv ((kt, 3, 3) kernels). 1 makes the network a
+      per-frame 2D CNN (then temporal_downsample must be all False).
+    spatial_padding: 'same' or 'symmetric' (PyTorch `padding=1`); differs for the strided
+      downsampling convs only.
+    res_conv_bias: whether the residual blocks' convs and shortcuts have a bias.
+    encoder_in_bias: whether the encoder's first conv has a bias.
+    adaptive_norm: the decoder's conditioning on the latent. 'every_norm': every decoder
+      norm is an `AdaptiveGroupNorm` on the latent resized to its resolution.
+      'level_start': the decoder's blocks and norm_out use plain GroupNorm and each level
+      starts with one `PooledAdaptiveGroupNorm` (`up_<level>_norm`) on the latent's per-frame
+      mean and std.
+  """
 
   filters: int = 128
   channel_multipliers: Sequence[int] = (1, 2, 2, 4)
@@ -323,6 +430,30 @@ class _CausalCNN(nn.Module):
   num_groups: int = 32
   channels: int = 3
   dtype: jnp.dtype = jnp.float32
+  temporal_kernel_size: int = 3
+  spatial_padding: str = 'same'
+  res_conv_bias: bool = True
+  encoder_in_bias: bool = True
+  adaptive_norm: str = 'every_norm'
+
+  def _conv(self, features: int, name: str, **kwargs: Any) -> CausalConv3D:
+    """A (temporal_kernel_size, 3, 3) causal conv (unless kernel_size is given)."""
+    kwargs.setdefault('kernel_size', (self.temporal_kernel_size, 3, 3))
+    return CausalConv3D(
+      features, dtype=self.dtype, spatial_padding=self.spatial_padding, name=name, **kwargs
+    )
+
+  def _block(self, features: int, name: str, adaptive: bool = False) -> CausalResBlock:
+    return CausalResBlock(
+      features,
+      self.num_groups,
+      adaptive=adaptive,
+      dtype=self.dtype,
+      conv_bias=self.res_conv_bias,
+      temporal_kernel_size=self.temporal_kernel_size,
+      spatial_padding=self.spatial_padding,
+      name=name,
+    )
 
   @property
   def temporal_factor(self) -> int:
@@ -362,25 +493,21 @@ class CausalEncoder(_CausalCNN):
   def forward(self, x: jax.Array, cache: Cache, first: bool) -> tuple[jax.Array, Cache]:
     td = _check_temporal(self.channel_multipliers, self.temporal_downsample)
     new = {}
-    x, new['conv_in'] = CausalConv3D(self.filters, dtype=self.dtype, name='conv_in')(
+    x, new['conv_in'] = self._conv(self.filters, 'conv_in', use_bias=self.encoder_in_bias)(
       x, _get(cache, 'conv_in'), first
     )
     for level, mult in enumerate(self.channel_multipliers):
       for i in range(self.num_res_blocks):
         name = f'down_{level}_res_{i}'
-        x, new[name] = CausalResBlock(
-          self.filters * mult, self.num_groups, dtype=self.dtype, name=name
-        )(x, _get(cache, name), first)
+        x, new[name] = self._block(self.filters * mult, name)(x, _get(cache, name), first)
       if level < len(self.channel_multipliers) - 1:
         name = f'down_{level}_conv'
-        x, new[name] = CausalConv3D(
-          x.shape[-1], strides=(2 if td[level] else 1, 2, 2), dtype=self.dtype, name=name
-        )(x, _get(cache, name), first)
+        x, new[name] = self._conv(x.shape[-1], name, strides=(2 if td[level] else 1, 2, 2))(
+          x, _get(cache, name), first
+        )
     for i in range(self.num_res_blocks):
       name = f'mid_res_{i}'
-      x, new[name] = CausalResBlock(x.shape[-1], self.num_groups, dtype=self.dtype, name=name)(
-        x, _get(cache, name), first
-      )
+      x, new[name] = self._block(x.shape[-1], name)(x, _get(cache, name), first)
     x = nn.swish(per_frame_group_norm(group_norm(self.num_groups, 'norm_out', self.dtype), x))
     x, _ = CausalConv3D(self.embedding_dim, (1, 1, 1), dtype=self.dtype, name='conv_out')(
       x, None, first
@@ -413,7 +540,8 @@ class CausalDecoder(_CausalCNN):
   Mirror of `CausalEncoder` (same attributes): conv_in, mid blocks, then from the
   last level down: `num_res_blocks` blocks of filters * channel_multipliers[level]
   and (level > 0) a depth-to-space upsampling by (2 if temporal_downsample[level-1]
-  else 1, 2, 2); all norms are AdaptiveGroupNorm conditioned on the input latent.
+  else 1, 2, 2); all norms are AdaptiveGroupNorm conditioned on the input latent
+  (adaptive_norm='every_norm'; 'level_start': see `_CausalCNN`).
   """
 
   def _validate(self, z: jax.Array, first: bool) -> None:
@@ -427,38 +555,47 @@ class CausalDecoder(_CausalCNN):
   @nn.compact
   def forward(self, z: jax.Array, cache: Cache, first: bool) -> tuple[jax.Array, Cache]:
     td = _check_temporal(self.channel_multipliers, self.temporal_downsample)
+    if self.adaptive_norm not in ADAPTIVE_NORMS:
+      raise ValueError(f'adaptive_norm={self.adaptive_norm!r}: expected one of {ADAPTIVE_NORMS}')
+    every = self.adaptive_norm == 'every_norm'
     mults = tuple(self.channel_multipliers)
     new = {}
-    x, new['conv_in'] = CausalConv3D(self.filters * mults[-1], dtype=self.dtype, name='conv_in')(
+    x, new['conv_in'] = self._conv(self.filters * mults[-1], 'conv_in')(
       z, _get(cache, 'conv_in'), first
     )
     cond, time_up, space_up = z, 1, 1
+    stats = None if every else latent_statistics(z)
     for i in range(self.num_res_blocks):
       name = f'mid_res_{i}'
-      x, new[name] = CausalResBlock(
-        x.shape[-1], self.num_groups, adaptive=True, dtype=self.dtype, name=name
-      )(x, _get(cache, name), first, cond)
+      x, new[name] = self._block(x.shape[-1], name, every)(x, _get(cache, name), first, cond)
     for level in reversed(range(len(mults))):
+      if not every:
+        mean, std = (causal_upsample_time(v, time_up, first) for v in stats)
+        x = PooledAdaptiveGroupNorm(self.num_groups, self.dtype, name=f'up_{level}_norm')(
+          x, mean, std
+        )
       for i in range(self.num_res_blocks):
         name = f'up_{level}_res_{i}'
-        x, new[name] = CausalResBlock(
-          self.filters * mults[level], self.num_groups, adaptive=True, dtype=self.dtype, name=name
-        )(x, _get(cache, name), first, cond)
+        x, new[name] = self._block(self.filters * mults[level], name, every)(
+          x, _get(cache, name), first, cond
+        )
       if level > 0:
         s_t = 2 if td[level - 1] else 1
         c = x.shape[-1]
         name = f'up_{level}_conv'
-        x, new[name] = CausalConv3D(c * s_t * 4, dtype=self.dtype, name=name)(
-          x, _get(cache, name), first
-        )
+        x, new[name] = self._conv(c * s_t * 4, name)(x, _get(cache, name), first)
         x = depth_to_space(x, (s_t, 2, 2))
         if first and s_t > 1:
           x = x[:, s_t - 1 :]  # frame 0 stays alone: 1 + k -> 1 + s_t*k
         time_up, space_up = time_up * s_t, space_up * 2
-        cond = resize_latent(z, time_up, space_up, first)
-    x = nn.swish(AdaptiveGroupNorm(self.num_groups, self.dtype, name='norm_out')(x, cond))
-    x, new['conv_out'] = CausalConv3D(self.channels, dtype=self.dtype, name='conv_out')(
-      x, _get(cache, 'conv_out'), first
+        if every:
+          cond = resize_latent(z, time_up, space_up, first)
+    if every:
+      x = AdaptiveGroupNorm(self.num_groups, self.dtype, name='norm_out')(x, cond)
+    else:
+      x = per_frame_group_norm(group_norm(self.num_groups, 'norm_out', self.dtype), x)
+    x, new['conv_out'] = self._conv(self.channels, 'conv_out')(
+      nn.swish(x), _get(cache, 'conv_out'), first
     )
     return x, new
 

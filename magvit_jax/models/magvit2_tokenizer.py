@@ -22,7 +22,14 @@ from magvit_jax.quantizers import lfq
 
 
 class Magvit2Tokenizer(nn.Module):
-  """Attributes mirror `CausalEncoder` plus the LFQ settings; embedding_dim = num_bits."""
+  """Attributes mirror `CausalEncoder` plus the LFQ settings; embedding_dim = num_bits.
+
+  The architecture options (temporal_kernel_size, spatial_padding, res_conv_bias,
+  encoder_in_bias, adaptive_norm; see `causal_cnn._CausalCNN`) and `zero_sign` (the LFQ
+  code of an exact 0, see `lfq.LookupFreeQuantizer`) default to the MAGVIT-v2 layout;
+  `configs/magvit2_tokenizer_imagenet.py:open_magvit2_256` sets them to Open-MAGVIT2's
+  (`magvit_jax/convert/open_magvit2.py`).
+  """
 
   filters: int = 128
   channel_multipliers: Sequence[int] = (1, 2, 2, 4)
@@ -35,6 +42,12 @@ class Magvit2Tokenizer(nn.Module):
   entropy_temperature: float = 1.0
   entropy_chunk_size: int = 1024
   entropy_groups: int | None = None
+  temporal_kernel_size: int = 3
+  spatial_padding: str = 'same'
+  res_conv_bias: bool = True
+  encoder_in_bias: bool = True
+  adaptive_norm: str = 'every_norm'
+  zero_sign: int = 1
   causal: ClassVar[bool] = True  # Each latent frame depends on earlier frames only.
 
   def setup(self):
@@ -45,6 +58,11 @@ class Magvit2Tokenizer(nn.Module):
       temporal_downsample=tuple(self.temporal_downsample),
       embedding_dim=self.num_bits,
       num_groups=self.num_groups,
+      temporal_kernel_size=self.temporal_kernel_size,
+      spatial_padding=self.spatial_padding,
+      res_conv_bias=self.res_conv_bias,
+      encoder_in_bias=self.encoder_in_bias,
+      adaptive_norm=self.adaptive_norm,
     )
     self.encoder = CausalEncoder(**kwargs)
     self.decoder = CausalDecoder(**kwargs)
@@ -55,6 +73,7 @@ class Magvit2Tokenizer(nn.Module):
       entropy_temperature=self.entropy_temperature,
       chunk_size=self.entropy_chunk_size,
       num_groups=self.entropy_groups,
+      zero_sign=self.zero_sign,
     )
 
   @property

@@ -195,6 +195,8 @@ class LookupFreeQuantizer(nn.Module):
       use less memory (and were faster on CPU, see docs/lfq.md).
     num_groups: None = exact batch entropy; G = grouped approximation (G sub-codebooks of
       d/G bits, batch entropies summed: an upper bound of the exact one).
+    zero_sign: the code of a channel that is exactly 0: +1 (default, sign(0) = +1) or -1
+      (Open-MAGVIT2: `where(z > 0, 1, -1)`); the token's bit is [code > 0] either way.
   """
 
   num_bits: int
@@ -203,6 +205,7 @@ class LookupFreeQuantizer(nn.Module):
   entropy_temperature: float = 1.0
   chunk_size: int = 1024
   num_groups: int | None = None
+  zero_sign: int = 1
 
   @property
   def codebook_size(self) -> int:
@@ -215,7 +218,10 @@ class LookupFreeQuantizer(nn.Module):
       raise ValueError(f'z has {z.shape[-1]} channels, expected num_bits={self.num_bits}.')
     dtype = jnp.promote_types(z.dtype, jnp.float32)
     z = z.astype(dtype)
-    quantized = jnp.where(z >= 0, 1.0, -1.0).astype(dtype)
+    if self.zero_sign not in (1, -1):
+      raise ValueError(f'zero_sign must be 1 or -1, got {self.zero_sign!r}.')
+    positive = z >= 0 if self.zero_sign == 1 else z > 0
+    quantized = jnp.where(positive, 1.0, -1.0).astype(dtype)
     tokens = codes_to_tokens(quantized)
     commitment = jnp.mean((z - jax.lax.stop_gradient(quantized)) ** 2)
     per_token, batch = entropy_terms(z, self.entropy_temperature, self.chunk_size, self.num_groups)
