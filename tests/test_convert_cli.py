@@ -189,3 +189,46 @@ def test_convert_magvit_3dvq_writes_a_tokenizer_workdir_with_the_official_codes(
   videos = np.asarray(data['videos'], np.float32) * 2.0 - 1.0  # Official [0, 1] -> ours.
   _, aux = tok.module.apply({'params': tok.params}, videos, method='encode')
   np.testing.assert_array_equal(np.asarray(aux['tokens']), data['codes'])
+
+
+def test_convert_open_magvit2_writes_a_tokenizer_workdir_with_the_official_codes(tmp_path):
+  """The small Open-MAGVIT2 state dict of tests/data/open_magvit2_parity.npz (made by the
+  official PyTorch code) -> a MAGVIT-v2 tokenizer workdir giving the official codes; a .ckpt
+  without --allow_pickle is refused in one line."""
+  with np.load(REPO / 'tests' / 'data' / 'open_magvit2_parity.npz') as z:
+    data = {k: z[k] for k in z.files}
+  state = {k[len('sd/') :]: v for k, v in data.items() if k.startswith('sd/')}
+  path = tmp_path / 'tok.npz'
+  np.savez(path, **state)
+  mults = tuple(int(x) for x in data['config/ch_mult'])
+  overrides = {
+    'filters': int(data['config/ch']),
+    'channel_multipliers': f'({",".join(map(str, mults))},)',
+    'num_res_blocks': int(data['config/num_res_blocks']),
+    'num_bits': int(data['config/z_channels']),
+    'num_groups': int(data['config/num_groups']),
+    'temporal_downsample': f'({",".join(["False"] * (len(mults) - 1))},)',
+  }
+  workdir = tmp_path / 'omg'
+  result = _run(
+    'magvit_jax.convert',
+    'open_magvit2',
+    f'--tokenizer={path}',
+    f'--workdir={workdir}',
+    '--tokenizer_config=configs/magvit2_tokenizer_imagenet.py:open_magvit2_256',
+    *[f'--tokenizer_config.model.{k}={v}' for k, v in overrides.items()],
+    f'--tokenizer_config.data.image_size={int(data["config/image_size"])}',
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  tok = pretrained.load_tokenizer(str(workdir))
+  _, aux = tok.module.apply({'params': tok.params}, data['images'][:, None], method='encode')
+  np.testing.assert_array_equal(np.asarray(aux['tokens'])[:, 0], data['codes'])
+
+  ckpt = tmp_path / 'imagenet_256_L.ckpt'
+  ckpt.write_bytes(b'not read')
+  refused = _run(
+    'magvit_jax.convert', 'open_magvit2', f'--tokenizer={ckpt}', f'--workdir={tmp_path / "x"}'
+  )
+  assert refused.returncode == 2
+  lines = refused.stderr.strip().splitlines()
+  assert len(lines) == 1 and 'pickle' in lines[0], refused.stderr[-2000:]

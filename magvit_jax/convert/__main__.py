@@ -22,7 +22,14 @@ writes the official MAGVIT 3D-VQ (google-research/magvit; no weights are public,
 checkpoint of your own training of it) as a tokenizer workdir (default config
 `magvit_ucf101.py:official_B`).
 
-The files are msgpack (`flax.serialization`), read without pickle. A file of the wrong model
+  python -m magvit_jax.convert open_magvit2 --tokenizer=imagenet_256_L.safetensors \
+      --workdir=runs/open_magvit2_256
+
+writes an Open-MAGVIT2 image tokenizer (TencentARC; .safetensors / .npz of its state dict;
+the Lightning .ckpt only with --allow_pickle, which runs pickle) as a MAGVIT-v2 tokenizer
+workdir (default config `magvit2_tokenizer_imagenet.py:open_magvit2_256`).
+
+The MaskGIT/MAGVIT files are msgpack (`flax.serialization`), read without pickle. A file of the wrong model
 size or tree is refused naming the key paths (see `maskgit_vqgan`, `maskgit_transformer`).
 """
 
@@ -42,9 +49,9 @@ from magvit_jax import cli_errors
 from magvit_jax import fileio
 from magvit_jax.config_loader import load_config
 from magvit_jax.config_schema import validate_config
-from magvit_jax.convert import magvit_3dvq, maskgit_transformer, maskgit_vqgan
+from magvit_jax.convert import magvit_3dvq, maskgit_transformer, maskgit_vqgan, open_magvit2
 
-COMMANDS = ('maskgit', 'magvit')
+COMMANDS = ('maskgit', 'magvit', 'open_magvit2')
 RESOLUTIONS = {257: 256, 1025: 512}  # Position-table rows (class token + tokens) -> pixels.
 
 _TOKENIZER = flags.DEFINE_string('tokenizer', None, 'Official tokenizer checkpoint file.')
@@ -52,6 +59,12 @@ _TRANSFORMER = flags.DEFINE_string('transformer', None, 'Official transformer ch
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where to write the workdir(s).')
 _RESOLUTION = flags.DEFINE_enum(
   'resolution', None, ['256', '512'], 'Image size, when there is no transformer to read it from.'
+)
+_ALLOW_PICKLE = flags.DEFINE_bool(
+  'allow_pickle',
+  False,
+  'open_magvit2: also read a .ckpt/.pt with torch.load, which runs Python pickle from the file '
+  '(arbitrary code): only for files you trust. Default: .safetensors / .npz only.',
 )
 _TOKENIZER_CONFIG = config_flags.DEFINE_config_file(
   'tokenizer_config', None, 'Tokenizer config (default configs/vqgan_imagenet.py:official<res>).'
@@ -138,6 +151,24 @@ def convert_magvit(
   return {'tokenizer': workdir}
 
 
+def convert_open_magvit2(
+  workdir: str,
+  tokenizer_file: str | None,
+  config: ml_collections.ConfigDict | None = None,
+  allow_pickle: bool = False,
+) -> dict[str, str]:
+  """An Open-MAGVIT2 state dict in `tokenizer_file` -> a MAGVIT-v2 tokenizer workdir."""
+  if not tokenizer_file:
+    raise ValueError('--tokenizer: the Open-MAGVIT2 .safetensors / .npz file is required')
+  config = config or load_config('magvit2_tokenizer_imagenet.py:open_magvit2_256')
+  validate_config(config, 'tokenizer')
+  params = open_magvit2.tokenizer_params_from_open_magvit2(
+    open_magvit2.load_state_dict(tokenizer_file, allow_pickle=allow_pickle), config
+  )
+  write_params_workdir(workdir, config, jax.device_get(params))
+  return {'tokenizer': workdir}
+
+
 def _position_rows(tree: dict) -> int | None:
   """Rows of the official position-embedding table (None if the tree has no such leaf)."""
   flat = _flatten(tree.get('params', tree))
@@ -166,6 +197,10 @@ def main(argv: list[str]) -> None:
   tok_config = cli_errors.config_value(_TOKENIZER_CONFIG) if _TOKENIZER_CONFIG.present else None
   if commands[0] == 'magvit':
     written = convert_magvit(_WORKDIR.value, _TOKENIZER.value, tok_config)
+  elif commands[0] == 'open_magvit2':
+    written = convert_open_magvit2(
+      _WORKDIR.value, _TOKENIZER.value, tok_config, _ALLOW_PICKLE.value
+    )
   else:
     written = convert_maskgit(
       _WORKDIR.value,
