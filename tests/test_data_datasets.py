@@ -473,8 +473,8 @@ def test_video_folder_errors(folder, tmp_path):
   assert folder in str(e.value)
   mp4s = tmp_path / 'mp4s' / 'train' / 'apple'
   mp4s.mkdir(parents=True)
-  (mp4s / 'x.mp4').write_bytes(b'')
-  with pytest.raises(pipeline.DatasetNotPreparedError, match='holds no clips.*x.mp4.*ffmpeg'):
+  (mp4s / 'x.gif').write_bytes(b'')
+  with pytest.raises(pipeline.DatasetNotPreparedError, match='holds no clips.*x.gif.*ffmpeg'):
     pipeline.create_dataset(
       _folder_config(str(tmp_path / 'mp4s')), split='train', batch_size=2, train=True, **KW
     )

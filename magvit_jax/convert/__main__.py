@@ -115,23 +115,29 @@ def convert_maskgit(
   tok_params = maskgit_vqgan.tokenizer_params_from_official(
     maskgit_vqgan.load_official_tree(tokenizer_file), tok_config.model
   )
-  written = {}
   tok_dir = os.path.join(workdir, 'tokenizer') if transformer_tree is not None else workdir
-  write_params_workdir(tok_dir, tok_config, jax.device_get(tok_params))
-  written['tokenizer'] = tok_dir
-  if transformer_tree is not None:
+  tf_config = tf_params = None
+  if transformer_tree is not None:  # Converted (and checked) before anything is written.
+    from magvit_jax.models import tokenizers  # pylint: disable=g-import-not-at-top
+
     tf_config = transformer_config or load_config(f'maskgit_imagenet.py:official{resolution}')
     with tf_config.unlocked():
       tf_config.tokenizer_workdir = os.path.abspath(tok_dir)
     validate_config(tf_config, 'transformer')
-    from magvit_jax.models import tokenizers  # pylint: disable=g-import-not-at-top
-    from magvit_jax.trainers import transformer as transformer_trainer  # pylint: disable=g-import-not-at-top
-
-    transformer_trainer.check_tokenizer_matches(tf_config, tok_config)
-    params = maskgit_transformer.transformer_params_from_official(
+    codes = tokenizers.codebook_size(tok_config.model)
+    if int(tf_config.model.codebook_size) != codes:
+      raise ValueError(
+        f'transformer config model.codebook_size={tf_config.model.codebook_size} but the '
+        f'tokenizer config has {codes} codes: pass matching --tokenizer_config / '
+        '--transformer_config'
+      )
+    tf_params = maskgit_transformer.transformer_params_from_official(
       transformer_tree, tf_config, seq_len=tokenizers.num_tokens(tok_config)
     )
-    write_params_workdir(workdir, tf_config, jax.device_get(params))
+  write_params_workdir(tok_dir, tok_config, jax.device_get(tok_params))
+  written = {'tokenizer': tok_dir}
+  if tf_config is not None:
+    write_params_workdir(workdir, tf_config, jax.device_get(tf_params))
     written['transformer'] = workdir
   return written
 

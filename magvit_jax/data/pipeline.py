@@ -99,9 +99,12 @@ def create_dataset(
         undecodable or non-finite (see `skipped_records`);
       `folder` (str; `name='video_folder'` only): a folder laid out as
         `<folder>/<split>/<class_name>/<clip>/` (frame images *.jpg/*.jpeg/*.png, in name
-        order) or `<folder>/<split>/<class_name>/<clip>.npy` (uint8 [T, H, W, 3]); labels are
-        the indices of the sorted class names (`video_folder_classes`); `split` is a split
-        directory name, or several joined by '+'.
+        order), `<folder>/<split>/<class_name>/<clip>.npy` (uint8 [T, H, W, 3]) or a video
+        file `<clip>.mp4/.webm/.avi/.mov/.mkv` (decoded with PyAV: `pip install -e '.[video]'`);
+        labels are the indices of the sorted class names (`video_folder_classes`); `split` is
+        a split directory name, or several joined by '+';
+      `fps` (float or None; video files only): resample to this frame rate (the nearest frame
+        to each target time), None: every frame of the file.
     split: TFDS split expression, e.g. 'train', 'test', 'train[:90%]'.
     batch_size: per-process batch size.
     train: True -> this process's rows of the global stream, shuffled (seeded), repeated

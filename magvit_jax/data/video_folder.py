@@ -1,16 +1,23 @@
-"""Local video folders (`data.name='video_folder'`): clips as frame-image directories or .npy.
+"""Local video folders (`data.name='video_folder'`): clips as frame-image directories, .npy
+arrays or video files.
 
-Layout: `<folder>/<split>/<class_name>/<clip>/` (frame images, in file-name order) or
-`<folder>/<split>/<class_name>/<clip>.npy` (uint8 [T, H, W(, C)]); labels are the indices of the
-sorted class names. Holds the folder scan (`scan_video_folder`, `video_folder_classes`), the
-readers (frame files; .npy headers and byte ranges of the kept frames: `_npy_num_frames`,
-`_npy_read_frames`), the per-clip preprocess and `_video_folder_records`, the video-folder half
-of `pipeline.create_dataset` (a seeded full permutation per epoch for training, contiguous
+Layout: `<folder>/<split>/<class_name>/<clip>/` (frame images, in file-name order),
+`<folder>/<split>/<class_name>/<clip>.npy` (uint8 [T, H, W(, C)]) or
+`<folder>/<split>/<class_name>/<clip>.mp4` (or .webm .avi .mov .mkv, decoded with PyAV: `pip
+install av`, imported only when a folder holds video files); labels are the indices of the sorted
+class names. Holds the folder scan (`scan_video_folder`, `video_folder_classes`), the readers
+(frame files; .npy headers and byte ranges of the kept frames: `_npy_num_frames`,
+`_npy_read_frames`; video files: `_video_frame_indices` from the container's packets, optionally
+resampled to `data.fps`, and `_video_read_frames`, which decodes up to the last kept frame), the
+per-clip preprocess and `_video_folder_records`, the video-folder half of
+`pipeline.create_dataset` (a seeded full permutation per epoch for training, contiguous
 file-order shards for eval).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from typing import Any
 
@@ -20,19 +27,24 @@ import tensorflow as tf
 from magvit_jax.data.tfds_source import DatasetNotPreparedError, _cfg_get
 from magvit_jax.data.transforms import _spatial_video, _temporal_crop
 
-VIDEO_FOLDER = 'video_folder'  # `data.name` of a local folder of frame-image / .npy clips.
+VIDEO_FOLDER = 'video_folder'  # `data.name` of a local folder of frame/.npy/video clips.
 _FRAME_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+VIDEO_EXTENSIONS = ('.mp4', '.webm', '.avi', '.mov', '.mkv')  # Decoded with PyAV.
+# Clip kinds (`_scan_clips`, `_make_folder_preprocess`).
+_FRAMES, _NPY, _VIDEO = 0, 1, 2
+_PYAV_HINT = 'pip install av (or pip install magvit_jax[video])'
 
 
 def _video_folder_help(folder: str) -> str:
   return (
     f"Expected layout: {folder}/<split>/<class_name>/<clip>/ holding one clip's frames as "
-    f'images (*.jpg, *.jpeg or *.png, in file-name order), or '
-    f'{folder}/<split>/<class_name>/<clip>.npy holding uint8 [T, H, W, 3]; label ids '
-    f'are the sorted class names. For Kinetics (or any .mp4 videos) extract the frames '
-    f'first, e.g. `mkdir -p {folder}/train/<class>/<clip> && ffmpeg -i <clip>.mp4 -vf '
-    f'fps=25 -q:v 2 {folder}/train/<class>/<clip>/%05d.jpg`. magvit_jax never downloads '
-    f'data; see docs/data.md.'
+    f'images (*.jpg, *.jpeg or *.png, in file-name order), '
+    f'{folder}/<split>/<class_name>/<clip>.npy holding uint8 [T, H, W, 3], or video files '
+    f'{folder}/<split>/<class_name>/<clip>.mp4 ({" ".join(VIDEO_EXTENSIONS)}; read with PyAV: '
+    f'{_PYAV_HINT}); label ids are the sorted class names. Frames decode faster than videos '
+    f'when read every epoch: e.g. `mkdir -p {folder}/train/<class>/<clip> && ffmpeg -i '
+    f'<clip>.mp4 -vf fps=25 -q:v 2 {folder}/train/<class>/<clip>/%05d.jpg`. magvit_jax never '
+    f'downloads data; see docs/data.md.'
   )
 
 
@@ -45,7 +57,7 @@ def _list_dir(path: str) -> list[tuple[str, bool]]:
     entries = []
     for name in tf.io.gfile.listdir(path):
       is_dir = name.endswith('/') or (
-        not name.lower().endswith(('.npy',) + _FRAME_EXTENSIONS)
+        not name.lower().endswith(('.npy',) + _FRAME_EXTENSIONS + VIDEO_EXTENSIONS)
         and tf.io.gfile.isdir(os.path.join(path, name))
       )
       entries.append((name.rstrip('/'), is_dir))
@@ -74,9 +86,25 @@ def scan_video_folder(folder: str | None, split: str) -> tuple[list[str], list[b
   """The clips of `split` of a video folder: (paths, is_npy, label ids), in file order.
 
   File order: split names in the order given ('train+val'), then class, then clip name (both
-  sorted). A clip is a directory of frame images or a `.npy` file; other files are ignored.
-  Raises DatasetNotPreparedError for a missing folder or split, or a split without clips.
+  sorted). A clip is a directory of frame images, a `.npy` file or a video file
+  (VIDEO_EXTENSIONS, any case); other files are ignored. Raises DatasetNotPreparedError for a
+  missing folder or split, or a split without clips.
   """
+  paths, kinds, labels = _scan_clips(folder, split)
+  return paths, [k == _NPY for k in kinds], labels
+
+
+def _clip_kind(name: str, is_dir: bool) -> int | None:
+  if is_dir:
+    return _FRAMES
+  lower = name.lower()
+  if lower.endswith('.npy'):
+    return _NPY
+  return _VIDEO if lower.endswith(VIDEO_EXTENSIONS) else None
+
+
+def _scan_clips(folder: str | None, split: str) -> tuple[list[str], list[int], list[int]]:
+  """scan_video_folder with the kind of each clip (_FRAMES, _NPY or _VIDEO)."""
   if not folder:
     raise ValueError(
       f'data.name={VIDEO_FOLDER!r} needs data.folder, the path of the video '
@@ -94,7 +122,7 @@ def scan_video_folder(folder: str | None, split: str) -> tuple[list[str], list[b
       f"optionally joined by '+' (no slices such as 'train[:10%]')."
     )
   label_ids = {c: i for i, c in enumerate(video_folder_classes(folder))}
-  paths, is_npy, labels, others = [], [], [], []
+  paths, kinds, labels, others = [], [], [], []
   for name in names:
     split_dir = os.path.join(folder, name)
     if not _is_dir(split_dir):
@@ -108,16 +136,17 @@ def scan_video_folder(folder: str | None, split: str) -> tuple[list[str], list[b
         continue
       class_dir = os.path.join(split_dir, cls)
       for clip, clip_is_dir in _list_dir(class_dir):
-        if clip_is_dir or clip.endswith('.npy'):
+        kind = _clip_kind(clip, clip_is_dir)
+        if kind is not None:
           paths.append(os.path.join(class_dir, clip))
-          is_npy.append(not clip_is_dir)
+          kinds.append(kind)
           labels.append(label_ids[cls])
         else:
           others.append(os.path.join(class_dir, clip))
   if not paths:
     seen = (
-      f' (it holds {len(others)} other files, e.g. {others[0]!r}: video files must be '
-      f'extracted to frame directories or .npy arrays)'
+      f' (it holds {len(others)} other files, e.g. {others[0]!r}: a clip is a frame '
+      f'directory, a .npy array or a video file, {" ".join(VIDEO_EXTENSIONS)})'
       if others
       else ''
     )
@@ -125,7 +154,7 @@ def scan_video_folder(folder: str | None, split: str) -> tuple[list[str], list[b
       f'Split {split!r} of video folder {folder!r} holds no '
       f'clips{seen}. {_video_folder_help(folder)}'
     )
-  return paths, is_npy, labels
+  return paths, kinds, labels
 
 
 def _frame_paths(clip_dir: bytes) -> np.ndarray:
@@ -189,6 +218,150 @@ def _npy_read_frames(path: bytes, indices: np.ndarray) -> np.ndarray:
   return np.repeat(video, 3, axis=-1) if video.shape[-1] == 1 else np.ascontiguousarray(video)
 
 
+# Path -> why decoding that video file last failed in this process (see `decode_error`).
+_DECODE_ERRORS: dict[str, str] = {}
+
+
+def decode_error(path: str | bytes) -> str | None:
+  """Why video file `path` last failed to decode in this process, or None.
+
+  The guard of the pipeline only sees that a record raised; this keeps the reason so that the
+  `[data] skipped <path> ...` log line can carry it."""
+  return _DECODE_ERRORS.get(path.decode() if isinstance(path, bytes) else str(path))
+
+
+class VideoDecodeError(ValueError):
+  """A video file of a video folder could not be read (names the file and FFmpeg's reason)."""
+
+
+def _import_av():
+  """The PyAV module; an ImportError naming the install command if it is missing."""
+  try:
+    import av  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+      f'data.name={VIDEO_FOLDER!r}: reading video files ({" ".join(VIDEO_EXTENSIONS)}) needs '
+      f'PyAV, which is not installed: {_PYAV_HINT}. Frame directories and .npy clips work '
+      f'without it.'
+    ) from e
+  return av
+
+
+def _named_video_errors(fn):
+  """fn(path: bytes, ...) with its errors (other than a missing PyAV) turned into a
+  VideoDecodeError naming the file, and recorded for `decode_error`."""
+
+  @functools.wraps(fn)
+  def wrapped(path: bytes, *args):
+    try:
+      result = fn(path.decode(), *args)
+    except ImportError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      why = ' '.join(f'{type(e).__name__}: {e}'.split())
+      _DECODE_ERRORS[path.decode()] = why
+      raise VideoDecodeError(f'{path.decode()}: cannot decode video file ({why})') from e
+    _DECODE_ERRORS.pop(path.decode(), None)
+    return result
+
+  return wrapped
+
+
+def _open_video(path: str):
+  av = _import_av()
+  container = av.open(path if '://' not in path else _open_binary(path), 'r')
+  if not container.streams.video:
+    container.close()
+    raise ValueError('the file holds no video stream')
+  return container, container.streams.video[0]
+
+
+def _nearest(times: np.ndarray, targets: np.ndarray) -> np.ndarray:
+  """Index of the entry of sorted `times` nearest each target (ties: the earlier one)."""
+  right = np.clip(np.searchsorted(times, targets), 1, len(times) - 1)
+  left = right - 1
+  return np.where(targets - times[left] <= times[right] - targets, left, right)
+
+
+@_named_video_errors
+def _video_frame_indices(path: str, fps: float) -> np.ndarray:
+  """The frames of a video file's first video stream, as int32 indices into its decoded
+  (presentation-order) frames: all of them (fps 0), or resampled to `fps` frames per second.
+
+  Frames are counted from the container's packets (demuxed, not decoded: one packet per frame,
+  exact also for variable frame rates and for containers whose header has no frame count, e.g.
+  webm/mkv). Resampling: target times j / fps (j = 0, 1, ...) from the first frame's timestamp
+  up to the end of the last frame (its timestamp plus its duration); each takes the frame with
+  the nearest presentation timestamp (ties: the earlier frame), so a 30 fps file read at
+  fps=10 gives frames 0, 3, 6, ... and one read faster than its rate repeats frames.
+  """
+  container, stream = _open_video(path)
+  with container:
+    stamps, durations = [], []
+    for packet in container.demux(stream):
+      if packet.size == 0:  # The empty packet that flushes the decoder.
+        continue
+      stamps.append(packet.pts if packet.pts is not None else packet.dts)
+      durations.append(packet.duration or 0)
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    time_base = stream.time_base
+  n = len(stamps)
+  if n == 0:
+    raise ValueError('the video stream holds no frames')
+  if not fps:
+    return np.arange(n, dtype=np.int32)
+  if any(t is None for t in stamps) or not time_base:  # No timestamps: a constant rate.
+    if not rate:
+      raise ValueError(f'cannot resample to fps={fps}: no timestamps and no frame rate')
+    times = np.arange(n) / float(rate)
+    frame_time = 1 / float(rate)
+  else:
+    times = np.sort(np.array(stamps, np.float64)) * float(time_base)
+    times -= times[0]
+    positive = [d for d in durations if d > 0]
+    if positive:
+      frame_time = float(np.median(positive)) * float(time_base)
+    elif rate:
+      frame_time = 1 / float(rate)
+    else:
+      frame_time = float(np.median(np.diff(times))) if n > 1 else 0.0
+  end = times[-1] + frame_time
+  count = max(1, math.ceil(end * fps - 1e-6))
+  if n == 1:
+    return np.zeros(count, np.int32)
+  return _nearest(times, np.arange(count) / fps).astype(np.int32)
+
+
+@_named_video_errors
+def _video_read_frames(path: str, indices: np.ndarray) -> np.ndarray:
+  """Frames `indices` (of `_video_frame_indices`) of a video file as uint8 [k, H, W, 3] (RGB).
+
+  Decodes the first video stream sequentially from its start up to the last kept frame (no
+  seek) and converts only the kept frames; frames after the first one's size are scaled to it.
+  """
+  wanted = {int(i) for i in indices}
+  last = max(wanted)
+  frames: dict[int, np.ndarray] = {}
+  size = None
+  decoded = 0
+  container, stream = _open_video(path)
+  with container:
+    for i, frame in enumerate(container.decode(stream)):
+      decoded = i + 1
+      if i in wanted:
+        if size is None:
+          size = (frame.width, frame.height)
+        frames[i] = frame.to_ndarray(format='rgb24', width=size[0], height=size[1])
+      if i >= last:
+        break
+  if last not in frames:
+    raise ValueError(
+      f'the decoder gave {decoded} frames, but frame {last} was asked for (the container '
+      f'lists more frames than decode: a truncated or damaged file)'
+    )
+  return np.stack([frames[int(i)] for i in indices])
+
+
 def _decode_frame(path: tf.Tensor) -> tf.Tensor:
   return tf.io.decode_image(
     tf.io.read_file(path), channels=3, dtype=tf.uint8, expand_animations=False
@@ -197,20 +370,24 @@ def _decode_frame(path: tf.Tensor) -> tf.Tensor:
 
 def _make_folder_preprocess(
   paths: list[str],
-  is_npy: list[bool],
+  kinds: list[int],
   labels: list[int],
   image_size: int,
   num_frames: int,
   train: bool,
+  fps: float | None = None,
 ):
   """Returns fn(clip index, stateless seed [2]) -> {'video', 'label'} for a video folder.
 
   Temporal and spatial processing as for TFDS videos (`_make_video_preprocess`); only the kept
-  frames are read (frame images: the kept files; .npy: the byte range of the kept frames).
+  frames are read (frame images: the kept files; .npy: the byte range of the kept frames; video
+  files: decoded up to the last kept frame). kinds: _FRAMES, _NPY or _VIDEO per clip; fps: video
+  files only, resample to this frame rate (None: the file's own frames).
   """
   paths_t = tf.constant(paths, tf.string)
-  is_npy_t = tf.constant(is_npy, tf.bool)
+  kinds_t = tf.constant(kinds, tf.int32)
   labels_t = tf.constant(labels, tf.int32)
+  fps_t = tf.constant(float(fps or 0), tf.float64)
 
   def preprocess(clip: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
     time_seed, space_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
@@ -230,7 +407,13 @@ def _make_folder_preprocess(
         _decode_frame, kept, fn_output_signature=tf.TensorSpec((None, None, 3), tf.uint8)
       )
 
-    video = tf.cond(is_npy_t[clip], from_npy, from_frames)
+    def from_video():
+      frames = tf.numpy_function(_video_frame_indices, [path, fps_t], tf.int32, stateful=False)
+      kept = _temporal_crop(tf.ensure_shape(frames, (None,)), num_frames, time_seed)
+      video = tf.numpy_function(_video_read_frames, [path, kept], tf.uint8, stateful=False)
+      return tf.ensure_shape(video, (num_frames, None, None, 3))
+
+    video = tf.switch_case(kinds_t[clip], [from_frames, from_npy, from_video])
     video = _spatial_video(
       tf.ensure_shape(video, (num_frames, None, None, 3)), image_size, train, space_seed
     )
@@ -258,8 +441,19 @@ def _video_folder_records(
     raise ValueError(
       f'data.name={VIDEO_FOLDER!r}: clips have variable length: set data.num_frames.'
     )
-  paths, is_npy, labels = scan_video_folder(_cfg_get(data_config, 'folder'), split)
-  preprocess = _make_folder_preprocess(paths, is_npy, labels, image_size, num_frames, train)
+  fps = _cfg_get(data_config, 'fps', None)
+  if fps is not None and (
+    isinstance(fps, bool)
+    or not isinstance(fps, (int, float, np.integer, np.floating))
+    or not 0 < fps < math.inf
+  ):
+    raise ValueError(f'data.fps must be a positive number or None, got {fps!r}.')
+  paths, kinds, labels = _scan_clips(_cfg_get(data_config, 'folder'), split)
+  if _VIDEO in kinds:
+    _import_av()  # Fails now, naming the install command, rather than skipping every video.
+  preprocess = _make_folder_preprocess(
+    paths, kinds, labels, image_size, num_frames, train, None if fps is None else float(fps)
+  )
   n = len(paths)
   if train:
     # Epoch e is a full permutation of the clips, seeded by (seed, e); so the record at global
