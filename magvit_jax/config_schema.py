@@ -90,6 +90,9 @@ def base_config(stage: str, model: str = 'vqgan') -> ml_collections.ConfigDict:
       # data.name='video_folder'.
       video_key=ml_collections.config_dict.placeholder(str),
       folder=ml_collections.config_dict.placeholder(str),
+      # data.name='video_folder', video files only: resample to this frame rate (nearest frame
+      # per target time; None: every frame of the file). docs/data.md.
+      fps=ml_collections.config_dict.placeholder(float),
       # Records that cannot be decoded (or hold NaN/Inf) are skipped and counted; the run stops
       # once more than this fraction of the records read was skipped (docs/data.md).
       max_skipped_fraction=0.01,
@@ -292,6 +295,14 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
         'a fraction in [0, 1]',
         limit,
       )
+      fps = config[section].get('fps', None)
+      _require(
+        fps is None
+        or (not isinstance(fps, bool) and isinstance(fps, (int, float)) and 0 < fps < float('inf')),
+        f'{section}.fps',
+        'a positive number (frames per second) or None',
+        fps,
+      )
   m = config.model
   if stage == 'tokenizer':
     name = m.name
@@ -355,6 +366,21 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
         "'central' or 'average'",
         m.inflation,
       )
+      # The official MAGVIT 3D-VQ's options (magvit_jax/models/vqgan3d.py, docs/pretrained.md).
+      _require(
+        m.get('temporal_padding', 'edge') in ('edge', 'constant'),
+        'model.temporal_padding',
+        "'edge' or 'constant'",
+        m.get('temporal_padding'),
+      )
+      _require(
+        m.get('pixel_range', 'signed') in ('signed', 'unit'),
+        'model.pixel_range',
+        "'signed' or 'unit'",
+        m.get('pixel_range'),
+      )
+      for key in ('res_conv_bias', 'encoder_in_bias'):
+        _require(isinstance(m.get(key, True), bool), f'model.{key}', 'True or False', m.get(key))
     elif name == 'magvit2':
       _require(1 <= m.num_bits <= 30, 'model.num_bits', 'an integer in [1, 30]', m.num_bits)
       _require(
@@ -366,6 +392,30 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
       ft = _module(m).temporal_factor
       frames = config.data.num_frames or 1
       _require((frames - 1) % ft == 0, 'data.num_frames', f'1 + {ft}*k', frames)
+      # Architecture options (Open-MAGVIT2's layout: magvit_jax/models/causal_cnn.py).
+      kt = m.get('temporal_kernel_size', 3)
+      need = 2 if any(m.temporal_downsample) else 1
+      _require(
+        isinstance(kt, int) and not isinstance(kt, bool) and kt >= need,
+        'model.temporal_kernel_size',
+        f'an integer >= {need} (>= 2 when model.temporal_downsample has a True)',
+        kt,
+      )
+      for key, choices in (
+        ('spatial_padding', ('same', 'symmetric')),
+        ('adaptive_norm', ('every_norm', 'level_start')),
+      ):
+        value = m.get(key, choices[0])
+        _require(value in choices, f'model.{key}', ' or '.join(map(repr, choices)), value)
+      for key in ('res_conv_bias', 'encoder_in_bias'):
+        _require(isinstance(m.get(key, True), bool), f'model.{key}', 'True or False', m.get(key))
+      zero_sign = m.get('zero_sign', 1)
+      _require(
+        not isinstance(zero_sign, bool) and zero_sign in (1, -1),
+        'model.zero_sign',
+        '1 or -1',
+        zero_sign,
+      )
     for mult in m.channel_multipliers:
       _require(
         (m.filters * mult) % m.num_groups == 0,
@@ -387,6 +437,31 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
       'model.norm_layout',
       "'pre' or 'post'",
       m.get('norm_layout'),
+    )
+    from magvit_jax.models import transformer as tfm  # pylint: disable=g-import-not-at-top
+
+    scan = m.get('scan_layers', False)
+    _require(isinstance(scan, bool), 'model.scan_layers', 'True or False', scan)
+    remat = m.get('remat_policy', 'none')
+    _require(
+      remat in tfm.REMAT_POLICIES, 'model.remat_policy', f'one of {list(tfm.REMAT_POLICIES)}', remat
+    )
+    dtype = str(m.get('dtype', 'float32'))
+    _require(
+      dtype in tfm.COMPUTE_DTYPES,
+      'model.dtype',
+      f'one of {tfm.COMPUTE_DTYPES} (compute dtype; params stay float32)',
+      m.get('dtype'),
+    )
+    impl = m.get('attention_impl', 'auto')
+    _require(
+      impl in tfm.ATTENTION_IMPLS, 'model.attention_impl', f'one of {tfm.ATTENTION_IMPLS}', impl
+    )
+    _require(
+      impl != 'cudnn' or dtype in ('bfloat16', 'float16'),
+      'model.attention_impl',
+      "'cudnn' only with model.dtype='bfloat16' (cuDNN flash attention takes bf16/fp16)",
+      impl,
     )
     _require(
       config.masking.schedule in ALL_SCHEDULES,

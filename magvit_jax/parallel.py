@@ -15,10 +15,12 @@ is the line each process logs at the start of training, and
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
 import math
 import os
 import socket
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -179,6 +181,44 @@ def sharded_abstract(boxed_tree: Any, mesh: Mesh, rules: Any) -> tuple[Any, Any]
     shardings,
   )
   return abstract, shardings
+
+
+_ACTIVATION_SHARDING: contextvars.ContextVar[tuple[Mesh, tuple] | None] = contextvars.ContextVar(
+  'activation_sharding', default=None
+)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Any) -> Iterator[None]:
+  """Context in which `constrain` constrains activations on `mesh` by the rule table `rules`.
+
+  Enter it around the first call (the trace) of a jitted function whose model calls
+  `constrain`; outside it `constrain` is the identity. jit's trace cache does not key on this
+  context: a function traced outside it keeps its unconstrained trace. The mesh is handed to
+  the constraints directly rather than set globally (`jax.set_mesh`): with a global mesh, flax
+  would also constrain parameter initialisers and trip on DenseGeneral's flattened kernels.
+  """
+  token = _ACTIVATION_SHARDING.set((mesh, rules_tuple(rules)))
+  try:
+    yield
+  finally:
+    _ACTIVATION_SHARDING.reset(token)
+
+
+def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:
+  """Sharding constraint on an activation by logical axis names, e.g. ('batch', 'length', 'embed').
+
+  Mapped to mesh axes by the rule table of `activation_sharding`: the `batch` rule gives the
+  leading axis; a mesh axis already taken under an earlier rule leaves the axis unsharded (with
+  the default table `embed` -> 'fsdp' stays unsharded because `batch` uses 'fsdp'). Outside
+  `activation_sharding` this is flax's `nn.with_logical_constraint` (the identity unless flax's
+  own rules and a global mesh are set).
+  """
+  active = _ACTIVATION_SHARDING.get()
+  if active is None:
+    return nn.with_logical_constraint(x, logical_axes)
+  mesh, rules = active
+  return nn.with_logical_constraint(x, logical_axes, rules=rules, mesh=mesh)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 1) -> NamedSharding:

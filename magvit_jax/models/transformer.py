@@ -19,19 +19,53 @@ see magvit_jax/convert/maskgit_transformer.py).
 
 Every parameter carries logical axis names (`vocab`, `embed`, `mlp`, `heads`,
 `kv`, `length`); `magvit_jax.parallel` maps them to the mesh with the rule
-table from the config.
+table from the config. Activations are constrained to ('batch', 'length',
+'embed') after the embeddings and after every block, through the same table
+(`parallel.constrain`; a no-op unless `parallel.activation_sharding` is active).
+
+Scaling options (all off by default, giving the original model bit for bit):
+`scan_layers` runs the blocks under `nn.scan` (one compiled block; params stacked
+on a leading 'layers' axis under `blocks`, see `stack_layers` / `unstack_layers`),
+`remat_policy` rematerialises each block with a named `jax.checkpoint_policies`
+policy, `dtype='bfloat16'` computes in bf16 with float32 params, and
+`attention_impl` picks the attention kernel.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from magvit_jax import parallel
+
 Dtype = jnp.dtype
+
+# Logical axes of the residual stream [batch, length, embed] (sharding constraints).
+ACTIVATION_AXES = ('batch', 'length', 'embed')
+
+# model.attention_impl: 'auto' = jax.nn.dot_product_attention with implementation=None (XLA
+# today; JAX's choice once it picks backends itself), 'xla' / 'cudnn' force that implementation
+# of it ('cudnn': cuDNN flash attention, GPU with bf16/fp16 activations only), 'einsum' = an
+# explicit einsum-softmax-einsum (the BERT / MaskGIT reference formulation).
+ATTENTION_IMPLS = ('auto', 'xla', 'cudnn', 'einsum')
+
+# model.remat_policy -> jax.checkpoint policy of each block ('none': no rematerialisation;
+# 'full': save nothing, recompute the whole block in the backward pass).
+REMAT_POLICIES = {
+  'none': None,
+  'full': jax.checkpoint_policies.nothing_saveable,
+  'dots_saveable': jax.checkpoint_policies.dots_saveable,
+  'dots_with_no_batch_dims_saveable': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  'everything_saveable': jax.checkpoint_policies.everything_saveable,
+}
+
+# model.dtype: the activation / matmul dtype. Parameters (and so gradients and the optimizer
+# state) are float32 under every policy.
+COMPUTE_DTYPES = ('float32', 'bfloat16', 'float16')
 
 
 def _dense(features, axes, name, dtype, use_bias=True):
@@ -61,6 +95,7 @@ class Attention(nn.Module):
   num_heads: int
   dropout_rate: float
   dtype: Dtype = jnp.float32
+  attention_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
@@ -72,9 +107,8 @@ class Attention(nn.Module):
     q = _dense((self.num_heads, head_dim), qkv_axes, 'query', self.dtype)(x)
     k = _dense((self.num_heads, head_dim), qkv_axes, 'key', self.dtype)(x)
     v = _dense((self.num_heads, head_dim), qkv_axes, 'value', self.dtype)(x)
-    # [b, n, heads, head_dim]; jax.nn.dot_product_attention picks the fused
-    # kernel where the backend has one (cuDNN flash attention on GPU).
-    out = jax.nn.dot_product_attention(q, k, v)
+    # [b, n, heads, head_dim]; full bidirectional attention, no mask (no padding).
+    out = attention(q, k, v, self.attention_impl)
     out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
     return nn.DenseGeneral(
       d,
@@ -86,6 +120,21 @@ class Attention(nn.Module):
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('embed',)),
       name='out',
     )(out)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = 'auto') -> jax.Array:
+  """Bidirectional softmax attention. q, k, v: [b, n, heads, head_dim] -> [b, n, heads, head_dim].
+
+  impl: one of ATTENTION_IMPLS. On the 'einsum' path the logits are accumulated and the softmax
+  taken in float32 (as jax.nn.dot_product_attention's XLA implementation does).
+  """
+  if impl == 'einsum':
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(logits * jnp.float32(q.shape[-1] ** -0.5), axis=-1)
+    return jnp.einsum('bhqk,bkhd->bqhd', weights.astype(v.dtype), v)
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f'attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}')
+  return jax.nn.dot_product_attention(q, k, v, implementation=None if impl == 'auto' else impl)
 
 
 NORM_LAYOUTS = ('pre', 'post')
@@ -103,13 +152,16 @@ class EncoderBlock(nn.Module):
   dropout_rate: float
   dtype: Dtype = jnp.float32
   norm_layout: str = 'pre'
+  attention_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
     d = x.shape[-1]
     pre = self.norm_layout == 'pre'
     y = _layer_norm('ln_attn', self.dtype)(x) if pre else x
-    y = Attention(self.num_heads, self.dropout_rate, self.dtype, name='attn')(y, deterministic)
+    y = Attention(self.num_heads, self.dropout_rate, self.dtype, self.attention_impl, name='attn')(
+      y, deterministic
+    )
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     if not pre:
       x = _layer_norm('ln_attn', self.dtype)(x)
@@ -119,7 +171,22 @@ class EncoderBlock(nn.Module):
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     y = _dense(d, ('mlp', 'embed'), 'mlp_out', self.dtype)(y)
     x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
-    return x if pre else _layer_norm('ln_mlp', self.dtype)(x)
+    x = x if pre else _layer_norm('ln_mlp', self.dtype)(x)
+    return parallel.constrain(x, ACTIVATION_AXES)
+
+
+class _ScannedBlock(EncoderBlock):
+  """EncoderBlock in `nn.scan`'s (carry, out) -> (carry, out) form."""
+
+  def __call__(self, x: jax.Array, deterministic: bool):  # -> (x, None)
+    return super().__call__(x, deterministic), None
+
+
+def remat_policy(name: str) -> Any:
+  """The jax.checkpoint policy of `model.remat_policy`; None for 'none' (no remat)."""
+  if name not in REMAT_POLICIES:
+    raise ValueError(f'remat_policy must be one of {sorted(REMAT_POLICIES)}, got {name!r}')
+  return REMAT_POLICIES[name]
 
 
 class Transformer(nn.Module):
@@ -137,7 +204,14 @@ class Transformer(nn.Module):
     num_sub_tokens: s > 1 factorises each token into s sub-tokens of k_sub = K^(1/s) values
       (MAGVIT-v2: 2^18 -> 2 x 2^9), each with its own embedding table (summed) and output
       head; the output is then [b, n, s, k_sub] and token = sum_j sub_j * k_sub^j.
-    dtype: activation dtype (parameters stay float32).
+    dtype: activation / matmul dtype, one of COMPUTE_DTYPES; parameters, their gradients and
+      the logits stay float32.
+    scan_layers: run the blocks under `nn.scan` as one module `blocks` whose params carry a
+      leading layer axis (logical name 'layers'); False: `block_0` ... `block_{L-1}`. The two
+      layouts convert with `stack_layers` / `unstack_layers`.
+    remat_policy: a key of REMAT_POLICIES; not 'none': each block is wrapped in `nn.remat`
+      with that `jax.checkpoint_policies` policy (activations recomputed in the backward pass).
+    attention_impl: one of ATTENTION_IMPLS (see `attention`).
   """
 
   codebook_size: int
@@ -152,6 +226,9 @@ class Transformer(nn.Module):
   num_tasks: int = 0
   norm_layout: str = 'pre'
   dtype: Dtype = jnp.float32
+  scan_layers: bool = False
+  remat_policy: str = 'none'
+  attention_impl: str = 'auto'
 
   def dummy_inputs(self) -> tuple[jax.Array, ...]:
     """(tokens [1, n], labels [1][, tasks [1]]) int32 zeros, for `init`."""
@@ -264,15 +341,8 @@ class Transformer(nn.Module):
     x = (x + pos_table[None]).astype(self.dtype)
     x = _layer_norm('ln_embed', self.dtype)(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-    for i in range(self.num_layers):
-      x = EncoderBlock(
-        self.num_heads,
-        self.mlp_dim,
-        self.dropout_rate,
-        self.dtype,
-        norm_layout=self.norm_layout,
-        name=f'block_{i}',
-      )(x, deterministic)
+    x = parallel.constrain(x, ACTIVATION_AXES)
+    x = self._blocks(x, deterministic)
     if self.norm_layout == 'pre':
       x = _layer_norm('ln_final', self.dtype)(x)
     # MLM head.
@@ -291,10 +361,109 @@ class Transformer(nn.Module):
       return logits[0].astype(jnp.float32)
     return jnp.stack(logits, axis=2).astype(jnp.float32)
 
+  def _blocks(self, x: jax.Array, deterministic: bool) -> jax.Array:
+    """The encoder blocks: unrolled `block_i`, or one scanned `blocks`; optionally remat."""
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(
+        f'attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}'
+      )
+    policy = remat_policy(self.remat_policy)
+    block_cls = _ScannedBlock if self.scan_layers else EncoderBlock
+    if self.remat_policy != 'none':
+      # static_argnums counts `self` as 0: `deterministic` is a Python bool. Under scan, CSE
+      # across iterations cannot happen, so prevent_cse (which blocks optimisations) is off.
+      block_cls = nn.remat(
+        block_cls, policy=policy, prevent_cse=not self.scan_layers, static_argnums=(2,)
+      )
+    kwargs = dict(
+      num_heads=self.num_heads,
+      mlp_dim=self.mlp_dim,
+      dropout_rate=self.dropout_rate,
+      dtype=self.dtype,
+      norm_layout=self.norm_layout,
+      attention_impl=self.attention_impl,
+    )
+    if self.scan_layers:
+      stack = nn.scan(
+        block_cls,
+        variable_axes={'params': 0},
+        split_rngs={'params': True, 'dropout': True},
+        in_axes=nn.broadcast,
+        length=self.num_layers,
+        metadata_params={nn.PARTITION_NAME: 'layers'},
+      )
+      x, _ = stack(**kwargs, name='blocks')(x, deterministic)
+      return x
+    for i in range(self.num_layers):
+      x = block_cls(**kwargs, name=f'block_{i}')(x, deterministic)
+    return x
+
 
 def count_params(params) -> int:
   """Total number of parameters of a (possibly boxed) params pytree."""
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(nn.unbox(params)))
+
+
+def _block_names(tree: Any) -> list[str]:
+  names = []
+  while f'block_{len(names)}' in tree:
+    names.append(f'block_{len(names)}')
+  return names
+
+
+def _holds_blocks(x: Any) -> bool:
+  return isinstance(x, Mapping) and ('block_0' in x or 'blocks' in x)
+
+
+def stack_layers(tree: Any) -> Any:
+  """The unrolled layout -> the `scan_layers=True` layout, anywhere in a pytree.
+
+  Every mapping in `tree` holding `block_0` ... `block_{L-1}` (the Transformer's params, also
+  inside `{'params': ...}`, a TrainState's params / EMA / optimizer moments) gets them replaced
+  by one `blocks` whose leaves are the blocks' leaves stacked on a new leading axis of size L.
+  Everything else is kept. Boxed (`nn.LogicallyPartitioned`) leaves are unboxed first; mappings
+  come back as plain dicts. Works under `jax.eval_shape` (abstract trees) too.
+  """
+
+  def convert(x):
+    if not _holds_blocks(x):
+      return x
+    names = _block_names(x)
+    if 'blocks' in x:
+      if names:
+        raise ValueError('params have both block_0 and blocks: not one layout')
+      return dict(x)
+    out = {k: v for k, v in x.items() if k not in names}
+    out['blocks'] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[x[n] for n in names])
+    return out
+
+  return jax.tree_util.tree_map(convert, nn.unbox(tree), is_leaf=_holds_blocks)
+
+
+def unstack_layers(tree: Any) -> Any:
+  """The `scan_layers=True` layout -> the unrolled layout (inverse of `stack_layers`).
+
+  Every mapping holding `blocks` gets it replaced by `block_0` ... `block_{L-1}`, slice i of
+  each stacked leaf. Boxed leaves are unboxed first; mappings come back as plain dicts.
+  """
+
+  def convert(x):
+    if not _holds_blocks(x):
+      return x
+    if 'blocks' not in x:
+      return dict(x)
+    if _block_names(x):
+      raise ValueError('params have both block_0 and blocks: not one layout')
+    stacked = x['blocks']
+    num_layers = {leaf.shape[0] for leaf in jax.tree_util.tree_leaves(stacked)}
+    if len(num_layers) != 1:
+      raise ValueError(f'blocks leaves disagree on the layer count: {sorted(num_layers)}')
+    out = {k: v for k, v in x.items() if k != 'blocks'}
+    for i in range(num_layers.pop()):
+      out[f'block_{i}'] = jax.tree_util.tree_map(lambda leaf, i=i: leaf[i], stacked)
+    return out
+
+  return jax.tree_util.tree_map(convert, nn.unbox(tree), is_leaf=_holds_blocks)
 
 
 def forward_flops(model: Transformer, batch: int) -> float:
@@ -343,4 +512,7 @@ def build_transformer(model_config: Any, seq_len: int) -> Transformer:
     num_tasks=int(m['num_tasks']),
     norm_layout=str(m.get('norm_layout', 'pre')),
     dtype=jnp.dtype(m['dtype']),
+    scan_layers=bool(m.get('scan_layers', False)),
+    remat_policy=str(m.get('remat_policy', 'none')),
+    attention_impl=str(m.get('attention_impl', 'auto')),
   )
