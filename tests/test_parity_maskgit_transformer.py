@@ -89,6 +89,19 @@ def test_logits_match_official(fx):
   np.testing.assert_array_equal(np.asarray(conv.official_inputs_to_ours(alt, K, C)[0]), tokens)
 
 
+def test_a_model_scanned_over_its_layers_gives_the_official_logits(fx):
+  data, cfg = fx['data'], fx['cfg']
+  K, C = cfg['codebook_size'], cfg['num_classes']
+  model_cfg = dict(fx['model_cfg'], scan_layers=True)
+  params = conv.transformer_params_from_official(fx['tree'], model_cfg)
+  assert 'blocks' in params and 'block_0' not in params
+  model = build_transformer(model_cfg, cfg['seq_len'])
+  tokens, labels = conv.official_inputs_to_ours(data['input_ids'], K, C)
+  ours = model.apply({'params': params}, tokens, labels)
+  want = conv.official_logits_to_ours(data['logits'], K)
+  np.testing.assert_allclose(np.asarray(ours), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
 def test_decoder_matches_official_masked_counts_and_greedy_tokens(fx):
   data, cfg, model = fx['data'], fx['cfg'], fx['model']
   K, C, T = cfg['codebook_size'], cfg['num_classes'], cfg['num_steps']

@@ -310,3 +310,28 @@ def test_config_options_flow_through_and_are_validated():
   # Type checks of the ConfigDict stop a non-bool scan_layers before validation.
   with pytest.raises(TypeError):
     _transformer_config().model.scan_layers = 1
+
+
+def test_weight_decay_treats_scanned_and_unrolled_layouts_alike():
+  """The decay mask skips the stacked layer axis: one AdamW step with weight decay and zero
+  gradients moves the scanned params exactly as it moves the unrolled ones (norm scales and
+  biases, 2-D once stacked, are not decayed)."""
+  from magvit_jax.trainers import train_state as ts  # pylint: disable=g-import-not-at-top
+
+  opt = config_schema.base_config('transformer').optimizer
+  opt.update(dict(weight_decay=0.1, grad_clip_norm=0.0, warmup_steps=0))
+  tx = ts.make_optimizer(opt)
+
+  def step(params):
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    return jax.tree_util.tree_map(lambda u: np.asarray(u), updates)
+
+  unrolled = step(_params())
+  scanned = step(_params(scan_layers=True))
+  want = tfm.stack_layers(unrolled)
+  for (path, got), expected in zip(
+    jax.tree_util.tree_leaves_with_path(scanned), jax.tree_util.tree_leaves(want)
+  ):
+    np.testing.assert_array_equal(got, expected, err_msg=jax.tree_util.keystr(path))
+  assert not np.any(scanned['blocks']['ln_attn']['scale'])  # [layers, hidden]: not decayed.

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 from flax import serialization, traverse_util
 import jax.numpy as jnp
 
-from magvit_jax.models.transformer import build_transformer
+from magvit_jax.models.transformer import build_transformer, stack_layers
 
 OFFICIAL_MASK_TOKEN_ID = -1  # maskgit_class_cond_config: transformer.mask_token_id
 
@@ -202,6 +202,8 @@ def transformer_params_from_official(
     }
   # The built module must accept what we made (same check the trainer's init would do).
   build_transformer(m, int(seq_len))
+  if m.get('scan_layers', False):  # The layout of a model scanned over its layers.
+    params = stack_layers(params)
   return params
 
 

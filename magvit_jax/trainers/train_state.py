@@ -63,7 +63,14 @@ def make_optimizer(opt_config) -> optax.GradientTransformation:
   """AdamW with gradient clipping; weight decay on matrices/kernels only."""
 
   def decay_mask(params):
-    return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+    # Matrices and kernels are decayed, biases and norm scales not. A transformer scanned over
+    # its layers (model.scan_layers) stacks every leaf under 'blocks' along a leading layer
+    # axis, which does not count.
+    def decayed(path, p):
+      stacked = any(getattr(k, 'key', None) == 'blocks' for k in path)
+      return p.ndim - int(stacked) >= 2
+
+    return jax.tree_util.tree_map_with_path(decayed, params)
 
   parts = []
   if opt_config.grad_clip_norm:

@@ -298,12 +298,17 @@ def train_and_evaluate(
     )
   else:
     step = make_train_step(model, tokenize, tokenizer_params, tx, config)
-  step_fn = jax.jit(
+  jitted_step = jax.jit(
     step,
     in_shardings=(shardings, parallel.batch_sharding(mesh)),
     out_shardings=(shardings, parallel.replicated(mesh)),
     donate_argnums=(0,),
   )
+
+  def step_fn(state, batch):
+    # Activations constrained by the same rule table as the params (traced on the first call).
+    with parallel.activation_sharding(mesh, config.logical_axis_rules):
+      return jitted_step(state, batch)
 
   # Loop.
   writer = mw.MetricsWriter(workdir, enabled=jax.process_index() == 0)
