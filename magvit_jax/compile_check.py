@@ -533,9 +533,14 @@ def check(
     'programs': {},
     'notes': notes,
   }
+  from magvit_jax import parallel  # pylint: disable=g-import-not-at-top
+
   for name, fn, args, kwargs in programs:
     t0 = time.perf_counter()
-    compiled = fn.lower(*args, **kwargs).compile()
+    # Traced under the same activation-sharding rules as training (trainers/transformer.py).
+    with parallel.activation_sharding(mesh, config.logical_axis_rules):
+      lowered = fn.lower(*args, **kwargs)
+    compiled = lowered.compile()
     stats = program_stats(compiled)
     stats['compile_s'] = time.perf_counter() - t0
     report['programs'][name] = stats
