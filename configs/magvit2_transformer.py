@@ -8,14 +8,22 @@ r"""Masked transformer on MAGVIT-v2 (LFQ) tokens, the large vocabulary factorise
 Argument: `kinetics` (default; 2^18 codes factorised into 2 sub-tokens of 2^9 with one embedding
 table and one output head each, as MAGVIT-v2 does; 5 x 16 x 16 tokens of 17 x 128 x 128 clips;
 the transformer body is MaskGIT's) or `digits` (tiny CPU variant on the tokens of
-`configs/magvit2_tokenizer_video.py:digits`: 2^10 codes = 2 x 2^5, 2 x 8 x 8 tokens).
+`configs/magvit2_tokenizer_video.py:digits`: 2^10 codes = 2 x 2^5, 2 x 8 x 8 tokens) or
+`digits_fp` (the same model trained with MAGVIT's COMMIT on frame prediction from the causal
+tokens: the first frame is known; MAGVIT-v2's causal tokenizer codes frame 0 alone as latent
+frame 0, so the condition tokens of that frame are exactly the clip's own):
+
+  python -m magvit_jax.train --config=configs/magvit2_transformer.py:digits_fp \
+      --config.tokenizer_workdir=runs/magvit2_digits --workdir=runs/magvit2_fp
+  python -m magvit_jax.evaluate --workdir=runs/magvit2_fp --task=FP
 """
 
 import ml_collections
 
 from magvit_jax.config_schema import base_config, check_variant, tiny_cpu_variant
+from magvit_jax.masking.commit import TASKS
 
-VARIANTS = ('kinetics', 'digits')
+VARIANTS = ('kinetics', 'digits', 'digits_fp')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -59,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.batch_size = 256
   c.num_train_steps = 500_000
 
-  if variant == 'digits':
+  if variant in ('digits', 'digits_fp'):
     tiny_cpu_variant(
       c,
       dataset='magvit_moving_digits',
@@ -83,4 +91,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     c.sampling.update(dict(num_steps=8, guidance_scale=1.0))
     c.optimizer.weight_decay = 0.01
+  if variant == 'digits_fp':
+    # COMMIT (magvit_jax/masking/commit.py): one task token per COMMIT task; FP from frame 0.
+    c.model.num_tasks = len(TASKS)
+    c.commit.update(dict(tasks=('FP',), fp_frames=1))
+    c.sampling.guidance_scale = 0.0
   return c

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from magvit_jax.models.transformer import count_params
+from magvit_jax.inference import video_tasks
 from magvit_jax.inference.sampler import Sampler
 from magvit_jax import metrics_writer as mw
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
@@ -102,3 +103,27 @@ def test_magvit2_tokenizer_config_parameter_counts(filename, arg, expected_milli
     f'{tokenizers.token_shape(c)} of input {tokenizers.input_shape(c)}'
   )
   assert expected_millions[0] < n < expected_millions[1]
+
+
+def test_commit_frame_prediction_on_causal_tokens(tokenizer_run, tmp_path):
+  """COMMIT FP on MAGVIT-v2 causal tokens: trains, and frame prediction from frame 0 keeps it."""
+  c = tiny_configs.magvit2_commit(tokenizer_run[0], steps=4)
+  workdir = str(tmp_path / 'fp')
+  transformer_trainer.train_and_evaluate(c, workdir)
+  metrics = mw.read_metrics(workdir)
+  for s in range(1, 5):
+    m = metrics[s]
+    assert np.isfinite(m['loss']) and m['num_masked'] >= 1
+    assert {'mask_ce', 'refine_ce', 'recon_ce', 'num_refine'} <= m.keys()
+  sampler = Sampler(workdir)
+  assert sampler.model.num_tasks == 10 and sampler.model.num_sub_tokens == 2
+  videos, labels = video_tasks.load_clips(sampler.config, 3)
+  assert videos.shape == (3, 5, 16, 16, 3)
+  out = video_tasks.run_task(sampler, 'FP', videos, labels=labels, num_steps=3, batch_size=4)
+  known = out['known']
+  # Causal tokens: FP from 1 frame knows exactly frame 0 (latent frame 0 is coded alone).
+  assert known[:, 0].all() and not known[:, 1:].any()
+  np.testing.assert_array_equal(out['videos'][:, 0], videos[:, 0])
+  assert int((out['history'][-1] == sampler.model.mask_token_id).sum()) == 0
+  metrics, _ = video_tasks.evaluate_task(sampler, 'FP', videos, labels, num_steps=3)
+  assert 3.0 < metrics['FP/psnr'] < 60.0 and 3.0 < metrics['FP/baseline_psnr'] < 60.0

@@ -121,6 +121,16 @@ def magvit2_transformer(tokenizer_workdir: str, steps: int = 3) -> ml_collection
   return c
 
 
+def magvit2_commit(tokenizer_workdir: str, steps: int = 4) -> ml_collections.ConfigDict:
+  """`magvit2_transformer()` trained with COMMIT frame prediction (frame 0 known) on causal tokens."""
+  c = magvit2_transformer(tokenizer_workdir, steps)
+  base = load_config('magvit2_transformer.py:digits_fp')
+  c.model.num_tasks = base.model.num_tasks
+  c.commit = base.commit
+  c.sampling.guidance_scale = 0.0
+  return c
+
+
 def vqgan_2d_for_inflation(steps: int = 2) -> ml_collections.ConfigDict:
   """`TINY_VQ` on single digits: the 2D VQGAN that `vqgan3d` inflates."""
   c = shrink(load_config('vqgan_imagenet.py:digits'), steps)
