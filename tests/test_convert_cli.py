@@ -1,4 +1,4 @@
-"""`python -m magvit_jax.convert maskgit`: official files -> workdirs that `sample` uses as is.
+"""`python -m magvit_jax.convert maskgit|magvit|open_magvit2`: official files -> workdirs.
 
 The transformer file is the small official model of the parity fixture
 (tests/data/maskgit_transformer_parity.npz, made by the official code); the tokenizer file is
@@ -22,7 +22,7 @@ from flax import serialization, traverse_util
 
 from magvit_jax import pretrained
 from magvit_jax.config_loader import load_config
-from magvit_jax.convert import maskgit_transformer, maskgit_vqgan
+from magvit_jax.convert import magvit_3dvq, magvit_transformer, maskgit_transformer, maskgit_vqgan
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURE = REPO / 'tests' / 'data' / 'maskgit_transformer_parity.npz'
@@ -232,3 +232,111 @@ def test_convert_open_magvit2_writes_a_tokenizer_workdir_with_the_official_codes
   assert refused.returncode == 2
   lines = refused.stderr.strip().splitlines()
   assert len(lines) == 1 and 'pickle' in lines[0], refused.stderr[-2000:]
+
+
+def _magvit_files(tmp_path):
+  """A small official-layout 3D-VQ file (random values; 4 x 16 x 16 frames -> 2 x 4 x 4 tokens
+  of a 64-code book) and its config flags, matching the transformers of
+  tests/data/magvit_transformer_parity.npz (made by the official code)."""
+  sizes = dict(
+    filters=4,
+    channel_multipliers=(1, 2, 2),
+    num_res_blocks=1,
+    temporal_downsample=(True, False),
+    embedding_dim=8,
+    codebook_size=64,
+    num_groups=2,
+  )
+  tok_config = load_config('magvit_ucf101.py:official_B')
+  tok_config.model.update(sizes)
+  tok_config.data.update(dict(image_size=16, num_frames=4))
+  rng = np.random.default_rng(0)
+  tree = {
+    tuple(path.split('/')): rng.normal(0, 0.1, shape).astype(np.float32)
+    for path, shape in magvit_3dvq.official_shapes(tok_config.model).items()
+  }
+  (tmp_path / 'tok').write_bytes(serialization.to_bytes(traverse_util.unflatten_dict(tree)))
+  flags = [
+    f'--tokenizer_config.model.{k}={v}' for k, v in sizes.items() if not isinstance(v, tuple)
+  ]
+  flags += [
+    '--tokenizer_config.model.channel_multipliers=(1,2,2)',
+    '--tokenizer_config.model.temporal_downsample=(True,False)',
+    '--tokenizer_config.data.image_size=16',
+    '--tokenizer_config.data.num_frames=4',
+  ]
+  with np.load(REPO / 'tests' / 'data' / 'magvit_transformer_parity.npz') as z:
+    data = {k: z[k] for k in z.files}
+  for layout in ('single', 'multi'):
+    flat = {
+      tuple(k.split('/')[1:]): v for k, v in data.items() if k.startswith(f'{layout}/params/')
+    }
+    (tmp_path / layout).write_bytes(serialization.to_bytes(traverse_util.unflatten_dict(flat)))
+  return tok_config, flags, data
+
+
+def test_convert_magvit_transformer_writes_workdirs_giving_the_official_logits(tmp_path):
+  """`convert magvit --transformer`: the official multi-task transformer with segments (BAIR
+  layout) -> a transformer workdir whose model gives the official logits; the single-task
+  class-conditional one (UCF-101 layout) through the same function in-process."""
+  tok_config, tok_flags, data = _magvit_files(tmp_path)
+  workdir = tmp_path / 'magvit'
+  result = _run(
+    'magvit_jax.convert',
+    'magvit',
+    f'--tokenizer={tmp_path / "tok"}',
+    f'--transformer={tmp_path / "multi"}',
+    '--inpainting_token',
+    f'--workdir={workdir}',
+    '--tokenizer_config=configs/magvit_ucf101.py:official_B',
+    *tok_flags,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'wrote the transformer workdir {workdir}' in result.stdout
+  from magvit_jax.convert import __main__ as cli  # pylint: disable=g-import-not-at-top
+
+  single_dir = tmp_path / 'single_run'
+  written = cli.convert_magvit(
+    str(single_dir), str(tmp_path / 'tok'), tok_config, str(tmp_path / 'single')
+  )
+  assert written == {'tokenizer': str(single_dir / 'tokenizer'), 'transformer': str(single_dir)}
+  for layout, path in (('multi', workdir), ('single', single_dir)):
+    loaded = pretrained.load_transformer(str(path))
+    m = loaded.config.model
+    assert loaded.config.tokenizer_workdir == str(path / 'tokenizer')
+    assert m.norm_layout == 'post' and m.codebook_size == 64
+    assert (m.num_tasks, m.num_segments) == ((10, 2) if layout == 'multi' else (0, 0))
+    if layout == 'single':
+      assert m.num_classes == 3 and tuple(loaded.config.commit.tasks) == ()
+    cfg = json.loads(str(data[f'{layout}/config_json']))
+    inputs = magvit_transformer.official_inputs_to_ours(
+      data[f'{layout}/input_ids'],
+      loaded.config,
+      data.get(f'{layout}/segment_ids'),
+      official_classes=cfg['num_classes'],
+      inpainting_token=True,
+    )
+    logits = loaded.module.apply({'params': loaded.params}, **inputs)
+    want = magvit_transformer.official_logits_to_ours(data[f'{layout}/logits'], loaded.config)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(want), rtol=1e-5, atol=1e-5)
+    tok = pretrained.load_tokenizer(str(path / 'tokenizer'))
+    assert tok.config.model.codebook_size == 64
+
+
+def test_convert_magvit_transformer_of_another_size_is_refused(tmp_path):
+  _, tok_flags, _ = _magvit_files(tmp_path)
+  # The 2 x 4 x 4-token transformer against a tokenizer of 16 frames (8 x 4 x 4 tokens).
+  result = _run(
+    'magvit_jax.convert',
+    'magvit',
+    f'--tokenizer={tmp_path / "tok"}',
+    f'--transformer={tmp_path / "single"}',
+    f'--workdir={tmp_path / "w"}',
+    '--tokenizer_config=configs/magvit_ucf101.py:official_B',
+    *[f for f in tok_flags if 'num_frames' not in f],
+  )
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr[-2000:]
+  assert 'position_embeddings/embedding has 33 rows' in lines[0]
+  assert not (tmp_path / 'w').exists()

@@ -18,7 +18,7 @@ from flax import serialization, traverse_util
 
 from magvit_jax.config_loader import load_config
 from magvit_jax.config_schema import config_from_dict, tokenizer_model, validate_config
-from magvit_jax.convert import magvit_3dvq
+from magvit_jax.convert import magvit_3dvq, official_tree
 from magvit_jax.magvit_presets import OFFICIAL_3DVQ_OPTIONS
 from magvit_jax.models import tokenizers
 
@@ -35,8 +35,7 @@ def fixture():
 
 def _official_tree(data):
   """The nested {'params': ...} tree the official code had."""
-  flat = {tuple(k.split('/')): v for k, v in data.items() if k.startswith('params/')}
-  return traverse_util.unflatten_dict(flat)
+  return official_tree.nest({k: v for k, v in data.items() if k.startswith('params/')})
 
 
 def _model_config(data):

@@ -18,6 +18,7 @@ import pytest
 from magvit_jax.config_loader import load_config
 from magvit_jax.config_schema import validate_config
 from magvit_jax.convert import maskgit_transformer as conv
+from magvit_jax.convert import official_tree
 from magvit_jax.decoding import maskgit as decoding
 from magvit_jax.models.transformer import build_transformer
 
@@ -29,7 +30,7 @@ def fx():
   with np.load(FIXTURE) as z:
     data = {k: z[k] for k in z.files}
   cfg = json.loads(str(data['config_json']))
-  tree = _nest({k: v for k, v in data.items() if k.startswith('params/')})
+  tree = official_tree.nest({k: v for k, v in data.items() if k.startswith('params/')})
   model_cfg = load_config('maskgit_imagenet.py:official256').model.to_dict()
   model_cfg.update(
     {k: cfg[k] for k in ('codebook_size', 'num_classes', 'hidden_size', 'num_layers')},
@@ -44,17 +45,6 @@ def fx():
 
 def _shapes(tree):
   return jax.tree_util.tree_map(lambda x: tuple(x.shape), nn.unbox(tree))
-
-
-def _nest(flat: dict) -> dict:
-  tree: dict = {}
-  for key, v in flat.items():
-    node = tree
-    *parents, leaf = key.split('/')
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return tree
 
 
 def _apply_fn(model):
@@ -138,10 +128,12 @@ def test_wrong_shape_or_key_is_refused_by_name(fx):
   with pytest.raises(ValueError, match=r'params/MlmLayer_0/mlm_bias/bias: expected shape \(27,\)'):
     conv.transformer_params_from_official({'params': bad}, model_cfg)
   missing = {k: v for k, v in params.items() if k != 'TransformerLayer_1'}
-  with pytest.raises(ValueError, match='missing keys .*TransformerLayer_1/Mlp_0/layer_output/bias'):
+  with pytest.raises(
+    ValueError, match='missing keys: .*TransformerLayer_1/Mlp_0/layer_output/bias'
+  ):
     conv.transformer_params_from_official(missing, model_cfg)
   extra = {**params, 'TransformerLayer_2': params['TransformerLayer_1']}
-  with pytest.raises(ValueError, match="unexpected keys \\['TransformerLayer_2/Attention_0"):
+  with pytest.raises(ValueError, match="unexpected keys: \\['TransformerLayer_2/Attention_0"):
     conv.transformer_params_from_official(extra, model_cfg)
   with pytest.raises(ValueError, match='norm_layout'):
     conv.transformer_params_from_official(tree, dict(model_cfg, norm_layout='pre'))
@@ -203,7 +195,7 @@ def test_official_variant_builds_with_the_released_shapes(fx, variant, image_siz
   )
   assert {f'params/{k}': v for k, v in expected.items()} == shapes
   # The converter maps the released tree (shapes only) onto exactly our model's tree.
-  tree = _nest({k: jax.ShapeDtypeStruct(v, jnp.float32) for k, v in shapes.items()})
+  tree = official_tree.nest({k: jax.ShapeDtypeStruct(v, jnp.float32) for k, v in shapes.items()})
   got = jax.eval_shape(lambda t: conv.transformer_params_from_official(t, config), tree)
   model = build_transformer(config.model, seq_len)
   ours = jax.eval_shape(model.init, jax.random.PRNGKey(0), *model.dummy_inputs())

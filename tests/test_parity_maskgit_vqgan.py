@@ -16,7 +16,7 @@ from flax import serialization, traverse_util
 
 from magvit_jax.config_loader import load_config
 from magvit_jax.config_schema import config_from_dict, tokenizer_model, validate_config
-from magvit_jax.convert import maskgit_vqgan
+from magvit_jax.convert import maskgit_vqgan, official_tree
 from magvit_jax.models import tokenizers
 
 FIXTURE = pathlib.Path(__file__).parent / 'data' / 'maskgit_vqgan_parity.npz'
@@ -31,8 +31,7 @@ def fixture():
 
 def _official_tree(data):
   """The nested {'params': ...} tree the official code had (as in the released files)."""
-  flat = {tuple(k.split('/')): v for k, v in data.items() if k.startswith('params/')}
-  return traverse_util.unflatten_dict(flat)
+  return official_tree.nest({k: v for k, v in data.items() if k.startswith('params/')})
 
 
 def _model_config(data):

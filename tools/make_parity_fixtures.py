@@ -27,6 +27,7 @@ PARTS = {
   'maskgit_transformer': ('maskgit_transformer', 'maskgit'),
   'open_magvit2': ('open_magvit2', 'open_magvit2'),
   'magvit_3dvq': ('magvit_3dvq', 'magvit'),
+  'magvit_transformer': ('magvit_transformer', 'magvit'),
 }
 
 

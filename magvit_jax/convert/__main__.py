@@ -20,7 +20,13 @@ architecture: `--transformer_config=configs/maskgit_imagenet.py:official256
 
 writes the official MAGVIT 3D-VQ (google-research/magvit; no weights are public, so a
 checkpoint of your own training of it) as a tokenizer workdir (default config
-`magvit_ucf101.py:official_B`).
+`magvit_ucf101.py:official_B`). With `--transformer=FILE` (the official MAGVIT transformer,
+`maskgvt`'s simplified BERT) the tokenizer goes to `<workdir>/tokenizer` and the transformer
+to `<workdir>`: its layout (single-task class-conditional / multi-task, segments) and sizes
+are read from the file, the rest of its config from `--transformer_config` (default
+`magvit_ucf101.py:B` for a model with classes, `magvit_bair.py:B` without);
+`--inpainting_token` for a model trained with `bug_patches.inpainting_token`
+(see `magvit_transformer`).
 
   python -m magvit_jax.convert open_magvit2 --tokenizer=imagenet_256_L.safetensors \
       --workdir=runs/open_magvit2_256
@@ -49,7 +55,8 @@ from magvit_jax import cli_errors
 from magvit_jax import fileio
 from magvit_jax.config_loader import load_config
 from magvit_jax.config_schema import validate_config
-from magvit_jax.convert import magvit_3dvq, maskgit_transformer, maskgit_vqgan, open_magvit2
+from magvit_jax.convert import magvit_3dvq, maskgit_transformer, maskgit_vqgan, official_tree
+from magvit_jax.convert import magvit_transformer, open_magvit2
 
 COMMANDS = ('maskgit', 'magvit', 'open_magvit2')
 RESOLUTIONS = {257: 256, 1025: 512}  # Position-table rows (class token + tokens) -> pixels.
@@ -66,13 +73,20 @@ _ALLOW_PICKLE = flags.DEFINE_bool(
   'open_magvit2: also read a .ckpt/.pt with torch.load, which runs Python pickle from the file '
   '(arbitrary code): only for files you trust. Default: .safetensors / .npz only.',
 )
+_INPAINTING_TOKEN = flags.DEFINE_bool(
+  'inpainting_token',
+  False,
+  'magvit --transformer: the official model was trained with bug_patches.inpainting_token '
+  '(its inpainting tasks use TASK_INPAINTING, not TASK_OUTPAINTING).',
+)
 _TOKENIZER_CONFIG = config_flags.DEFINE_config_file(
   'tokenizer_config', None, 'Tokenizer config (default configs/vqgan_imagenet.py:official<res>).'
 )
 _TRANSFORMER_CONFIG = config_flags.DEFINE_config_file(
   'transformer_config',
   None,
-  'Transformer config (default configs/maskgit_imagenet.py:official<res>).',
+  'Transformer config (default configs/maskgit_imagenet.py:official<res>; magvit: '
+  'configs/magvit_ucf101.py:B or magvit_bair.py:B, model sizes read from the file).',
 )
 
 
@@ -105,7 +119,7 @@ def convert_maskgit(
     raise ValueError('--tokenizer: the official tokenizer checkpoint file is required')
   transformer_tree = None
   if transformer_file:
-    transformer_tree = maskgit_transformer.load_official_tree(transformer_file)
+    transformer_tree = official_tree.load_official_tree(transformer_file)
     rows = _position_rows(transformer_tree)
     if resolution is None and rows in RESOLUTIONS and transformer_config is None:
       resolution = RESOLUTIONS[rows]
@@ -113,7 +127,7 @@ def convert_maskgit(
   tok_config = tokenizer_config or load_config(f'vqgan_imagenet.py:official{resolution}')
   validate_config(tok_config, 'tokenizer')
   tok_params = maskgit_vqgan.tokenizer_params_from_official(
-    maskgit_vqgan.load_official_tree(tokenizer_file), tok_config.model
+    official_tree.load_official_tree(tokenizer_file), tok_config.model
   )
   tok_dir = os.path.join(workdir, 'tokenizer') if transformer_tree is not None else workdir
   tf_config = tf_params = None
@@ -143,18 +157,47 @@ def convert_maskgit(
 
 
 def convert_magvit(
-  workdir: str, tokenizer_file: str | None, config: ml_collections.ConfigDict | None = None
+  workdir: str,
+  tokenizer_file: str | None,
+  config: ml_collections.ConfigDict | None = None,
+  transformer_file: str | None = None,
+  transformer_config: ml_collections.ConfigDict | None = None,
+  inpainting_token: bool = False,
 ) -> dict[str, str]:
-  """The official MAGVIT 3D-VQ params in `tokenizer_file` -> a tokenizer workdir."""
+  """The official MAGVIT 3D-VQ params in `tokenizer_file` -> a tokenizer workdir; with
+  `transformer_file`, also the official MAGVIT transformer -> a transformer workdir (see the
+  module docstring). Everything is converted (and checked) before anything is written."""
   if not tokenizer_file:
     raise ValueError('--tokenizer: the official 3D-VQ checkpoint file is required')
   config = config or load_config('magvit_ucf101.py:official_B')
   validate_config(config, 'tokenizer')
-  params = magvit_3dvq.tokenizer_params_from_official(
-    magvit_3dvq.load_official_tree(tokenizer_file), config
+  tok_tree = official_tree.load_official_tree(tokenizer_file)
+  if not transformer_file:
+    params = magvit_3dvq.tokenizer_params_from_official(tok_tree, config)
+    write_params_workdir(workdir, config, jax.device_get(params))
+    return {'tokenizer': workdir}
+  from magvit_jax.models import tokenizers  # pylint: disable=g-import-not-at-top
+
+  tok_dir = os.path.join(workdir, 'tokenizer')
+  tree = official_tree.load_official_tree(transformer_file)
+  seq_len = tokenizers.num_tokens(config)
+  codes = tokenizers.codebook_size(config.model)
+  multi_task = (_position_rows(tree) or 0) - seq_len == 2
+  if transformer_config is None:
+    classes = magvit_transformer.official_num_classes(tree, codes, multi_task)
+    transformer_config = load_config('magvit_ucf101.py:B' if classes else 'magvit_bair.py:B')
+  with transformer_config.unlocked():
+    transformer_config.model.codebook_size = codes
+    transformer_config.tokenizer_workdir = os.path.abspath(tok_dir)
+  tf_config = magvit_transformer.official_transformer_config(tree, transformer_config, seq_len)
+  validate_config(tf_config, 'transformer')
+  params = magvit_3dvq.tokenizer_params_from_official(tok_tree, config)
+  tf_params = magvit_transformer.transformer_params_from_official(
+    tree, tf_config, seq_len=seq_len, inpainting_token=inpainting_token
   )
-  write_params_workdir(workdir, config, jax.device_get(params))
-  return {'tokenizer': workdir}
+  write_params_workdir(tok_dir, config, jax.device_get(params))
+  write_params_workdir(workdir, tf_config, jax.device_get(tf_params))
+  return {'tokenizer': tok_dir, 'transformer': workdir}
 
 
 def convert_open_magvit2(
@@ -177,18 +220,9 @@ def convert_open_magvit2(
 
 def _position_rows(tree: dict) -> int | None:
   """Rows of the official position-embedding table (None if the tree has no such leaf)."""
-  flat = _flatten(tree.get('params', tree))
+  flat = official_tree.flatten(tree.get('params', tree))
   rows = [v.shape[0] for k, v in flat.items() if 'position' in k.lower() and np.ndim(v) == 2]
   return rows[0] if rows else None
-
-
-def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
-  if isinstance(tree, dict):
-    out = {}
-    for k, v in tree.items():
-      out.update(_flatten(v, f'{prefix}{k}/'))
-    return out
-  return {prefix[:-1]: tree}
 
 
 def main(argv: list[str]) -> None:
@@ -201,8 +235,16 @@ def main(argv: list[str]) -> None:
   if not _WORKDIR.value:
     raise ValueError('--workdir: where to write the converted workdir is required')
   tok_config = cli_errors.config_value(_TOKENIZER_CONFIG) if _TOKENIZER_CONFIG.present else None
+  tf_config = cli_errors.config_value(_TRANSFORMER_CONFIG) if _TRANSFORMER_CONFIG.present else None
   if commands[0] == 'magvit':
-    written = convert_magvit(_WORKDIR.value, _TOKENIZER.value, tok_config)
+    written = convert_magvit(
+      _WORKDIR.value,
+      _TOKENIZER.value,
+      tok_config,
+      _TRANSFORMER.value,
+      tf_config,
+      _INPAINTING_TOKEN.value,
+    )
   elif commands[0] == 'open_magvit2':
     written = convert_open_magvit2(
       _WORKDIR.value, _TOKENIZER.value, tok_config, _ALLOW_PICKLE.value
@@ -214,11 +256,11 @@ def main(argv: list[str]) -> None:
       _TRANSFORMER.value,
       int(_RESOLUTION.value) if _RESOLUTION.value else None,
       tok_config,
-      cli_errors.config_value(_TRANSFORMER_CONFIG) if _TRANSFORMER_CONFIG.present else None,
+      tf_config,
     )
   for kind, path in written.items():
     print(f'[convert] wrote the {kind} workdir {path}', flush=True)
-  if 'transformer' in written:
+  if 'transformer' in written and commands[0] == 'maskgit':
     print(
       f'[convert] sample with: python -m magvit_jax.sample --workdir={written["transformer"]} '
       f'--classes=1,7,282',

@@ -27,29 +27,14 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from flax import serialization, traverse_util
 import jax.numpy as jnp
 
+from magvit_jax.convert.official_tree import flatten, load_official_tree  # noqa: F401
+from magvit_jax.convert.official_tree import model_config as _model_config
+from magvit_jax.convert.official_tree import raise_problems, strip_params, tree_problems
 from magvit_jax.models.transformer import build_transformer, stack_layers
 
 OFFICIAL_MASK_TOKEN_ID = -1  # maskgit_class_cond_config: transformer.mask_token_id
-
-
-def load_official_tree(path: str) -> dict:
-  """The params tree of an official checkpoint (a ``flax.serialization.to_bytes`` msgpack)."""
-  with open(path, 'rb') as f:
-    data = f.read()
-  try:
-    tree = serialization.msgpack_restore(data)
-  except Exception as e:  # msgpack raises several types for a damaged / foreign file
-    raise ValueError(f'{path} is not a flax msgpack checkpoint: {type(e).__name__}: {e}') from e
-  if not isinstance(tree, dict):
-    raise ValueError(f'{path}: expected a dict of parameters, got {type(tree).__name__}')
-  return tree
-
-
-def _model_config(config: Any) -> Any:
-  return config['model'] if 'model' in config else config
 
 
 def official_param_shapes(
@@ -94,26 +79,6 @@ def official_param_shapes(
   return shapes
 
 
-def _check_tree(flat: Mapping[str, Any], expected: Mapping[str, tuple], prefix: str, what: str):
-  missing = sorted(set(expected) - set(flat))
-  unexpected = sorted(set(flat) - set(expected))
-  if missing or unexpected:
-    raise ValueError(
-      f'the official MaskGIT transformer tree does not match {what}: '
-      f'missing keys {[prefix + k for k in missing]}; '
-      f'unexpected keys {[prefix + k for k in unexpected]}'
-    )
-  wrong = [
-    f'{prefix}{k}: expected shape {expected[k]}, got {tuple(getattr(flat[k], "shape", ()))}'
-    for k in sorted(expected)
-    if tuple(getattr(flat[k], 'shape', ())) != tuple(expected[k])
-  ]
-  if wrong:
-    raise ValueError(
-      f'the official MaskGIT transformer tree does not match {what}: ' + '; '.join(wrong)
-    )
-
-
 def transformer_params_from_official(
   tree: Mapping[str, Any], config: Any, seq_len: int | None = None
 ) -> dict:
@@ -145,12 +110,8 @@ def transformer_params_from_official(
     raise ValueError(
       'this config cannot hold the official MaskGIT transformer: ' + ', '.join(model_issues)
     )
-  if not isinstance(tree, Mapping):
-    raise ValueError(f'expected a dict of parameters, got {type(tree).__name__}')
-  prefix = ''
-  if set(tree) == {'params'}:
-    tree, prefix = tree['params'], 'params/'
-  flat = traverse_util.flatten_dict(dict(tree), sep='/')
+  tree, prefix = strip_params(tree)
+  flat = flatten(tree)
   pos_key = 'Embed_0/position_embeddings/embedding'
   if seq_len is None:
     if pos_key not in flat or len(getattr(flat[pos_key], 'shape', ())) != 2:
@@ -167,7 +128,10 @@ def transformer_params_from_official(
     mlp_dim=int(m['mlp_dim']),
   )
   what = 'the config (' + ', '.join(f'{k}={v}' for k, v in dims.items()) + ')'
-  _check_tree(flat, official_param_shapes(**dims), prefix, what)
+  raise_problems(
+    tree_problems(flat, official_param_shapes(**dims), lambda k: prefix + k),
+    f'the official MaskGIT transformer tree does not match {what}',
+  )
 
   def get(key):
     return jnp.asarray(flat[key], jnp.float32)

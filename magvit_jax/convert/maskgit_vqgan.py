@@ -19,15 +19,16 @@ Parity with the official code: tests/test_parity_maskgit_vqgan.py, docs/pretrain
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import serialization, traverse_util
+from flax import traverse_util
 
-from magvit_jax import fileio
+from magvit_jax.convert.official_tree import conv_vq_module_map, conv_vq_names, conv_vq_params
+from magvit_jax.convert.official_tree import load_official_tree  # noqa: F401  (public here too)
+from magvit_jax.convert.official_tree import model_config as _model_config
 from magvit_jax.models import tokenizers
 
 # The config.model options that make our VQGAN compute the official function.
@@ -38,67 +39,8 @@ OFFICIAL_OPTIONS = {
   'encoder_in_bias': False,
   'pixel_range': 'unit',
 }
-_RES_BLOCK = {
-  'GroupNorm_0': 'norm_0',
-  'Conv_0': 'conv_0',
-  'GroupNorm_1': 'norm_1',
-  'Conv_1': 'conv_1',
-  'Conv_2': 'shortcut',
-}
-
-
-def load_official_tree(path: fileio.PathLike) -> dict[str, Any]:
-  """The nested dict of numpy arrays in an official checkpoint file (msgpack; no pickle)."""
-  data = fileio.as_path(path).read_bytes()
-  try:
-    tree = serialization.msgpack_restore(data)
-  except Exception as e:  # msgpack raises its own exception types.
-    raise ValueError(
-      f'{path}: not a flax msgpack checkpoint ({type(e).__name__}: {e}); expected the bytes '
-      'of flax.serialization.to_bytes(variables), e.g. tokenizer_imagenet256_checkpoint'
-    ) from e
-  if not isinstance(tree, dict):
-    raise ValueError(f'{path}: expected a dict of parameters, got {type(tree).__name__}')
-  return tree
-
-
-def _model_config(config: Any) -> Mapping[str, Any]:
-  """config.model of a run config, or a model config itself."""
-  return config['model'] if 'model' in config else config
-
-
-def _res_blocks(prefix: str, names: list[str]) -> Iterator[tuple[str, str]]:
-  for i, name in enumerate(names):
-    yield f'{prefix}/ResBlock_{i}', f'{prefix}/{name}'
-
-
-def module_map(model_config: Mapping[str, Any]) -> dict[str, str]:
-  """Official module path -> our module path (without the leaf name), for `config.model`.
-
-  The official modules are named in the order they are created: the encoder's first conv,
-  its residual blocks (per level, then the middle ones), GroupNorm, output conv; the
-  decoder's input conv, residual blocks (middle, then per level from the deepest), one conv
-  after each upsampling, GroupNorm, output conv.
-  """
-  levels = len(model_config['channel_multipliers'])
-  blocks = int(model_config['num_res_blocks'])
-  down = [f'down_{lv}_res_{i}' for lv in range(levels) for i in range(blocks)]
-  mid = [f'mid_res_{i}' for i in range(blocks)]
-  up = [f'up_{lv}_res_{i}' for lv in reversed(range(levels)) for i in range(blocks)]
-  up_convs = [f'up_{lv}_conv' for lv in reversed(range(1, levels))]
-  out = {
-    'encoder/Conv_0': 'encoder/conv_in',
-    'encoder/GroupNorm_0': 'encoder/norm_out',
-    'encoder/Conv_1': 'encoder/conv_out',
-    'quantizer': 'quantizer',
-    'decoder/Conv_0': 'decoder/conv_in',
-    'decoder/GroupNorm_0': 'decoder/norm_out',
-    f'decoder/Conv_{len(up_convs) + 1}': 'decoder/conv_out',
-  }
-  out.update(_res_blocks('encoder', down + mid))
-  out.update(_res_blocks('decoder', mid + up))
-  out.update({f'decoder/Conv_{i + 1}': f'decoder/{name}' for i, name in enumerate(up_convs)})
-  return out
+# Official module path -> our module path, for config.model (see official_tree).
+module_map = conv_vq_module_map
 
 
 def _our_shapes(model_config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -110,41 +52,10 @@ def _our_shapes(model_config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
   return {path: tuple(leaf.shape) for path, leaf in flat.items()}
 
 
-def _names(model_config: Mapping[str, Any]) -> dict[str, tuple[str, tuple[int, ...]]]:
-  """Our leaf path -> ('params/<official leaf path>', shape), for `config.model`."""
-  ours_to_official = {mine: official for official, mine in module_map(model_config).items()}
-  block_leaf = {ours: official for official, ours in _RES_BLOCK.items()}
-  out = {}
-  for path, shape in _our_shapes(model_config).items():
-    parts = path.split('/')
-    for cut in (len(parts) - 1, len(parts) - 2):
-      head = '/'.join(parts[:cut])
-      if head in ours_to_official:
-        inner = [block_leaf[q] for q in parts[cut:-1]]
-        out[path] = ('/'.join(['params', ours_to_official[head], *inner, parts[-1]]), shape)
-        break
-    else:
-      raise AssertionError(f'{path}: no official name (module_map is out of date)')
-  return out
-
-
 def official_shapes(model_config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
   """'params/<official path>' -> shape, of the official tokenizer that `config.model` expresses."""
-  return dict(_names(_model_config(model_config)).values())
-
-
-def _flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
-  out = {}
-
-  def walk(node: Any, prefix: str) -> None:
-    if isinstance(node, Mapping):
-      for k, v in node.items():
-        walk(v, f'{prefix}/{k}' if prefix else str(k))
-    else:
-      out[prefix] = node
-
-  walk(tree, '')
-  return out
+  model_config = _model_config(model_config)
+  return dict(conv_vq_names(module_map(model_config), _our_shapes(model_config)).values())
 
 
 def tokenizer_params_from_official(tree: Mapping[str, Any], config: Any) -> dict[str, Any]:
@@ -166,32 +77,4 @@ def tokenizer_params_from_official(tree: Mapping[str, Any], config: Any) -> dict
     raise ValueError(f'expected a dict of parameters, got {type(tree).__name__}')
   if 'params' not in tree:
     tree = {'params': tree}
-  got = {k: v for k, v in _flatten(tree).items() if k.split('/')[0] == 'params'}
-  names = _names(model_config)
-  expected = dict(names.values())
-  missing = sorted(set(expected) - set(got))
-  unexpected = sorted(set(got) - set(expected))
-  problems = []
-  for path in sorted(set(expected) & set(got)):
-    shape = tuple(np.shape(got[path]))
-    if shape != expected[path]:
-      problems.append(f'{path}: expected shape {expected[path]}, got {shape}')
-  if missing:
-    problems.append(f'missing keys: {missing}')
-  if unexpected:
-    problems.append(f'unexpected keys: {unexpected}')
-  if problems:
-    arch = {
-      k: model_config[k]
-      for k in ('filters', 'channel_multipliers', 'num_res_blocks', 'embedding_dim')
-    }
-    arch['codebook_size'] = model_config['codebook_size']
-    raise ValueError(
-      f'the official tokenizer tree does not match config.model ({arch}):\n  '
-      + '\n  '.join(problems)
-    )
-  ours = {
-    tuple(path.split('/')): jnp.asarray(np.asarray(got[official], np.float32))
-    for path, (official, _) in names.items()
-  }
-  return traverse_util.unflatten_dict(ours)
+  return conv_vq_params(tree, model_config, _our_shapes(model_config), 'the official tokenizer')

@@ -212,6 +212,13 @@ class Transformer(nn.Module):
     remat_policy: a key of REMAT_POLICIES; not 'none': each block is wrapped in `nn.remat`
       with that `jax.checkpoint_policies` policy (activations recomputed in the backward pass).
     attention_impl: one of ATTENTION_IMPLS (see `attention`).
+    num_segments: S > 0 adds a segment table `segment_embedding` [S, d], looked up by
+      `segments` [b, n] (one id per visual token; the prefix tokens get segment 0) and added
+      with the position embedding before `ln_embed`; 0 (default) = no segments, bit for bit
+      the model without the option. For converted official MAGVIT transformers trained with
+      `transformer.use_condition_segment` (S = 2: 1 marks condition tokens placed at masked
+      positions; magvit_jax/convert/magvit_transformer.py). Our COMMIT trainer does not feed
+      segments.
   """
 
   codebook_size: int
@@ -229,11 +236,17 @@ class Transformer(nn.Module):
   scan_layers: bool = False
   remat_policy: str = 'none'
   attention_impl: str = 'auto'
+  num_segments: int = 0
 
-  def dummy_inputs(self) -> tuple[jax.Array, ...]:
-    """(tokens [1, n], labels [1][, tasks [1]]) int32 zeros, for `init`."""
+  def dummy_inputs(self) -> tuple[jax.Array | None, ...]:
+    """(tokens [1, n], labels [1][, tasks [1] or None][, segments [1, n]]) int32 zeros, for
+    `init`."""
     args = (jnp.zeros((1, self.seq_len), jnp.int32), jnp.zeros((1,), jnp.int32))
-    return args + ((jnp.zeros((1,), jnp.int32),) if self.num_tasks else ())
+    if self.num_tasks:
+      args += (jnp.zeros((1,), jnp.int32),)
+    if self.num_segments:
+      args = args[:2] + (args[2] if self.num_tasks else None, jnp.zeros_like(args[0]))
+    return args
 
   @property
   def num_prefix(self) -> int:
@@ -265,10 +278,12 @@ class Transformer(nn.Module):
     tokens: jax.Array,
     labels: jax.Array,
     tasks: jax.Array | None = None,
+    segments: jax.Array | None = None,
     deterministic: bool = True,
   ) -> jax.Array:
     """tokens: [b, n] int32 in [0, K]; labels: [b] int32 in [0, C]; tasks: [b] int32 in
-    [0, num_tasks) when num_tasks > 0 (else None).
+    [0, num_tasks) when num_tasks > 0 (else None); segments: [b, n] int32 in
+    [0, num_segments) when num_segments > 0 (else None).
 
     Returns logits [b, n, K] float32, or [b, n, s, k_sub] when num_sub_tokens = s > 1.
     """
@@ -284,6 +299,13 @@ class Transformer(nn.Module):
       )
     if not self.num_tasks and tasks is not None:
       raise ValueError('tasks were given but the model has num_tasks=0 (no task token)')
+    if self.num_segments and (segments is None or segments.shape != tokens.shape):
+      raise ValueError(
+        f'this model has num_segments={self.num_segments}: segments must be '
+        f'[batch, n]={tokens.shape} int32, got {None if segments is None else segments.shape}'
+      )
+    if not self.num_segments and segments is not None:
+      raise ValueError('segments were given but the model has num_segments=0 (no segment table)')
     if self.norm_layout not in NORM_LAYOUTS:
       raise ValueError(f'norm_layout must be one of {NORM_LAYOUTS}, got {self.norm_layout!r}')
     d = self.hidden_size
@@ -338,7 +360,17 @@ class Transformer(nn.Module):
       )
       prefix.insert(0, task_table[tasks][:, None])
     x = jnp.concatenate(prefix + [x_tokens], axis=1)
-    x = (x + pos_table[None]).astype(self.dtype)
+    x = x + pos_table[None]
+    if self.num_segments:
+      seg_table = self.param(
+        'segment_embedding',
+        nn.with_logical_partitioning(init, (None, 'embed')),
+        (self.num_segments, d),
+        jnp.float32,
+      )
+      prefix_segments = jnp.zeros((segments.shape[0], self.num_prefix), jnp.int32)
+      x = x + seg_table[jnp.concatenate([prefix_segments, segments.astype(jnp.int32)], axis=1)]
+    x = x.astype(self.dtype)
     x = _layer_norm('ln_embed', self.dtype)(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
     x = parallel.constrain(x, ACTIVATION_AXES)
@@ -515,4 +547,5 @@ def build_transformer(model_config: Any, seq_len: int) -> Transformer:
     scan_layers=bool(m.get('scan_layers', False)),
     remat_policy=str(m.get('remat_policy', 'none')),
     attention_impl=str(m.get('attention_impl', 'auto')),
+    num_segments=int(m.get('num_segments', 0)),
   )

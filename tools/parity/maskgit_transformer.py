@@ -28,20 +28,14 @@ import pathlib
 
 import numpy as np
 
+from parity import common
+
 NAME = 'maskgit_transformer_parity.npz'
 # Tiny official model.
 K, C, H, W = 16, 10, 4, 4
 HIDDEN, LAYERS, HEADS, MLP = 32, 2, 2, 64
 NUM_STEPS, CHOICE_TEMPERATURE, SCHEDULE = 8, 0.0, 'cosine'
 SEED = 0
-
-
-def _shim():
-  import jax
-  import jax.numpy as jnp
-
-  if not hasattr(jnp, 'DeviceArray'):
-    jnp.DeviceArray = jax.Array
 
 
 @contextlib.contextmanager
@@ -75,47 +69,6 @@ def _official_model(mt, codebook, classes, seq_len, hidden, layers, heads, mlp, 
     attention_probs_dropout_prob=dropout,
     max_position_embeddings=seq_len + 1,
   )
-
-
-def _flat(tree, prefix=''):
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}{k}/'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
-
-
-def _random_params(shapes, rng):
-  """Every official parameter random (LayerNorm scales around 1, biases small, not zero)."""
-
-  def make(path, s):
-    shape = tuple(s.shape)
-    if path.endswith('/scale'):
-      return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
-    if path.endswith('/bias'):
-      return (0.1 * rng.standard_normal(shape)).astype(np.float32)
-    if path.endswith('/embedding'):
-      # 0.3: logits of a few units. With N(0, 1) tables the tied logits reach ~20, softmax
-      # saturates to exactly 1.0 in float32 and the official decoder's strict `<` cut-off
-      # then re-masks fewer tokens than its schedule says (ties at log(1) = 0).
-      return (0.3 * rng.standard_normal(shape)).astype(np.float32)
-    fan_in = shape[0]
-    return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
-
-  return {k: make(k, v) for k, v in _flat(shapes).items()}
-
-
-def _unflat(flat):
-  out: dict = {}
-  for key, v in flat.items():
-    node = out
-    *parents, leaf = key.split('/')
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return out
 
 
 def _released_shapes(mt, image_size):
@@ -153,11 +106,11 @@ def _released_shapes(mt, image_size):
     choice_temperature=cf.sample_choice_temperature,
     mask_scheduling_method=cf.mask_scheduling_method,
   )
-  return {k: list(v.shape) for k, v in _flat(shapes).items()}, sizes
+  return {k: list(v.shape) for k, v in common.flat(shapes).items()}, sizes
 
 
 def make(out_dir: pathlib.Path) -> pathlib.Path:
-  _shim()
+  common.jax_shim()
   import jax
   import jax.numpy as jnp
   from maskgit.libml import parallel_decode
@@ -167,8 +120,8 @@ def make(out_dir: pathlib.Path) -> pathlib.Path:
   rng = np.random.default_rng(SEED)
   model = _official_model(mt, K, C, n, HIDDEN, LAYERS, HEADS, MLP)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, n + 1), jnp.int32))
-  flat = _random_params(shapes['params'], rng)
-  variables = {'params': jax.tree_util.tree_map(jnp.asarray, _unflat(flat))}
+  flat = common.random_bert_params(shapes['params'], rng)
+  variables = {'params': jax.tree_util.tree_map(jnp.asarray, common.unflat(flat))}
 
   # Forward: 4 sequences, all / none / half / some positions masked.
   labels = np.array([0, 3, 7, 9], np.int32)
