@@ -35,6 +35,11 @@ from magvit_jax.config_schema import STAGES, with_defaults
 # Config sections that define parameter shapes: a checkpoint is only
 # restorable into a run whose values here are identical.
 ARCHITECTURE_KEYS = ('stage', 'model')
+# Model keys that change how the step computes, not what is stored: never a mismatch.
+COMPUTE_ONLY_KEYS = ('model.remat_policy', 'model.dtype', 'model.attention_impl')
+# Model keys that change the stored layout but not the values: restorable when the caller
+# converts (trainers/train_state.init_or_restore converts `model.scan_layers`).
+LAYOUT_KEYS = ('model.scan_layers',)
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -230,13 +235,18 @@ def _complete(config: dict) -> dict:
   return with_defaults(config) if config.get('stage') in STAGES else config
 
 
-def architecture_diff(saved: dict, current: dict) -> list[str]:
-  """Lines 'key: saved=... current=...' for every architecture key that differs."""
+def architecture_diff(saved: dict, current: dict, ignore: Sequence[str] = ()) -> list[str]:
+  """Lines 'key: saved=... current=...' for every architecture key that differs.
+
+  COMPUTE_ONLY_KEYS and the keys in `ignore` (e.g. LAYOUT_KEYS when the caller converts the
+  layout) are not compared.
+  """
   lines = []
+  skip = set(COMPUTE_ONLY_KEYS) | set(ignore)
   for top in ARCHITECTURE_KEYS:
     a = _flatten(saved.get(top, {}), f'{top}.')
     b = _flatten(current.get(top, {}), f'{top}.')
-    for key in sorted(set(a) | set(b)):
+    for key in sorted((set(a) | set(b)) - skip):
       va, vb = a.get(key, '<absent>'), b.get(key, '<absent>')
       if isinstance(va, (list, tuple)):
         va = list(va)
@@ -247,6 +257,16 @@ def architecture_diff(saved: dict, current: dict) -> list[str]:
   return lines
 
 
+@dataclasses.dataclass
+class _Save:
+  """A save that was started and not yet waited for: what its failure handling needs."""
+
+  step: int
+  steps_before: list[int]
+  threads_before: set[threading.Thread]
+  quiet: contextlib.ExitStack  # Holds `_quiet_failed_writes` until the save is finished.
+
+
 class Checkpointer:
   """Thin wrapper of `ocp.CheckpointManager` for one training run.
 
@@ -254,16 +274,29 @@ class Checkpointer:
     directory: `<workdir>/checkpoints`.
     config: the run's config as a JSON-able dict (saved with every step).
     max_to_keep: how many recent checkpoints to keep.
+    async_save: write checkpoints in the background (`save` returns once the arrays are
+      copied to host memory; the next `save`, `wait` and `close` wait for it). None: the
+      config's `checkpoint_async` (False when the config lacks it).
   """
 
-  def __init__(self, directory: str, config: dict, max_to_keep: int = 3):
+  def __init__(
+    self, directory: str, config: dict, max_to_keep: int = 3, async_save: bool | None = None
+  ):
     # Local paths are made absolute (orbax wants that); 'gs://...' stays as it is.
     self.directory = directory if fileio.is_remote(directory) else os.path.abspath(directory)
     self.config = config
-    self._manager = ocp.CheckpointManager(
+    if async_save is None:
+      async_save = bool(config.get('checkpoint_async', False)) if hasattr(config, 'get') else False
+    self.async_save = bool(async_save)
+    self._max_to_keep = max_to_keep
+    self._manager = self._new_manager()
+    self._in_flight: _Save | None = None
+
+  def _new_manager(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False
+        max_to_keep=self._max_to_keep, create=True, enable_async_checkpointing=self.async_save
       ),
       item_names=('state', 'config', 'data'),
     )
@@ -282,34 +315,75 @@ class Checkpointer:
 
     Raises CheckpointSaveError when the file system refuses a write (a full disk, a file size
     limit): the partial step is removed first, so the earlier checkpoints stay the run's newest.
+
+    With `async_save` it returns once the state is copied to host memory (the caller may then
+    donate or overwrite its arrays) and orbax writes and finalizes (renames) the step in the
+    background; a failure of that write is raised, as the same one-line CheckpointSaveError
+    naming the step, by the next `save`, `wait` or `close`.
     """
+    self.wait()  # The previous save first: its failure names its own step.
     items = dict(
       state=ocp.args.StandardSave(_as_tree(state)), config=ocp.args.JsonSave(self.config)
     )
     if data_state is not None:
       items['data'] = ocp.args.JsonSave(data_state)
-    steps_before = self.all_steps()
-    threads_before = set(threading.enumerate())
+    pending = _Save(step, self.all_steps(), set(threading.enumerate()), contextlib.ExitStack())
+    pending.quiet.enter_context(_quiet_failed_writes())
     try:
-      with _quiet_failed_writes():
-        try:
-          self._manager.save(step, args=ocp.args.Composite(**items), force=True)
-          self._manager.wait_until_finished()
-        except Exception:
-          # Orbax's other writer threads go on after the first failure; the partial step is
-          # removed once they are done (they would recreate its directories otherwise).
-          _join_new_threads(threads_before, timeout_s=30.0)
-          raise
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     except Exception as e:  # pylint: disable=broad-except  (orbax/TensorStore raise many types)
-      not_removed = self._remove_partial_step(step, steps_before)
-      failure = _os_failure(e)
-      if failure is None:
+      error = self._failed(pending, e)
+      if error is None:
         raise
-      error = CheckpointSaveError(
-        self._save_failed_message(step, steps_before, failure, not_removed)
-      )
-      error.errno = failure[0]  # str(error) stays the message alone.
       raise error from e
+    self._in_flight = pending
+    if not self.async_save:
+      self.wait()
+
+  def saving(self) -> bool:
+    """Whether a save was started and not yet waited for (`wait`)."""
+    return self._in_flight is not None
+
+  def wait(self) -> None:
+    """Waits until the save in flight (if any) is written and finalized.
+
+    Raises CheckpointSaveError (see `save`) when that write failed.
+    """
+    pending, self._in_flight = self._in_flight, None
+    if pending is None:
+      return
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except  (orbax/TensorStore raise many types)
+      error = self._failed(pending, e)
+      if error is None:
+        raise
+      raise error from e
+    pending.quiet.close()
+
+  def _failed(self, pending: _Save, error: Exception) -> CheckpointSaveError | None:
+    """Cleans up after the failed save `pending`: waits for its writer threads, removes the
+    partial step; the CheckpointSaveError to raise (None: not a file system error, re-raise)."""
+    # Orbax's other writer threads go on after the first failure; the partial step is removed
+    # once they are done (they would recreate its directories otherwise).
+    _join_new_threads(pending.threads_before, timeout_s=30.0)
+    # Marks the failure: the noise of the failed writes stays off stderr.
+    pending.quiet.__exit__(type(error), error, error.__traceback__)
+    if self.async_save:
+      # The failed background save stays in the manager (it would raise again on every
+      # later wait): start from a fresh one.
+      with contextlib.suppress(Exception):
+        self._manager.close()
+      self._manager = self._new_manager()
+    not_removed = self._remove_partial_step(pending.step, pending.steps_before)
+    failure = _os_failure(error)
+    if failure is None:
+      return None
+    save_error = CheckpointSaveError(
+      self._save_failed_message(pending.step, pending.steps_before, failure, not_removed)
+    )
+    save_error.errno = failure[0]  # str(error) stays the message alone.
+    return save_error
 
   def _remove_partial_step(self, step: int, steps_before: list[int]) -> list[str]:
     """Removes what a failed save of `step` left (`<step>.orbax-checkpoint-tmp*`, and `<step>`
@@ -370,13 +444,17 @@ class Checkpointer:
     restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
     return restored['config']
 
-  def restore(self, abstract_state: Any, step: int | None = None) -> Any:
+  def restore(
+    self, abstract_state: Any, step: int | None = None, ignore: Sequence[str] = ()
+  ) -> Any:
     """Restores `state` at `step` (default: latest) into the given abstract tree.
 
     abstract_state: pytree of `jax.ShapeDtypeStruct` with `.sharding` set.
+    ignore: architecture keys not to compare (LAYOUT_KEYS when `abstract_state` already has
+      the saved layout).
     Raises IncompatibleCheckpointError when the saved architecture differs.
     """
-    step = self._check_restorable(step)
+    step = self._check_restorable(step, ignore)
     restored = self._manager.restore(
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_as_tree(abstract_state)))
     )
@@ -385,11 +463,11 @@ class Checkpointer:
       state = type(abstract_state)(**state)
     return state
 
-  def _check_restorable(self, step: int | None) -> int:
+  def _check_restorable(self, step: int | None, ignore: Sequence[str] = ()) -> int:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}')
-    diff = architecture_diff(_complete(self.saved_config(step)), _complete(self.config))
+    diff = architecture_diff(_complete(self.saved_config(step)), _complete(self.config), ignore)
     if diff:
       raise IncompatibleCheckpointError(
         f'checkpoint {self.directory}/{step} was written by a different architecture:\n  '
@@ -486,7 +564,13 @@ class Checkpointer:
     self._manager.reload()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the save in flight (raising its CheckpointSaveError), then closes orbax."""
+    try:
+      self.wait()
+    except BaseException:
+      with contextlib.suppress(Exception):
+        self._manager.close()
+      raise
     self._manager.close()
 
 

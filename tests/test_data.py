@@ -140,7 +140,9 @@ def test_process_shards_disjoint_and_cover(builder, data_dir):
     shards.append(set(_hashes(np.concatenate([b['image'] for b in batches]))))
   assert not shards[0] & shards[1]
   assert shards[0] | shards[1] == set(_hashes(all_images))
-  # Training: each process holds its half of every global batch of the one-process stream.
+  # Training with host_sharding='rows': each process holds its half of every global batch of
+  # the one-process stream.
+  cfg.host_sharding = 'rows'
   one = _take(
     pipeline.create_dataset(
       cfg, split='train', batch_size=64, train=True, process_index=0, process_count=1

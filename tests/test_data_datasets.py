@@ -236,7 +236,7 @@ def test_bair_bad_video_key(tfds_dir):
 
 
 def test_bair_global_batch_independent_of_process_count_and_resumable(tfds_dir):
-  cfg = _config(name=BAIR, data_dir=tfds_dir, num_frames=5)
+  cfg = _config(name=BAIR, data_dir=tfds_dir, num_frames=5, host_sharding='rows')
   kw = dict(split='train', train=True, seed=4)
   one = _take(pipeline.create_dataset(cfg, batch_size=4, **kw, **KW), 4)
   halves = [
@@ -263,7 +263,7 @@ def test_ucf101_needs_num_frames(tfds_dir):
 
 
 def test_ucf101_train_windows_labels_resume_and_processes(tfds_dir):
-  cfg = _config(name=UCF, data_dir=tfds_dir, num_frames=4)
+  cfg = _config(name=UCF, data_dir=tfds_dir, num_frames=4, host_sharding='rows')
   lengths = dict(enumerate(UCF_LENGTHS['train']))
   kw = dict(split='train', train=True, seed=2)
   one = _take(pipeline.create_dataset(cfg, batch_size=4, **kw, **KW), 6)
@@ -419,7 +419,7 @@ def test_video_folder_eval_shards(folder):
 
 @pytest.mark.slow  # over 6 s on 2 cores; the full suite runs it
 def test_video_folder_train_stream(folder):
-  cfg = _folder_config(folder)
+  cfg = _folder_config(folder, host_sharding='rows')
   kw = dict(split='train', train=True, seed=3)
   lengths = [c[4] for c in FOLDER_CLIPS]
   a = _take(pipeline.create_dataset(cfg, batch_size=4, **kw, **KW), 6)  # 4 epochs of 6 clips.
@@ -459,6 +459,41 @@ def test_video_folder_train_stream(folder):
     2,
   )
   _assert_same(halves[1][2:], resumed_half)
+
+
+def _folder_clip_ids(videos: np.ndarray) -> list[int]:
+  """The FOLDER_CLIPS index of each clip (channel 1; the gray clip has channel 1 == 0)."""
+  return [
+    5 if np.all(v == v[..., :1]) else int(np.round((v[0, 0, 0, 1] - 16) / 20)) for v in videos
+  ]
+
+
+@pytest.mark.slow  # over 6 s on 2 cores (7 pipelines); the full suite runs it
+def test_video_folder_files_sharding_reads_own_clips_and_resumes(folder):
+  cfg = _folder_config(folder)  # host_sharding='files', the default.
+  kw = dict(split='train', train=True, seed=3)
+  for p in range(4):
+    own = list(range(p, 6, 4))  # Clips i % 4 == p (sorted file order): 2, 2, 1, 1 clips.
+    batches = _take(
+      pipeline.create_dataset(cfg, batch_size=1, process_index=p, process_count=4, **kw),
+      2 * len(own),
+    )
+    ids = _folder_clip_ids(np.concatenate([b['video'] for b in batches]))
+    for epoch in range(2):  # Every epoch of a process is a permutation of its own clips.
+      assert sorted(ids[epoch * len(own) : (epoch + 1) * len(own)]) == own
+  # Exact resume of process 1 of 2 (clips 1, 3, 5) from a stored position, mid-epoch.
+  stream = pipeline.create_dataset(cfg, batch_size=2, process_index=1, process_count=2, **kw)
+  _take(stream, 1)
+  state = stream.state()
+  assert state['position'] == 2
+  rest = _take(stream, 2)
+  assert set(_folder_clip_ids(np.concatenate([b['video'] for b in rest]))) == {1, 3, 5}
+  resumed = pipeline.create_dataset(
+    cfg, batch_size=2, process_index=1, process_count=2, resume=state, **kw
+  )
+  _assert_same(rest, _take(resumed, 2))
+  with pytest.raises(ValueError, match=r"host_sharding='files'.*only 6 clips.*host_sharding=rows"):
+    pipeline.create_dataset(cfg, batch_size=1, process_index=0, process_count=8, **kw)
 
 
 def test_video_folder_errors(folder, tmp_path):

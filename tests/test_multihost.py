@@ -54,7 +54,9 @@ DRIVER = textwrap.dedent('''\
         os.path.join(wd, f'process{pid}'), True)
 
     from magvit_jax.config_loader import load_config
-    tokenizer.train_and_evaluate(load_config(sys.argv[4]), workdir, max_steps=int(sys.argv[5]))
+    config = load_config(sys.argv[4])
+    config.data.host_sharding = sys.argv[6]
+    tokenizer.train_and_evaluate(config, workdir, max_steps=int(sys.argv[5]))
     print('DONE', pid, flush=True)
     ''')
 
@@ -70,16 +72,12 @@ def _losses(workdir):
   return np.asarray([metrics[s]['loss'] for s in sorted(metrics) if 'loss' in metrics[s]])
 
 
-def test_two_processes_match_one_process(tmp_path):
-  config_path = tiny_configs.write_config_file(
-    tmp_path / 'tiny_tokenizer.py', 'vqgan', steps=STEPS + 1, checkpoint_every=2
-  )
+def _start_two_processes(tmp_path, workdir, config_path, steps: int, host_sharding: str):
   driver = tmp_path / 'driver.py'
   driver.write_text(DRIVER)
-  workdir = tmp_path / 'multi'
   env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS='--xla_force_host_platform_device_count=4')
   port = _free_port()
-  procs = [
+  return [
     subprocess.Popen(
       [
         sys.executable,
@@ -88,7 +86,8 @@ def test_two_processes_match_one_process(tmp_path):
         str(port),
         str(workdir),
         str(config_path),
-        str(STEPS),
+        str(steps),
+        host_sharding,
       ],
       cwd=REPO,
       env=env,
@@ -99,12 +98,8 @@ def test_two_processes_match_one_process(tmp_path):
     for pid in (0, 1)
   ]
 
-  # Meanwhile: the single-process reference on this process's 8 devices.
-  reference = tmp_path / 'single'
-  tokenizer_trainer.train_and_evaluate(
-    load_config(str(config_path)), str(reference), max_steps=STEPS
-  )
 
+def _finish(procs) -> list[str]:
   outputs = []
   for p in procs:
     try:
@@ -115,6 +110,25 @@ def test_two_processes_match_one_process(tmp_path):
       raise
     outputs.append(out)
     assert p.returncode == 0, out[-4000:]
+  return outputs
+
+
+def test_two_processes_match_one_process(tmp_path):
+  config_path = tiny_configs.write_config_file(
+    tmp_path / 'tiny_tokenizer.py', 'vqgan', steps=STEPS + 1, checkpoint_every=2
+  )
+  workdir = tmp_path / 'multi'
+  # 'rows': both processes read the one global stream, so the global batches are those of one
+  # process (with 'files', the default, each reads its own shard: see the next test).
+  procs = _start_two_processes(tmp_path, workdir, config_path, STEPS, 'rows')
+
+  # Meanwhile: the single-process reference on this process's 8 devices.
+  reference = tmp_path / 'single'
+  tokenizer_trainer.train_and_evaluate(
+    load_config(str(config_path)), str(reference), max_steps=STEPS
+  )
+
+  outputs = _finish(procs)
   for pid, out in enumerate(outputs):
     assert f'process {pid}/2' in out and '4 local / 8 global cpu devices' in out, out[-4000:]
     assert 'mesh data=2 fsdp=4 tensor=1' in out, out[-4000:]
@@ -135,10 +149,34 @@ def test_two_processes_match_one_process(tmp_path):
   )
 
 
+def test_two_processes_with_files_sharding_store_their_own_positions(tmp_path):
+  """host_sharding='files': each of 2 real processes reads its own half of the split; they
+  run the same steps (equal losses), and the checkpoint holds both per-process positions
+  (local: 8 rows per process per step) with the sharding, which a resume checks
+  (in-process tests of the exact resume: tests/test_data_host_sharding.py)."""
+  config_path = tiny_configs.write_config_file(
+    tmp_path / 'tiny_tokenizer.py', 'vqgan', steps=4, checkpoint_every=2
+  )
+  workdir = tmp_path / 'multi'
+  _finish(_start_two_processes(tmp_path, workdir, config_path, STEPS, 'files'))  # Saves step 2.
+  per_process = [_losses(workdir / f'process{pid}') for pid in (0, 1)]
+  assert len(per_process[0]) == STEPS and np.isfinite(per_process[0]).all()
+  np.testing.assert_array_equal(per_process[0], per_process[1])
+  from magvit_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+
+  checkpointer = ckpt_lib.Checkpointer(str(workdir / 'checkpoints'), {})
+  assert checkpointer.all_steps() == [2]
+  saved = checkpointer.data_state(2)['data']
+  checkpointer.close()
+  assert saved['host_sharding'] == 'files'
+  assert saved['position'] == [16, 16] and saved['read'] == [16, 16]  # 2 steps x 8 per process.
+
+
 def test_global_batch_is_independent_of_process_count():
   from magvit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
   config = _load_default_data_config()
+  config.host_sharding = 'rows'  # 'files' (the default) gives each process its own shard.
   one = next(
     pipeline.create_dataset(
       config, split='train', batch_size=8, train=True, seed=0, process_index=0, process_count=1

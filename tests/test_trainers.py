@@ -84,6 +84,28 @@ def test_transformer_kill_and_resume_matches_uninterrupted(
   np.testing.assert_allclose(losses(workdir), expected, rtol=1e-6, atol=0)
 
 
+def test_transformer_resumes_across_a_scan_layers_switch(
+  transformer_run, tokenizer_run, tmp_path, capsys
+):
+  """Unrolled -> scanned (with remat) -> unrolled: same losses as one uninterrupted run."""
+  workdir = str(tmp_path / 'run')
+  config = tiny_configs.maskgit(tokenizer_run[0])
+  config.checkpoint_every = 2
+  transformer_trainer.train_and_evaluate(config, workdir, max_steps=3)  # checkpoint 2
+  scanned = tiny_configs.maskgit(tokenizer_run[0])
+  scanned.checkpoint_every = 2
+  scanned.model.update(dict(scan_layers=True, remat_policy='full'))
+  transformer_trainer.train_and_evaluate(scanned, workdir, max_steps=5)  # 2 -> checkpoint 4
+  assert 'checkpoint 2 has model.scan_layers=False; converted to scan_layers=True' in (
+    capsys.readouterr().out
+  )
+  transformer_trainer.train_and_evaluate(config, workdir)  # 4 -> 6, unrolled again
+  assert 'checkpoint 4 has model.scan_layers=True; converted to scan_layers=False' in (
+    capsys.readouterr().out
+  )
+  np.testing.assert_allclose(losses(workdir), losses(transformer_run), rtol=2e-5, atol=0)
+
+
 def test_checkpoint_of_another_architecture_is_refused(tokenizer_run, tmp_path):
   workdir = str(tmp_path / 'run')
   shutil.copytree(tokenizer_run[0], workdir)

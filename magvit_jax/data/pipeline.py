@@ -14,13 +14,25 @@ e.g. `magvit_moving_digits`, `ucf101`, `bair_robot_pushing_small`; or `video_fol
   label: int32 [batch_size]  (all zeros for datasets without a `label` feature)
 where `batch_size` is the per-process batch.
 
-Training streams are a pure function of (dataset, split, seed, global batch): every process
-reads the whole split, shuffled with a fixed seed and repeated forever, and keeps its rows of each
-global batch (process p: rows [p * batch_size, (p + 1) * batch_size)), so the global batch order
-is the same for any number of processes; every random augmentation (incl. the temporal crop of
-videos) is a stateless function of (seed, position in the global stream). So
-`start_step=k` reproduces batches k, k+1, ... of a fresh iterator exactly, by skipping
-`k * global batch` raw (still encoded) records before any decoding; `resume=` (what a
+Training streams: how the processes of a multi-process run share the split is
+`data.host_sharding` (the same on one process: one stream of the whole split):
+- 'files' (default; what pods need): each process reads only its own 1/process_count of the
+  split (TFDS: `tfds.even_splits`, i.e. only the files or file ranges holding it; a video
+  folder: the clips i % process_count == process_index), shuffles it with a seed of its own,
+  repeats it forever and batches it locally. Per epoch the shards of all processes hold every
+  record exactly once; the records each process reads (IO, parsing, shuffling) shrink with
+  the process count (decoding is per own example in both modes). The global
+  batch composition depends on the process count, so a checkpoint's stream positions
+  (per process) resume only with the same process count (else a ValueError naming
+  `data.host_sharding`).
+- 'rows': every process reads the whole split, shuffled with a fixed seed and repeated
+  forever, and keeps its rows of each global batch (process p: rows [p * batch_size,
+  (p + 1) * batch_size)), so the global batch order is the same for any number of processes,
+  at the price of every process reading (not decoding) the whole split.
+Every random augmentation (incl. the temporal crop of videos) is a stateless function of (seed,
+position in the stream; with 'files' also the process). So `start_step=k` reproduces batches
+k, k+1, ... of a fresh iterator exactly, by skipping `k * global batch` ('rows') or
+`k * batch_size` ('files') raw (still encoded) records before any decoding; `resume=` (what a
 checkpoint stored) starts at an exact stream position instead, which stays exact when bad
 records were skipped.
 
@@ -54,8 +66,12 @@ from magvit_jax.data.video_folder import (
   video_folder_classes,
 )
 
+# data.host_sharding: how the processes of a training run share the split (module docstring).
+HOST_SHARDINGS = ('files', 'rows')
+
 __all__ = [
   'DamagedDataError',
+  'HOST_SHARDINGS',
   'DatasetNotPreparedError',
   'EMBEDDED_DATASETS',
   'VIDEO_FOLDER',
@@ -104,11 +120,14 @@ def create_dataset(
         labels are the indices of the sorted class names (`video_folder_classes`); `split` is
         a split directory name, or several joined by '+';
       `fps` (float or None; video files only): resample to this frame rate (the nearest frame
-        to each target time), None: every frame of the file.
+        to each target time), None: every frame of the file;
+      `host_sharding` ('files' (default) or 'rows'; train only): each process reads only its
+        own shard of the split, or the whole split keeping its rows of each global batch (see
+        the module docstring).
     split: TFDS split expression, e.g. 'train', 'test', 'train[:90%]'.
     batch_size: per-process batch size.
-    train: True -> this process's rows of the global stream, shuffled (seeded), repeated
-      forever, augmented (seeded;
+    train: True -> this process's shard ('files') or rows of the global stream ('rows'),
+      shuffled (seeded), repeated forever, augmented (seeded;
       for videos also a seeded random temporal window), always `drop_remainder`.
       False -> this process's shard, one pass in file order, no shuffle, no augmentation
       (videos: the first `num_frames` frames), `drop_remainder` as given.
@@ -117,11 +136,12 @@ def create_dataset(
       (exact when no record was skipped before it).
     resume: (train) {'position', 'read', 'skipped'} of this process as a checkpoint stored them
       (`skipped_records.resume_position`): the stream starts at that position, the counts go
-      on; overrides `start_step`.
+      on; overrides `start_step`. With the saved 'host_sharding' and 'process_count' (newer
+      checkpoints), a resume whose positions mean something else here is refused (ValueError).
     stream: the config section of `data_config` ('data', 'image_data'): names the skip
       metrics and the limit's config key in messages.
     process_index, process_count: default `jax.process_index()` / `jax.process_count()`.
-      Training: rows of each global batch (see above). Evaluation: shards from
+      Training: this process's shard or rows (see above). Evaluation: shards from
       `tfds.even_splits` (video folders: contiguous file-order shards; sizes differ by at
       most 1).
     drop_remainder: (eval) drop a final partial batch.
@@ -162,12 +182,23 @@ def create_dataset(
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} not in [0, process_count={process_count}).')
+  host_sharding = _cfg_get(data_config, 'host_sharding', 'files')
+  if host_sharding not in HOST_SHARDINGS:
+    raise ValueError(
+      f"{stream}.host_sharding={host_sharding!r}: expected 'files' (each process reads its own "
+      "files) or 'rows' (each process reads the whole split and keeps its rows)"
+    )
+  # One process: both are the one stream of the whole split.
+  by_files = train and host_sharding == 'files' and process_count > 1
 
   options = tf.data.Options()
   options.deterministic = True
   global_batch = int(batch_size) * int(process_count)
   resume = dict(resume or {})
-  start = int(resume.get('position', int(start_step) * global_batch)) if train else 0
+  if train and resume:
+    _check_resumable(resume, stream, host_sharding, int(process_count))
+  per_step = int(batch_size) if by_files else global_batch
+  start = int(resume.get('position', int(start_step) * per_step)) if train else 0
   args = (
     data_config,
     split,
@@ -180,12 +211,17 @@ def create_dataset(
     int(process_count),
   )
   if name == VIDEO_FOLDER:
-    ds, preprocess, source = _video_folder_records(*args)
+    ds, preprocess, source = _video_folder_records(*args, by_files=by_files)
   else:
-    ds, preprocess, source = _tfds_records(name, *args, options)
-  # `ds` holds (position, raw record): for training the position in the global stream (after
-  # the resume skip), for eval the position in this process's shard.
-  if train:
+    ds, preprocess, source = _tfds_records(name, *args, options, by_files=by_files)
+  # `ds` holds (position, raw record): for training the position in the global stream ('rows')
+  # or in this process's own stream ('files') (after the resume skip), for eval the position in
+  # this process's shard.
+  if by_files:
+    # Stateless seed per element: (seed, process) x position in this process's stream.
+    base = tf.constant(int(seed) * 1_000_003 + int(process_index), tf.int64)
+    drop_remainder = True
+  elif train:
     # Stateless seed per element: seed x position in the global stream.
     base = tf.constant(int(seed) * 1_000_003, tf.int64)
     if process_count > 1:
@@ -206,7 +242,7 @@ def create_dataset(
   ds = ds.batch(batch_size, drop_remainder=drop_remainder)
   ds = ds.prefetch(tf.data.AUTOTUNE)
   ds = ds.with_options(options)
-  return skipped_records.GoodBatches(
+  batches = skipped_records.GoodBatches(
     _framing_errors_named(tfds.as_numpy(ds), name, split, data_config),
     batch_size,
     stream=stream,
@@ -215,6 +251,36 @@ def create_dataset(
     start_position=start,
     read=int(resume.get('read', 0)),
     skipped=int(resume.get('skipped', 0)),
+  )
+  # What the positions of this stream mean; stored beside them in checkpoints (trainers/loop).
+  batches.host_sharding = host_sharding
+  return batches
+
+
+def _check_resumable(resume: dict, stream: str, host_sharding: str, process_count: int) -> None:
+  """Refuses a checkpoint's stream positions that mean something else in this run.
+
+  resume: from `skipped_records.resume_position`; its 'host_sharding' and 'process_count' are
+  those of the run that saved it (absent for a hand-made dict or an older checkpoint: nothing
+  to check). On one process both shardings give the same stream; 'rows' positions are global,
+  so they carry over to another process count (`resume_position` then starts every process at
+  the smallest one); 'files' positions are per process and per shard, so they need the same
+  process count and sharding.
+  """
+  saved_mode, saved_count = resume.get('host_sharding'), resume.get('process_count')
+  if saved_mode is None or saved_count is None:
+    return
+  saved = 'rows' if saved_count == 1 else saved_mode
+  current = 'rows' if process_count == 1 else host_sharding
+  if saved == current == 'rows' or (saved == current and saved_count == process_count):
+    return
+  raise ValueError(
+    f'the checkpoint stored the {stream} stream positions of {saved_count} process(es) with '
+    f'{stream}.host_sharding={saved_mode!r}; this run has {process_count} process(es) with '
+    f"{stream}.host_sharding={host_sharding!r}. With 'files' each process reads its own shard "
+    'of the split, whose positions mean nothing under another process count or sharding: '
+    f'resume with {saved_count} process(es) and {stream}.host_sharding={saved_mode!r}'
+    + (" (or, for a run saved with 'rows', any process count)" if saved_mode == 'rows' else '')
   )
 
 

@@ -186,6 +186,9 @@ def resume_position(
     `start_step * global batch`).
   With another process count than the saved one, every process starts at the smallest saved
   position (the rows of each process differ then; a few records are read twice, none is lost).
+  A data state that names its 'host_sharding' (written since `data.host_sharding` exists)
+  also gives back that and the saved 'process_count', so that `create_dataset` can refuse
+  per-process ('files') positions under another process count.
   """
   if not data_state or stream not in data_state:
     return None
@@ -193,9 +196,13 @@ def resume_position(
   positions = [int(p) for p in saved['position']]
   if len(positions) == process_count:
     i = process_index
-    return {
+    out = {
       'position': positions[i],
       'read': int(saved['read'][i]),
       'skipped': int(saved['skipped'][i]),
     }
-  return {'position': min(positions), 'read': 0, 'skipped': 0}
+  else:
+    out = {'position': min(positions), 'read': 0, 'skipped': 0}
+  if 'host_sharding' in saved:
+    out.update(host_sharding=str(saved['host_sharding']), process_count=len(positions))
+  return out

@@ -7,8 +7,9 @@
 - `_make_preprocess` / `_make_video_preprocess` decode and augment one encoded image / video
   record (stateless seeds; only the kept frames of a video are decoded).
 - `_tfds_records` is the TFDS half of `pipeline.create_dataset`: the dataset of
-  (position, encoded example) of a split (global shuffled stream for training, a per-process
-  shard for eval) and its preprocess function.
+  (position, encoded example) of a split (for training the global shuffled stream, or with
+  `data.host_sharding='files'` this process's own shuffled shard; a per-process shard for
+  eval) and its preprocess function.
 """
 
 from __future__ import annotations
@@ -284,6 +285,11 @@ def _cfg_get(config: Any, key: str, default: Any = None) -> Any:
   return getattr(config, key, default)
 
 
+def _process_seed(seed: int, process_index: int) -> int:
+  """The shuffle seed of process `process_index`'s own stream (host_sharding='files')."""
+  return int(seed) * 1_000_003 + int(process_index)
+
+
 def _tfds_records(
   name: str,
   data_config: Any,
@@ -296,12 +302,16 @@ def _tfds_records(
   process_index: int,
   process_count: int,
   options: tf.data.Options,
+  by_files: bool = False,
 ):
   """(dataset of (position, encoded example), preprocess, source) of a TFDS dataset.
 
-  start: (train) the first position of the global stream to read (raw records before it are
-  skipped undecoded). source: fn(encoded example) -> its `tfds_id` (file and record index),
-  how a bad record is named in the log.
+  start: (train) the first position of the stream to read (raw records before it are skipped
+  undecoded): of the global stream, or with `by_files` of this process's own stream.
+  by_files: (train, `data.host_sharding='files'`) this process reads only its contiguous
+  1/process_count of the split (`tfds.even_splits`: only the files, or file ranges, that hold
+  it), shuffled with a seed of its own. source: fn(encoded example) -> its `tfds_id` (file and
+  record index), how a bad record is named in the log.
   """
   builder = get_builder(name, _cfg_get(data_config, 'data_dir'))
   available = sorted(builder.info.splits.keys())
@@ -349,14 +359,17 @@ def _tfds_records(
     decoders={key: tfds.decode.SkipDecoding()},
   )
 
-  # Training reads the whole split on every process (one global shuffled stream, each process
-  # keeping its rows of every global batch), so the global batch order does not depend on the
-  # process count. Evaluation reads a per-process shard.
+  # Training with host_sharding='rows' reads the whole split on every process (one global
+  # shuffled stream, each process keeping its rows of every global batch), so the global batch
+  # order does not depend on the process count. With 'files' (`by_files`), and for evaluation,
+  # each process reads its own shard: TFDS turns it into the file instructions of that range.
   shard = (
     tfds.even_splits(split, n=process_count)[process_index]
-    if process_count > 1 and not train
+    if process_count > 1 and (by_files or not train)
     else split
   )
+  if by_files:
+    seed = _process_seed(seed, process_index)
   read_config = tfds.ReadConfig(
     options=options,
     shuffle_seed=seed,

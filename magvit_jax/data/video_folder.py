@@ -433,10 +433,14 @@ def _video_folder_records(
   start: int,
   process_index: int,
   process_count: int,
+  by_files: bool = False,
 ):
   """(dataset of (position, clip index), preprocess, source) of a video folder; see
-  create_dataset. start: (train) the first position of the global stream; source: fn(clip
-  index) -> the clip's path."""
+  create_dataset. start: (train) the first position of the global stream (with `by_files`: of
+  this process's own stream); by_files: (train, `data.host_sharding='files'`) this process
+  reads only clips i with i % process_count == process_index (in sorted file order), each
+  epoch a permutation of them seeded by (seed, process, epoch); source: fn(clip index) -> the
+  clip's path."""
   if num_frames is None:
     raise ValueError(
       f'data.name={VIDEO_FOLDER!r}: clips have variable length: set data.num_frames.'
@@ -456,16 +460,29 @@ def _video_folder_records(
   )
   n = len(paths)
   if train:
-    # Epoch e is a full permutation of the clips, seeded by (seed, e); so the record at global
-    # position k is computed directly and a resume skips less than one epoch.
-    first_epoch = start // n
+    # Epoch e is a full permutation of the clips (of this process's own clips with `by_files`),
+    # seeded by (seed, e); so the record at position k is computed directly and a resume skips
+    # less than one epoch.
+    clips = tf.range(n, dtype=tf.int64)
     shuffle_seed = tf.constant(int(seed), tf.int64)
+    if by_files:
+      if n < process_count:
+        raise ValueError(
+          f"data.host_sharding='files' gives each of the {process_count} processes the clips "
+          f'i % {process_count} == process_index, but split {split!r} of '
+          f'{_cfg_get(data_config, "folder")} has only {n} clips: use '
+          '--config.data.host_sharding=rows'
+        )
+      clips = tf.range(process_index, n, process_count, dtype=tf.int64)
+      n = len(range(process_index, len(paths), process_count))
+      shuffle_seed = tf.constant(int(seed) * 1_000_003 + int(process_index), tf.int64)
+    first_epoch = start // n
 
     def epoch(e):
       order = tf.random.experimental.stateless_shuffle(
         tf.range(n, dtype=tf.int64), seed=tf.stack([shuffle_seed, e])
       )
-      return tf.data.Dataset.from_tensor_slices(order)
+      return tf.data.Dataset.from_tensor_slices(tf.gather(clips, order))
 
     ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch)
     ds = ds.skip(start - first_epoch * n).enumerate(start=start)

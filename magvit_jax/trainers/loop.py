@@ -5,12 +5,16 @@ asynchronously; metrics stay on device). Every `log_every` steps the buffered
 metrics are fetched once, checked for NaN/Inf, written and shown. Every
 `checkpoint_every` steps (and at the end) the state is saved -- only after the
 losses leading up to it were checked, so no checkpoint ever holds a NaN state.
+With `config.checkpoint_async` the save returns once the state is on the host and
+the steps go on while orbax writes it; the next save, the end of the loop, a
+preemption and an error wait for it (a failed write raises there, naming its step).
 
 Preemption (TPU maintenance, spot VMs, `kill`): while the loop runs, SIGTERM
 only sets a flag (the previous handler is restored when the loop exits). At
 the next step boundary where the flag is looked at, the pending metrics are
 flushed and checked, the state of that step is saved, "preempted at step N,
-checkpoint saved" is logged and `Preempted` is raised; `magvit_jax.train`
+checkpoint saved" is logged (once that checkpoint is written, also with
+`checkpoint_async`) and `Preempted` is raised; `magvit_jax.train`
 catches it and exits with status 0. Re-running the same command resumes from
 that checkpoint, and the resumed run's losses equal an uninterrupted run's.
 
@@ -25,6 +29,7 @@ save -- at the same step; on one process it is looked at after every step.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -67,12 +72,19 @@ def _data_state(streams: dict[str, Any]) -> dict[str, dict[str, list[int]]] | No
   names = sorted(streams)
   local = [v for n in names for v in _counts(streams[n])]
   table = parallel.gather_ints(local).reshape(-1, len(names), 3)
-  return {
+  out = {
     n: {
       key: [int(v) for v in table[:, i, j]] for j, key in enumerate(('position', 'read', 'skipped'))
     }
     for i, n in enumerate(names)
   }
+  for n in names:
+    # What the positions mean ('files': per process shard, 'rows': the global stream); the
+    # same on every process (one config), so a resume can refuse positions it cannot use.
+    sharding = getattr(streams[n], 'host_sharding', None)
+    if sharding is not None:
+      out[n]['host_sharding'] = sharding
+  return out
 
 
 def _counts(stream: Any) -> tuple[int, int, int]:
@@ -152,7 +164,7 @@ def run_loop(
   print(f'[{stage}] {parallel.describe_runtime(mesh)}', flush=True)
   with _SigtermFlag() as sigterm:
     try:
-      return _run_steps(
+      state = _run_steps(
         state=state,
         train_step=train_step,
         batches=batches,
@@ -167,8 +179,23 @@ def run_loop(
         sigterm=sigterm,
         sync_every=preemption_sync_every,
       )
+    except BaseException:
+      # A checkpoint still being written in the background (`checkpoint_async`) is finished
+      # before the error propagates (its own failure would only hide this error).
+      with contextlib.suppress(Exception):
+        _wait_for_save(checkpointer)
+      raise
     finally:
       writer.flush(force=True)  # Buffered rows of object-store workdirs, even on errors.
+    _wait_for_save(checkpointer)  # The final checkpoint is on disk when the loop returns.
+    return state
+
+
+def _wait_for_save(checkpointer: Checkpointer) -> None:
+  """Waits for a checkpoint being written in the background; raises its CheckpointSaveError."""
+  wait = getattr(checkpointer, 'wait', None)
+  if wait is not None:
+    wait()
 
 
 def _run_steps(
@@ -250,6 +277,7 @@ def _run_steps(
       if last_ckpt != step:
         save(step)
         last_ckpt = step
+      _wait_for_save(checkpointer)  # Written and finalized before the process may be killed.
       print(
         f'[{stage}] preempted at step {step}, checkpoint saved in {checkpointer.directory}/{step}',
         flush=True,

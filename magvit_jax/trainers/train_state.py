@@ -155,7 +155,9 @@ def init_or_restore(
   start_step = checkpointer.latest_step() or 0
   if start_step:
     state, start_step, damaged = checkpointer.restore_readable(
-      lambda s: checkpointer.restore(abstract, s), restore_step, strict_restore
+      lambda s: restore_any_layout(checkpointer, abstract, shardings, config, mesh, s, stage),
+      restore_step,
+      strict_restore,
     )
     checkpointer.set_aside(damaged, 'damaged')
     checkpointer.set_aside([s for s in checkpointer.all_steps() if s > start_step], 'superseded')
@@ -163,3 +165,36 @@ def init_or_restore(
   else:
     state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(int(config.seed)))
   return state, shardings, start_step
+
+
+def restore_any_layout(checkpointer, abstract, shardings, config, mesh, step: int, stage: str):
+  """`checkpointer.restore(abstract, step)`, also across a `model.scan_layers` switch.
+
+  A transformer saved unrolled (`block_i`) resumes scanned (`blocks`, stacked on a leading
+  layer axis) and the other way round: the checkpoint is read in its own layout (replicated
+  over the mesh for this one read) and converted with `stack_layers` / `unstack_layers`
+  (params, EMA and the optimizer moments alike), then placed with the run's shardings. The
+  values are the same; only the layout changes.
+  """
+  saved_model = checkpointer.saved_config(step).get('model', {})
+  saved = bool(saved_model.get('scan_layers', False))
+  current = bool(config.model.get('scan_layers', False))
+  if saved == current:
+    return checkpointer.restore(abstract, step)
+  from magvit_jax.models.transformer import stack_layers, unstack_layers  # pylint: disable=g-import-not-at-top
+
+  to_saved, from_saved = (stack_layers, unstack_layers) if saved else (unstack_layers, stack_layers)
+  rep = parallel.replicated(mesh)
+  saved_abstract = jax.tree_util.tree_map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
+    jax.eval_shape(to_saved, abstract),
+  )
+  from magvit_jax.checkpoint import LAYOUT_KEYS  # pylint: disable=g-import-not-at-top
+
+  state = checkpointer.restore(saved_abstract, step, ignore=LAYOUT_KEYS)
+  print(
+    f'[{stage}] checkpoint {step} has model.scan_layers={saved}; converted to '
+    f'scan_layers={current}',
+    flush=True,
+  )
+  return jax.device_put(from_saved(state), shardings)
