@@ -8,7 +8,8 @@ Images are 1-frame videos, so the same weights also tokenize videos (the first f
 coded on its own). Argument: `imagenet` (default; 256 x 256 -> 16 x 16 tokens, 2^18 codes,
 filters 128, channel multipliers (1, 1, 2, 2, 4), 4 residual blocks; the exact layer sizes of
 the paper's image tokenizer are not published in full, these follow its video tokenizer with one
-more 2x spatial level), `digits` (tiny CPU variant on the embedded 32 x 32 digits: 8 x 8
+more 2x spatial level; LFQ recipe of docs/lfq.md: entropy weight 0.1, temperature 0.01,
+commitment 0.25), `digits` (tiny CPU variant on the embedded 32 x 32 digits: 8 x 8
 tokens, 2^10 codes) or `open_magvit2_256`: the architecture of TencentARC's Open-MAGVIT2
 256 x 256 image tokenizer (configs/Open-MAGVIT2/gpu/imagenet_lfqgan_256_L.yaml: ch 128, ch_mult
 (1, 1, 2, 2, 4), 4 residual blocks, z_channels 18, 2^18 codes) as options of our model: a
@@ -38,10 +39,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       temporal_downsample=(False, False, True, True),
       num_bits=18,
       num_groups=32,
+      # LFQ recipe (docs/lfq.md): T = 0.01 as Open-MAGVIT2 and the official MAGVIT code (the
+      # pre-recipe value: --config.model.entropy_temperature=1.0); no norm before LFQ; the
+      # entropy weight is not annealed (losses.entropy_weight_schedule='constant', the
+      # default, as the released Open-MAGVIT2 configs).
       entropy_weight=0.1,
       commitment_weight=0.25,
-      entropy_temperature=1.0,
+      entropy_temperature=0.01,
       entropy_chunk_size=1024,
+      pre_quant_norm='none',
     )
   )
   c.losses.update(
@@ -49,9 +55,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       gan_weight=0.1,
       gan_loss='non_saturating',
       r1_gamma=10.0,
-      lecam_weight=0.001,
+      lecam_weight=0.05,  # MAGVIT-v2's (check; MAGVIT's shipped configs have 0).
       disc_start_step=20_000,
       perceptual_weight=0.1,
+      perceptual_network='resnet50_logits',  # Weights: convert_resnet50 (docs/tokenizer_training.md).
     )
   )
   c.ema_decay = 0.999

@@ -327,7 +327,7 @@ def build_programs(config, mesh, global_batch: int, tokenizer_config=None, decod
     batch = _abstract_batch({key: (jnp.uint8, shape), 'label': (jnp.int32, ())}, global_batch, mesh)
     step = trainer.make_train_step(model, tx, config.losses, adv)
     if adv.perceptual_weight and adv.perceptual is None:
-      notes.append('perceptual loss off (its VGG weights file is absent)')
+      notes.append('perceptual loss off (its weights file, VGG or ResNet-50, is absent)')
     if config.get('image_every'):
       notes.append('video step only (the image steps of joint training are a smaller program)')
   else:

@@ -96,6 +96,10 @@ def base_config(stage: str, model: str = 'vqgan') -> ml_collections.ConfigDict:
       # Records that cannot be decoded (or hold NaN/Inf) are skipped and counted; the run stops
       # once more than this fraction of the records read was skipped (docs/data.md).
       max_skipped_fraction=0.01,
+      # Training with several processes: 'files' = each process reads only its own shard of the
+      # split (what pods need; the global batch then depends on the process count), 'rows' =
+      # each reads the whole split and keeps its rows of each global batch (docs/data.md).
+      host_sharding='files',
     )
   )
   c.batch_size = 256
@@ -104,6 +108,8 @@ def base_config(stage: str, model: str = 'vqgan') -> ml_collections.ConfigDict:
   c.log_every = 100
   c.checkpoint_every = 1000
   c.max_checkpoints = 3
+  # Checkpoints are written in the background while the steps go on (docs/reliability.md).
+  c.checkpoint_async = True
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_slices=1))
   c.logical_axis_rules = [list(r) for r in LOGICAL_AXIS_RULES]
   c.optimizer = ml_collections.ConfigDict(
@@ -125,6 +131,12 @@ def base_config(stage: str, model: str = 'vqgan') -> ml_collections.ConfigDict:
       dict(
         l2_weight=1.0,
         l1_weight=0.0,
+        # LFQ (model.name='magvit2') only: annealing of the entropy-loss weight over the steps,
+        # 'constant' | 'linear' | 'cosine' from entropy_weight_start_factor * model.entropy_weight
+        # at step 0 to model.entropy_weight at step entropy_weight_steps (docs/lfq.md).
+        entropy_weight_schedule='constant',
+        entropy_weight_start_factor=1.0,
+        entropy_weight_steps=0,
         gan_weight=0.0,
         gan_loss='hinge',
         disc_start_step=0,
@@ -133,6 +145,9 @@ def base_config(stage: str, model: str = 'vqgan') -> ml_collections.ConfigDict:
         perceptual_weight=0.0,
         perceptual_weights=ml_collections.config_dict.placeholder(str),
         perceptual_required=False,
+        # 'vgg16_lpips' (VQGAN/MaskGIT) or 'resnet50_logits' (MAGVIT: squared distance of
+        # ResNet-50 logits); `perceptual_weights` is that network's converted .npz.
+        perceptual_network='vgg16_lpips',
       )
     )
     c.discriminator = ml_collections.ConfigDict(
@@ -262,6 +277,41 @@ def _require(cond: bool, field: str, expected: str, value: Any) -> None:
     raise ValueError(f'config.{field}={value!r}: expected {expected}')
 
 
+def _check_entropy_schedule(losses: ml_collections.ConfigDict, model_name: str) -> None:
+  """losses.entropy_weight_*: the LFQ entropy-weight annealing (quantizers/lfq.py)."""
+  from magvit_jax.quantizers import lfq  # pylint: disable=g-import-not-at-top
+
+  schedule = losses.get('entropy_weight_schedule', 'constant')
+  _require(
+    schedule in lfq.ENTROPY_WEIGHT_SCHEDULES,
+    'losses.entropy_weight_schedule',
+    ' or '.join(map(repr, lfq.ENTROPY_WEIGHT_SCHEDULES)),
+    schedule,
+  )
+  if schedule == 'constant':
+    return
+  _require(
+    model_name == 'magvit2',
+    'losses.entropy_weight_schedule',
+    "'constant' (only the LFQ tokenizer, model.name='magvit2', has an entropy loss)",
+    schedule,
+  )
+  steps = losses.get('entropy_weight_steps', 0)
+  _require(
+    isinstance(steps, int) and not isinstance(steps, bool) and steps > 0,
+    'losses.entropy_weight_steps',
+    f'a positive integer (the steps of the {schedule!r} annealing)',
+    steps,
+  )
+  factor = losses.get('entropy_weight_start_factor', 1.0)
+  _require(
+    not isinstance(factor, bool) and isinstance(factor, (int, float)) and factor >= 0,
+    'losses.entropy_weight_start_factor',
+    'a float >= 0 (weight at step 0 = factor * model.entropy_weight)',
+    factor,
+  )
+
+
 def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
   """Checks a finished config for `stage`; raises ValueError naming the field."""
   _require(config.stage == stage, 'stage', f"'{stage}' for this trainer", config.stage)
@@ -275,6 +325,12 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
   )
   _require(
     config.max_checkpoints > 0, 'max_checkpoints', 'a positive integer', config.max_checkpoints
+  )
+  _require(
+    isinstance(config.get('checkpoint_async', False), bool),
+    'checkpoint_async',
+    'True or False',
+    config.get('checkpoint_async', False),
   )
   _require(config.optimizer.lr > 0, 'optimizer.lr', 'a positive float', config.optimizer.lr)
   _require(
@@ -294,6 +350,13 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
         f'{section}.max_skipped_fraction',
         'a fraction in [0, 1]',
         limit,
+      )
+      sharding = config[section].get('host_sharding', 'files')
+      _require(
+        sharding in ('files', 'rows'),
+        f'{section}.host_sharding',
+        "'files' (each process reads its own shard) or 'rows' (each reads the whole split)",
+        sharding,
       )
       fps = config[section].get('fps', None)
       _require(
@@ -323,6 +386,13 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
       config.losses.gan_loss,
     )
     _require(0.0 <= config.ema_decay < 1.0, 'ema_decay', 'a float in [0, 1)', config.ema_decay)
+    network = config.losses.get('perceptual_network', 'vgg16_lpips')
+    _require(
+      network in ('vgg16_lpips', 'resnet50_logits'),
+      'losses.perceptual_network',
+      "'vgg16_lpips' or 'resnet50_logits'",
+      network,
+    )
     if config.image_every:
       _require(
         'image_data' in config,
@@ -330,6 +400,12 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
         'a data section like config.data (the images of joint training) when image_every > 0',
         None,
       )
+    from magvit_jax.models import transformer as tfm  # pylint: disable=g-import-not-at-top
+
+    remat = m.get('remat_policy', 'none')
+    _require(
+      remat in tfm.REMAT_POLICIES, 'model.remat_policy', f'one of {list(tfm.REMAT_POLICIES)}', remat
+    )
     if name in ('vqgan', 'vqgan3d'):
       _require(m.codebook_size > 1, 'model.codebook_size', 'an integer > 1', m.codebook_size)
     if name == 'vqgan':
@@ -409,6 +485,36 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
         _require(value in choices, f'model.{key}', ' or '.join(map(repr, choices)), value)
       for key in ('res_conv_bias', 'encoder_in_bias'):
         _require(isinstance(m.get(key, True), bool), f'model.{key}', 'True or False', m.get(key))
+      # The LFQ recipe's options (docs/lfq.md).
+      from magvit_jax.models import magvit2_tokenizer  # pylint: disable=g-import-not-at-top
+
+      pre_norm = m.get('pre_quant_norm', 'none')
+      _require(
+        pre_norm in magvit2_tokenizer.PRE_QUANT_NORMS,
+        'model.pre_quant_norm',
+        ' or '.join(map(repr, magvit2_tokenizer.PRE_QUANT_NORMS)),
+        pre_norm,
+      )
+      groups = m.get('pre_quant_norm_groups', 1)
+      _require(
+        isinstance(groups, int)
+        and not isinstance(groups, bool)
+        and groups >= 1
+        and m.num_bits % groups == 0,
+        'model.pre_quant_norm_groups',
+        f'a positive divisor of model.num_bits={m.num_bits}',
+        groups,
+      )
+      for key in ('entropy_temperature', 'entropy_weight', 'commitment_weight'):
+        value = m.get(key, 1.0)
+        _require(
+          not isinstance(value, bool)
+          and isinstance(value, (int, float))
+          and (value > 0 if key == 'entropy_temperature' else value >= 0),
+          f'model.{key}',
+          'a float > 0' if key == 'entropy_temperature' else 'a float >= 0',
+          value,
+        )
       zero_sign = m.get('zero_sign', 1)
       _require(
         not isinstance(zero_sign, bool) and zero_sign in (1, -1),
@@ -416,6 +522,7 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
         '1 or -1',
         zero_sign,
       )
+    _check_entropy_schedule(config.losses, name)
     for mult in m.channel_multipliers:
       _require(
         (m.filters * mult) % m.num_groups == 0,
@@ -437,6 +544,14 @@ def validate_config(config: ml_collections.ConfigDict, stage: str) -> None:
       'model.norm_layout',
       "'pre' or 'post'",
       m.get('norm_layout'),
+    )
+    segments = m.get('num_segments', 0)
+    _require(
+      isinstance(segments, int) and not isinstance(segments, bool) and segments >= 0,
+      'model.num_segments',
+      'an int >= 0 (0: no segment embedding; 2: a converted official MAGVIT transformer '
+      'trained with use_condition_segment)',
+      segments,
     )
     from magvit_jax.models import transformer as tfm  # pylint: disable=g-import-not-at-top
 

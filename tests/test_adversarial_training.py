@@ -112,8 +112,16 @@ def test_gan_kill_and_resume_matches_uninterrupted(tmp_path):
   assert _max_diff(params, result['state'].ema_params) == 0.0
 
 
-def test_joint_image_video_gan_is_refused():
+def test_joint_image_video_gan_uses_a_time_pooled_discriminator():
+  """Joint training (tests/test_joint_gan.py trains it) gets the time-pooled 3D discriminator and
+  image LeCAM EMAs; a video-only run keeps the unpooled one and its state layout."""
   c = load_config('magvit2_tokenizer_video.py:digits')
-  c.losses.gan_weight = 0.1
-  with pytest.raises(ValueError, match='image_every'):
-    Adversarial(c, (5, 32, 32, 3))
+  c.losses.update(dict(gan_weight=0.1, lecam_weight=0.05))
+  adv = Adversarial(c, (5, 32, 32, 3))
+  assert adv.joint and adv.disc.pool_time
+  c.image_every = 0
+  adv = Adversarial(c, (5, 32, 32, 3))
+  assert not adv.joint and not adv.disc.pool_time
+  params = {'w': jnp.zeros(())}
+  disc = jax.eval_shape(adv.init_extra, jax.random.PRNGKey(0), params)['disc']
+  assert sorted(disc) == ['lecam_fake', 'lecam_real', 'opt_state', 'params']

@@ -208,23 +208,39 @@ def load_vgg16_weights(path: str) -> dict[str, Any]:
   return params
 
 
-def make_perceptual_loss(
-  path: str | None, required: bool, dtype: Any = jnp.float32
-) -> PerceptualLoss | None:
-  """The perceptual loss built from the weights at `path`.
+NETWORKS = ('vgg16_lpips', 'resnet50_logits')
 
+
+def make_perceptual_loss(
+  path: str | None, required: bool, dtype: Any = jnp.float32, network: str = 'vgg16_lpips'
+) -> Any:
+  """The perceptual loss of `network` built from the weights at `path`.
+
+  network: 'vgg16_lpips' (this module's `PerceptualLoss`, VQGAN/MaskGIT) or 'resnet50_logits'
+  (`resnet50.ResNet50LogitsLoss`, MAGVIT's squared distance of ResNet-50 logits); both have
+  the same `apply(params, x, y)` / `params` interface.
   When the file is missing: `required=True` raises FileNotFoundError (with the
   command that creates the file); `required=False` emits one warning and returns
   None (the trainer then drops the perceptual term). A file that exists but is
   malformed always raises ValueError.
   """
+  if network not in NETWORKS:
+    raise ValueError(
+      f'config.losses.perceptual_network={network!r}: expected one of {", ".join(NETWORKS)}'
+    )
+  if network == 'resnet50_logits':
+    from magvit_jax.losses import resnet50  # pylint: disable=g-import-not-at-top
+
+    load, build = resnet50.load_resnet50_weights, resnet50.ResNet50LogitsLoss
+    missing = resnet50.missing_file_message(path or '')
+  else:
+    load, build = load_vgg16_weights, PerceptualLoss
+    missing = f'VGG-16 weights not found at {path!r}. Create them with: ' + CONVERT_COMMAND.format(
+      path=path or 'vgg16.npz'
+    )
   if not path or not os.path.exists(path):
     if required:
-      return PerceptualLoss(load_vgg16_weights(path or ''), dtype)  # raises FileNotFoundError
-    warnings.warn(
-      f'Perceptual loss disabled: VGG-16 weights not found at {path!r}. Create them with: '
-      + CONVERT_COMMAND.format(path=path or 'vgg16.npz'),
-      stacklevel=2,
-    )
+      return build(load(path or ''), dtype)  # raises FileNotFoundError
+    warnings.warn(f'Perceptual loss disabled: {missing}', stacklevel=2)
     return None
-  return PerceptualLoss(load_vgg16_weights(path), dtype)
+  return build(load(path), dtype)

@@ -64,6 +64,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from magvit_jax.models import layers
 from magvit_jax.models.layers import group_norm
 
 Cache = Any  # pytree of float arrays [b, n, h, w, c] (or None), nested like the modules.
@@ -420,6 +421,9 @@ class _CausalCNN(nn.Module):
       'level_start': the decoder's blocks and norm_out use plain GroupNorm and each level
       starts with one `PooledAdaptiveGroupNorm` (`up_<level>_norm`) on the latent's per-frame
       mean and std.
+    remat_policy: a key of the transformer's REMAT_POLICIES; not 'none': each residual block
+      is wrapped in `nn.remat` with that policy (same params and outputs, less activation
+      memory in the backward pass).
   """
 
   filters: int = 128
@@ -435,6 +439,7 @@ class _CausalCNN(nn.Module):
   res_conv_bias: bool = True
   encoder_in_bias: bool = True
   adaptive_norm: str = 'every_norm'
+  remat_policy: str = 'none'
 
   def _conv(self, features: int, name: str, **kwargs: Any) -> CausalConv3D:
     """A (temporal_kernel_size, 3, 3) causal conv (unless kernel_size is given)."""
@@ -444,7 +449,9 @@ class _CausalCNN(nn.Module):
     )
 
   def _block(self, features: int, name: str, adaptive: bool = False) -> CausalResBlock:
-    return CausalResBlock(
+    # remat_policy != 'none': nn.remat of the block; `first` (argument 3) is a Python bool.
+    block_cls = layers.remat(CausalResBlock, self.remat_policy, static_argnums=(3,))
+    return block_cls(
       features,
       self.num_groups,
       adaptive=adaptive,

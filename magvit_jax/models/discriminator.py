@@ -8,7 +8,8 @@ Architecture (StyleGAN2 residual discriminator, as used by MAGVIT):
     skip = blur-pool(x) -> shortcut 1x1 (filters*m)
     x    = (h + skip) / sqrt(2)
   minibatch-stddev (group 4, +1 channel) -> lrelu(conv_final 3x3)
-  -> flatten -> lrelu(dense_0) -> dense_out -> logits [b]
+  [3D with pool_time: mean over the time axis] -> flatten -> lrelu(dense_0) -> dense_out
+  -> logits [b]
 
 No normalization layers. Blur-pool is a fixed, non-learned [1, 3, 3, 1] / 8
 binomial low-pass filter applied depthwise (separable outer product over the
@@ -165,6 +166,9 @@ class _StyleGANDiscriminator(nn.Module):
   def _check_input(self, x: jax.Array) -> None:
     raise NotImplementedError
 
+  def _pools_time(self) -> bool:
+    return False
+
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     self._check_input(x)
@@ -180,6 +184,8 @@ class _StyleGANDiscriminator(nn.Module):
     x = minibatch_stddev(x, self.mbstd_group_size)
     last = self.filters * (self.channel_multipliers[-1] if self.channel_multipliers else 1)
     x = leaky_relu(conv(last, k3, 'conv_final', dtype=self.dtype)(x))
+    if self._pools_time():
+      x = jnp.mean(x, axis=1)  # [b, T', H', W', C] -> [b, H', W', C]: the head is T-agnostic.
     x = x.reshape(x.shape[0], -1)
     x = leaky_relu(_dense(last, 'dense_0', self.dtype)(x))
     logits = _dense(1, 'dense_out', self.dtype)(x)
@@ -203,10 +209,20 @@ class StyleGANDiscriminator3D(_StyleGANDiscriminator):
 
   `temporal_downsample`: True/False for every block, or one bool per block; a
   block downsamples time (blur + stride 2) only where its flag is True and the
-  clip still has more than one frame. Params are tied to the (T, H, W) used at init.
+  clip still has more than one frame. Params are tied to the (T, H, W) used at init unless
+  `pool_time` is True.
+
+  `pool_time`: average the final features over time before the dense head, so one set of
+  weights scores clips of any length T (only H, W stay tied to init): joint image-video
+  training scores images as T=1 clips with the video discriminator. Every conv is
+  T-agnostic; only the head's input size depends on T without pooling.
   """
 
   temporal_downsample: bool | Sequence[bool] = True
+  pool_time: bool = False
+
+  def _pools_time(self) -> bool:
+    return bool(self.pool_time)
 
   def _temporal_flags(self) -> Sequence[bool]:
     flags = self.temporal_downsample

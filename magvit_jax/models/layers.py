@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from magvit_jax.models.transformer import remat_policy as _remat_policy
+
 
 def conv(
   features: int,
@@ -36,6 +38,19 @@ def conv(
     bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('conv_out',)),
     name=name,
   )
+
+
+def remat(module_cls: type, policy: str, static_argnums: tuple[int, ...] = ()) -> type:
+  """`module_cls` rematerialised under `model.remat_policy` (a key of the transformer's
+  `REMAT_POLICIES`): 'none' returns `module_cls` itself (the model is unchanged); any other
+  policy returns `nn.remat(module_cls)` with that `jax.checkpoint` policy, which keeps the
+  module's name and so its parameter tree. `static_argnums` counts `self` as 0 (Python
+  bools / ints of `__call__` must be static).
+  """
+  checkpoint_policy = _remat_policy(policy)  # ValueError naming the valid policies.
+  if policy == 'none':
+    return module_cls
+  return nn.remat(module_cls, policy=checkpoint_policy, static_argnums=static_argnums)
 
 
 def group_norm(num_groups: int = 32, name: str | None = None, dtype=jnp.float32) -> nn.GroupNorm:

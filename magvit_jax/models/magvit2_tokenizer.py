@@ -8,6 +8,11 @@ latent vector is its sign bits read as an integer (see `quantizers/lfq.py`).
 
 Same interface as `VQGAN`: `encode(x) -> (quantized, aux)`, `decode(quantized)`,
 `decode_tokens(tokens)`, `__call__(x) -> (reconstruction, aux)`.
+
+`pre_quant_norm='group_norm_no_affine'` normalises the encoder output right before LFQ with
+a GroupNorm without scale or bias (no parameters), per frame (so the tokenizer stays
+causal): statistics over (h, w, channels of a group) of each frame, `pre_quant_norm_groups`
+groups of the num_bits channels. See docs/lfq.md for the recipe and its defaults.
 """
 
 from __future__ import annotations
@@ -16,9 +21,28 @@ from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from magvit_jax.models.causal_cnn import CausalDecoder, CausalEncoder
 from magvit_jax.quantizers import lfq
+
+PRE_QUANT_NORMS = ('none', 'group_norm_no_affine')
+
+
+def group_norm_no_affine(z: jax.Array, num_groups: int, epsilon: float = 1e-6) -> jax.Array:
+  """Per-frame GroupNorm without scale or bias (no parameters).
+
+  z: [b, t, h, w, c] float with c divisible by num_groups. Each (example, frame, group) is
+  shifted to mean 0 and scaled to variance 1 over its (h, w, c / num_groups) values, frames
+  separately (causal). Returns the same shape, dtype of z (statistics in at least float32).
+  """
+  b, t, h, w, c = z.shape
+  dtype = jnp.promote_types(z.dtype, jnp.float32)
+  x = z.astype(dtype).reshape(b, t, h, w, num_groups, c // num_groups)
+  mean = jnp.mean(x, axis=(2, 3, 5), keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=(2, 3, 5), keepdims=True)
+  out = (x - mean) * jax.lax.rsqrt(var + epsilon)
+  return out.reshape(z.shape).astype(z.dtype)
 
 
 class Magvit2Tokenizer(nn.Module):
@@ -29,6 +53,12 @@ class Magvit2Tokenizer(nn.Module):
   code of an exact 0, see `lfq.LookupFreeQuantizer`) default to the MAGVIT-v2 layout;
   `configs/magvit2_tokenizer_imagenet.py:open_magvit2_256` sets them to Open-MAGVIT2's
   (`magvit_jax/convert/open_magvit2.py`).
+
+  LFQ recipe (docs/lfq.md): entropy_temperature 0.01 (Open-MAGVIT2's and the official MAGVIT
+  code's entropy temperature; 1.0 before the recipe), entropy_weight 0.1, commitment_weight
+  0.25. pre_quant_norm: 'none' (default; neither reference normalises z before the
+  quantizer) or 'group_norm_no_affine' (see the module docstring); pre_quant_norm_groups
+  must divide num_bits.
   """
 
   filters: int = 128
@@ -39,7 +69,7 @@ class Magvit2Tokenizer(nn.Module):
   num_groups: int = 32
   entropy_weight: float = 0.1
   commitment_weight: float = 0.25
-  entropy_temperature: float = 1.0
+  entropy_temperature: float = 0.01
   entropy_chunk_size: int = 1024
   entropy_groups: int | None = None
   temporal_kernel_size: int = 3
@@ -48,6 +78,9 @@ class Magvit2Tokenizer(nn.Module):
   encoder_in_bias: bool = True
   adaptive_norm: str = 'every_norm'
   zero_sign: int = 1
+  pre_quant_norm: str = 'none'
+  pre_quant_norm_groups: int = 1
+  remat_policy: str = 'none'  # The encoder's and decoder's: see `causal_cnn._CausalCNN`.
   causal: ClassVar[bool] = True  # Each latent frame depends on earlier frames only.
 
   def setup(self):
@@ -63,6 +96,7 @@ class Magvit2Tokenizer(nn.Module):
       res_conv_bias=self.res_conv_bias,
       encoder_in_bias=self.encoder_in_bias,
       adaptive_norm=self.adaptive_norm,
+      remat_policy=self.remat_policy,
     )
     self.encoder = CausalEncoder(**kwargs)
     self.decoder = CausalDecoder(**kwargs)
@@ -75,6 +109,17 @@ class Magvit2Tokenizer(nn.Module):
       num_groups=self.entropy_groups,
       zero_sign=self.zero_sign,
     )
+
+  def _pre_quant(self, z: jax.Array) -> jax.Array:
+    """z: [b, t, h, w, num_bits] encoder output -> same shape, normalised per pre_quant_norm."""
+    if self.pre_quant_norm == 'none':
+      return z
+    if self.pre_quant_norm != 'group_norm_no_affine':
+      raise ValueError(f'pre_quant_norm={self.pre_quant_norm!r}: expected one of {PRE_QUANT_NORMS}')
+    groups = self.pre_quant_norm_groups
+    if groups < 1 or self.num_bits % groups:
+      raise ValueError(f'pre_quant_norm_groups={groups} must be >= 1 and divide num_bits')
+    return group_norm_no_affine(z, groups)
 
   @property
   def codebook_size(self) -> int:
@@ -120,7 +165,7 @@ class Magvit2Tokenizer(nn.Module):
 
   def encode(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """x: [b, T, H, W, 3] or [b, H, W, 3] -> (quantized [b, t, h, w, d] in {-1, 1}, aux)."""
-    return self.quantizer(self.encoder(self._as_video(x)))
+    return self.quantizer(self._pre_quant(self.encoder(self._as_video(x))))
 
   def decode(self, quantized: jax.Array) -> jax.Array:
     """quantized: [b, t, h, w, d] -> videos [b, 1 + F(t-1), H, W, 3] float32."""

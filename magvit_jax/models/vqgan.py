@@ -79,12 +79,18 @@ class MaskgitResBlock(nn.Module):
 
 
 def _res_block(
-  features: int, num_groups: int, name: str, shortcut: str, use_bias: bool
+  features: int,
+  num_groups: int,
+  name: str,
+  shortcut: str,
+  use_bias: bool,
+  remat_policy: str = 'none',
 ) -> nn.Module:
   # The defaults build `layers.ResBlock` itself, so the default VQGAN is unchanged.
   if shortcut == 'input' and use_bias:
-    return layers.ResBlock(features, num_groups, name=name)
-  return MaskgitResBlock(features, num_groups, shortcut, use_bias, name=name)
+    return layers.remat(layers.ResBlock, remat_policy)(features, num_groups, name=name)
+  block_cls = layers.remat(MaskgitResBlock, remat_policy)
+  return block_cls(features, num_groups, shortcut, use_bias, name=name)
 
 
 class Encoder(nn.Module):
@@ -98,11 +104,14 @@ class Encoder(nn.Module):
   shortcut: str = 'input'
   res_conv_bias: bool = True
   encoder_in_bias: bool = True
+  remat_policy: str = 'none'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     def block(features: int, name: str) -> nn.Module:
-      return _res_block(features, self.num_groups, name, self.shortcut, self.res_conv_bias)
+      return _res_block(
+        features, self.num_groups, name, self.shortcut, self.res_conv_bias, self.remat_policy
+      )
 
     x = _conv(self.filters, (3, 3), 'conv_in', self.encoder_in_bias)(x)
     for level, mult in enumerate(self.channel_multipliers):
@@ -125,11 +134,14 @@ class Decoder(nn.Module):
   num_groups: int = 32
   shortcut: str = 'input'
   res_conv_bias: bool = True
+  remat_policy: str = 'none'
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     def block(features: int, name: str) -> nn.Module:
-      return _res_block(features, self.num_groups, name, self.shortcut, self.res_conv_bias)
+      return _res_block(
+        features, self.num_groups, name, self.shortcut, self.res_conv_bias, self.remat_policy
+      )
 
     mults = tuple(self.channel_multipliers)
     x = layers.conv(self.filters * mults[-1], (3, 3), 'conv_in')(z)
@@ -164,6 +176,9 @@ class VQGAN(nn.Module):
   res_conv_bias: bool = True
   encoder_in_bias: bool = True
   pixel_range: str = 'signed'
+  # A key of the transformer's REMAT_POLICIES: each residual block of the encoder and decoder
+  # is wrapped in `nn.remat` with that policy ('none': no remat, the same model and params).
+  remat_policy: str = 'none'
   causal: ClassVar[bool] = False  # Frames are not coded causally (it codes images only).
 
   def setup(self):
@@ -180,6 +195,7 @@ class VQGAN(nn.Module):
       self.shortcut,
       self.res_conv_bias,
       self.encoder_in_bias,
+      self.remat_policy,
     )
     self.quantizer = VectorQuantizer(self.codebook_size, self.commitment_cost)
     self.decoder = Decoder(
@@ -189,6 +205,7 @@ class VQGAN(nn.Module):
       self.num_groups,
       self.shortcut,
       self.res_conv_bias,
+      self.remat_policy,
     )
 
   def _pixels_out(self, y: jax.Array) -> jax.Array:

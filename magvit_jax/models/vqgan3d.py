@@ -183,21 +183,23 @@ class Encoder3D(nn.Module):
   temporal_padding: str = 'edge'
   res_conv_bias: bool = True
   in_bias: bool = True
+  remat_policy: str = 'none'
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     _check_temporal_downsample(self.channel_multipliers, self.temporal_downsample)
     tp, rb = self.temporal_padding, self.res_conv_bias
+    block_cls = layers.remat(ResBlock3D, self.remat_policy)
     x = Conv3D(self.filters, (3, 3, 3), tp, use_bias=self.in_bias, name='conv_in')(x)
     for level, mult in enumerate(self.channel_multipliers):
       for i in range(self.num_res_blocks):
-        x = ResBlock3D(
+        x = block_cls(
           self.filters * mult, self.num_groups, tp, use_bias=rb, name=f'down_{level}_res_{i}'
         )(x)
       if level < len(self.channel_multipliers) - 1:
         x = downsample_3d(x, bool(self.temporal_downsample[level]))
     for i in range(self.num_res_blocks):
-      x = ResBlock3D(x.shape[-1], self.num_groups, tp, use_bias=rb, name=f'mid_res_{i}')(x)
+      x = block_cls(x.shape[-1], self.num_groups, tp, use_bias=rb, name=f'mid_res_{i}')(x)
     x = nn.swish(layers.group_norm(self.num_groups, 'norm_out')(x))
     return Conv3D(self.embedding_dim, (1, 1, 1), tp, name='conv_out')(x)
 
@@ -216,18 +218,20 @@ class Decoder3D(nn.Module):
   num_groups: int = 32
   temporal_padding: str = 'edge'
   res_conv_bias: bool = True
+  remat_policy: str = 'none'
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
     _check_temporal_downsample(self.channel_multipliers, self.temporal_downsample)
     mults = tuple(self.channel_multipliers)
     tp, rb = self.temporal_padding, self.res_conv_bias
+    block_cls = layers.remat(ResBlock3D, self.remat_policy)
     x = Conv3D(self.filters * mults[-1], (3, 3, 3), tp, name='conv_in')(z)
     for i in range(self.num_res_blocks):
-      x = ResBlock3D(x.shape[-1], self.num_groups, tp, use_bias=rb, name=f'mid_res_{i}')(x)
+      x = block_cls(x.shape[-1], self.num_groups, tp, use_bias=rb, name=f'mid_res_{i}')(x)
     for level in reversed(range(len(mults))):
       for i in range(self.num_res_blocks):
-        x = ResBlock3D(
+        x = block_cls(
           self.filters * mults[level], self.num_groups, tp, use_bias=rb, name=f'up_{level}_res_{i}'
         )(x)
       if level > 0:
@@ -258,6 +262,9 @@ class VQGAN3D(nn.Module):
   res_conv_bias: bool = True
   encoder_in_bias: bool = True
   pixel_range: str = 'signed'
+  # A key of the transformer's REMAT_POLICIES: each residual block of the encoder and decoder
+  # is wrapped in `nn.remat` with that policy ('none': no remat, the same model and params).
+  remat_policy: str = 'none'
   causal: ClassVar[bool] = False  # Frames are padded on both sides in time.
 
   def setup(self):
@@ -275,6 +282,7 @@ class VQGAN3D(nn.Module):
       self.temporal_padding,
       self.res_conv_bias,
       self.encoder_in_bias,
+      self.remat_policy,
     )
     self.quantizer = VectorQuantizer(self.codebook_size, self.commitment_cost)
     self.decoder = Decoder3D(
@@ -285,6 +293,7 @@ class VQGAN3D(nn.Module):
       self.num_groups,
       self.temporal_padding,
       self.res_conv_bias,
+      self.remat_policy,
     )
 
   def _pixels_out(self, y: jax.Array) -> jax.Array:

@@ -7,14 +7,24 @@ Config (`config.losses` unless noted):
     adversarial term is 0.
   lecam_weight: LeCAM regularisation of the discriminator (EMA of real/fake logits).
   r1_gamma: R1 gradient penalty, added to the discriminator loss as 0.5 * gamma * R1.
-  perceptual_weight, perceptual_weights, perceptual_required: VGG-16 LPIPS-style loss with
-    weights from a user-supplied .npz (missing: one warning and the term is off, or an error
-    when required).
+  perceptual_weight, perceptual_weights, perceptual_required, perceptual_network: the
+    perceptual loss ('vgg16_lpips': VGG-16 LPIPS-style; 'resnet50_logits': squared distance of
+    ResNet-50 logits, MAGVIT's) with weights from a user-supplied .npz (missing: one warning
+    and the term is off, or an error when required).
   config.discriminator: filters, channel_multipliers; config.disc_optimizer: lr, b1, b2.
   config.ema_decay: EMA of the generator parameters (0 = off), used for eval and sampling.
 
 The discriminator state lives in `TrainState.disc` = {'params', 'opt_state', 'lecam_real',
 'lecam_fake'}; the generator EMA in `TrainState.ema_params`.
+
+Joint image-video training (`config.image_every > 0`, a video tokenizer): one 3D discriminator
+scores both kinds. Its time axis is averaged before the dense head (`pool_time`), so the same
+weights score a T-frame clip and an image, fed as a 1-frame clip [b, 1, H, W, 3]; images and
+videos must share H, W (`image_data.image_size == data.image_size`). An image step trains G and
+D on the image batch, a video step on the video batch; both steps share D's params and Adam
+state. The LeCAM anchors are kept per kind (`lecam_real_image`, `lecam_fake_image` next to the
+video ones): D's logits on single frames and on clips have different typical values, and a
+shared EMA would pull each kind towards an anchor mixed in the image_every ratio.
 """
 
 from __future__ import annotations
@@ -48,16 +58,18 @@ class Adversarial:
     self.ema_decay = float(config.ema_decay)
     self.input_shape = tuple(example_input_shape)
     self.disc = None
+    self.joint = False
     if self.gan_weight:
-      if config.image_every:
-        raise ValueError(
-          'config.losses.gan_weight > 0 with config.image_every > 0: the '
-          'discriminator of joint image-video training is not supported yet; '
-          'set config.image_every=0 or config.losses.gan_weight=0'
-        )
       d = config.discriminator
-      cls = StyleGANDiscriminator3D if len(self.input_shape) == 4 else StyleGANDiscriminator2D
-      self.disc = cls(filters=int(d.filters), channel_multipliers=tuple(d.channel_multipliers))
+      kwargs = dict(filters=int(d.filters), channel_multipliers=tuple(d.channel_multipliers))
+      if config.image_every:
+        self.joint = True
+        _check_joint_shapes(config, self.input_shape)
+        self.disc = StyleGANDiscriminator3D(pool_time=True, **kwargs)
+      elif len(self.input_shape) == 4:
+        self.disc = StyleGANDiscriminator3D(**kwargs)
+      else:
+        self.disc = StyleGANDiscriminator2D(**kwargs)
       self.d_loss_fn, self.g_loss_fn = gan.get_gan_losses(losses.gan_loss)
       o = config.disc_optimizer
       self.disc_tx = optax.adam(o.lr, b1=o.b1, b2=o.b2)
@@ -65,7 +77,9 @@ class Adversarial:
     self.perceptual_weight = float(losses.perceptual_weight)
     if self.perceptual_weight and load_perceptual:
       self.perceptual = perceptual.make_perceptual_loss(
-        losses.perceptual_weights, required=bool(losses.perceptual_required)
+        losses.perceptual_weights,
+        required=bool(losses.perceptual_required),
+        network=str(losses.get('perceptual_network', 'vgg16_lpips')),
       )
 
   @property
@@ -85,7 +99,20 @@ class Adversarial:
         'lecam_real': jnp.zeros((), jnp.float32),
         'lecam_fake': jnp.zeros((), jnp.float32),
       }
+      if self.joint:
+        extra['disc']['lecam_real_image'] = jnp.zeros((), jnp.float32)
+        extra['disc']['lecam_fake_image'] = jnp.zeros((), jnp.float32)
     return extra
+
+  def _disc_input(self, v: jax.Array) -> jax.Array:
+    """An image batch [b, H, W, 3] of joint training as 1-frame clips [b, 1, H, W, 3]."""
+    return v[:, None] if self.joint and v.ndim == 4 else v
+
+  def _lecam_keys(self, x: jax.Array) -> tuple[str, str]:
+    """The disc-state keys of the LeCAM EMAs for this batch's kind (static: its rank)."""
+    if self.joint and x.ndim == 4:
+      return 'lecam_real_image', 'lecam_fake_image'
+    return 'lecam_real', 'lecam_fake'
 
   def generator_terms(
     self, disc_state: Any, step: jax.Array, x: jax.Array, recon: jax.Array
@@ -93,7 +120,7 @@ class Adversarial:
     """Weighted adversarial and perceptual terms of the generator loss (differentiable in recon)."""
     terms = {}
     if self.disc is not None:
-      fake_logits = self.disc.apply({'params': disc_state['params']}, recon)
+      fake_logits = self.disc.apply({'params': disc_state['params']}, self._disc_input(recon))
       weight = gan.generator_gan_weight(step, self.disc_start_step, self.gan_weight)
       terms['gan_g_loss'] = weight * self.g_loss_fn(fake_logits)
     if self.perceptual is not None:
@@ -105,8 +132,14 @@ class Adversarial:
   def discriminator_update(
     self, disc_state: Any, step: jax.Array, x: jax.Array, recon: jax.Array
   ) -> tuple[Any, dict[str, jax.Array]]:
-    """One discriminator step on real x vs stop_gradient(recon); frozen before the start step."""
-    fake = jax.lax.stop_gradient(recon)
+    """One discriminator step on real x vs stop_gradient(recon); frozen before the start step.
+
+    x, recon: [b, H, W, 3] images or [b, T, H, W, 3] videos (both kinds in joint training, where
+    images go through the video discriminator as 1-frame clips and keep their own LeCAM EMAs).
+    """
+    key_real, key_fake = self._lecam_keys(x)
+    x = self._disc_input(x)
+    fake = jax.lax.stop_gradient(self._disc_input(recon))
     apply = lambda p, v: self.disc.apply({'params': p}, v)  # pylint: disable=g-long-lambda
 
     def loss_fn(params):
@@ -115,7 +148,7 @@ class Adversarial:
       terms = {'d_adv_loss': loss}
       if self.lecam_weight:
         terms['lecam_loss'] = gan.lecam_loss(
-          real_logits, fake_logits, disc_state['lecam_real'], disc_state['lecam_fake']
+          real_logits, fake_logits, disc_state[key_real], disc_state[key_fake]
         )
         loss = loss + self.lecam_weight * terms['lecam_loss']
       if self.r1_gamma:
@@ -128,14 +161,14 @@ class Adversarial:
     )
     updates, opt_state = self.disc_tx.update(grads, disc_state['opt_state'], disc_state['params'])
     lecam_real, lecam_fake = gan.update_lecam_ema(
-      disc_state['lecam_real'], disc_state['lecam_fake'], real, fake_l
+      disc_state[key_real], disc_state[key_fake], real, fake_l
     )
-    updated = {
-      'params': optax.apply_updates(disc_state['params'], updates),
-      'opt_state': opt_state,
-      'lecam_real': lecam_real,
-      'lecam_fake': lecam_fake,
-    }
+    updated = dict(
+      disc_state,
+      params=optax.apply_updates(disc_state['params'], updates),
+      opt_state=opt_state,
+      **{key_real: lecam_real, key_fake: lecam_fake},
+    )
     active = step >= self.disc_start_step
     new_state = jax.tree_util.tree_map(
       lambda new, old: jnp.where(active, new, old), updated, disc_state
@@ -146,3 +179,20 @@ class Adversarial:
   def update_ema(self, ema_params: Any, params: Any) -> Any:
     d = self.ema_decay
     return jax.tree_util.tree_map(lambda e, p: d * e + (1.0 - d) * p, ema_params, params)
+
+
+def _check_joint_shapes(config, input_shape: tuple[int, ...]) -> None:
+  """Joint image-video GAN training needs a video tokenizer and images of the videos' H, W."""
+  if len(input_shape) != 4:
+    raise ValueError(
+      f'config.image_every={config.image_every} with config.losses.gan_weight > 0: joint '
+      f'image-video training needs a video tokenizer (config.data.num_frames set); the input is '
+      f'{input_shape}'
+    )
+  image_size = int(config.image_data.image_size)
+  if image_size != int(config.data.image_size):
+    raise ValueError(
+      f'config.image_data.image_size={image_size}: expected {int(config.data.image_size)} '
+      '(config.data.image_size) with config.losses.gan_weight > 0 and config.image_every > 0; '
+      "the joint discriminator's head is tied to one spatial size"
+    )

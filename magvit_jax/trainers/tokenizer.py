@@ -12,7 +12,8 @@ by `model.inflation` = 'central' or 'average') or 'magvit2' (videos
 `config.image_data` set and `config.image_every = k`, every k-th step of a
 video tokenizer trains on an image batch instead (joint image-video training,
 one set of weights); which steps are image steps is fixed by the step number,
-so a resumed run replays exactly.
+so a resumed run replays exactly. With the GAN on, the discriminator trains on the same batch
+(images as 1-frame clips of the time-pooled video discriminator: trainers/adversarial.py).
 
 Loss = l2_weight * MSE + l1_weight * L1 + quantizer loss (VQ: commitment +
 codebook; LFQ: commitment + entropy penalty).
@@ -23,7 +24,7 @@ The adversarial and perceptual terms of the papers plug into
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,7 @@ from magvit_jax.config_schema import validate_config
 from magvit_jax.data import skipped_records
 from magvit_jax.metrics import image as image_metrics
 from magvit_jax.models import tokenizers, vqgan3d
+from magvit_jax.quantizers import lfq
 from magvit_jax.trainers import loop
 from magvit_jax.trainers.adversarial import Adversarial
 from magvit_jax import metrics_writer as mw
@@ -53,15 +55,63 @@ def generator_loss_terms(images: jax.Array, recon: jax.Array, aux: dict, loss_co
   return terms
 
 
+def lfq_entropy_weight(model, loss_config) -> tuple[Callable[[Any], jax.Array], bool] | None:
+  """The LFQ entropy weight per step, or None for a VQ tokenizer.
+
+  Returns (weight_fn, annealed): weight_fn(step) is `lfq.entropy_weight_at` with
+  `model.entropy_weight` and `loss_config.entropy_weight_*`; annealed is False for the
+  'constant' schedule (the model's aux['loss'] then already holds the right weight).
+  """
+  if not hasattr(model, 'entropy_weight'):
+    return None
+  schedule = str(loss_config.get('entropy_weight_schedule', 'constant'))
+
+  def weight_fn(step):
+    return lfq.entropy_weight_at(
+      step,
+      float(model.entropy_weight),
+      schedule,
+      float(loss_config.get('entropy_weight_start_factor', 1.0)),
+      int(loss_config.get('entropy_weight_steps', 0)),
+    )
+
+  weight_fn(0)  # Raises now, naming the schedule, rather than inside the jitted step.
+  return weight_fn, schedule != 'constant'
+
+
+def lfq_metrics(aux: dict, entropy_weight: jax.Array) -> dict[str, jax.Array]:
+  """Scalars of the LFQ quantizer to log: its loss terms, the weight used and the bit usage."""
+  bits = aux['bit_usage']
+  return {
+    'entropy_weight': entropy_weight,
+    'entropy_loss': aux['entropy_loss'],
+    'per_token_entropy': aux['per_token_entropy'],
+    'batch_entropy': aux['batch_entropy'],
+    'commitment_loss': aux['commitment_loss'],
+    'dead_bits': aux['dead_bits'],
+    'bit_usage_min': jnp.min(bits),
+    'bit_usage_max': jnp.max(bits),
+  }
+
+
 def make_train_step(model, tx, loss_config, adv: Adversarial | None = None):
-  """The jitted-to-be step: generator update (+ EMA), then the discriminator's when adv has one."""
+  """The jitted-to-be step: generator update (+ EMA), then the discriminator's when adv has one.
+
+  LFQ tokenizers: the entropy term is weighted by the annealed weight of `state.step`
+  (`lfq_entropy_weight`), and `lfq_metrics` are logged.
+  """
+  entropy = lfq_entropy_weight(model, loss_config)
 
   def train_step(state: ts.TrainState, batch: dict) -> tuple[ts.TrainState, dict]:
     x = tokenizers.to_float(tokenizers.model_input(batch))
+    entropy_weight = entropy[0](state.step) if entropy is not None else None
 
     def loss_fn(params):
       recon, aux = model.apply({'params': params}, x)
       terms = generator_loss_terms(x, recon, aux, loss_config)
+      if entropy is not None and entropy[1]:  # aux['loss'] has model.entropy_weight: correct it.
+        extra = entropy_weight - float(model.entropy_weight)
+        terms['vq_loss'] = terms['vq_loss'] + extra * aux['entropy_loss']
       if adv is not None:
         terms.update(adv.generator_terms(state.disc, state.step, x, recon))
       return sum(terms.values()), (recon, aux, terms)
@@ -75,6 +125,8 @@ def make_train_step(model, tx, loss_config, adv: Adversarial | None = None):
       'perplexity': aux['perplexity'],
       **terms,
     }
+    if entropy is not None:
+      metrics.update(lfq_metrics(aux, entropy_weight))
     if adv is not None and adv.ema_decay:
       new_state = new_state.replace(ema_params=adv.update_ema(state.ema_params, new_state.params))
     if adv is not None and adv.disc is not None:
@@ -92,7 +144,9 @@ def evaluate(
   """Held-out reconstruction over the eval split of `data_config` (default config.data).
 
   Returns {prefix_psnr: mean per-example PSNR in dB (a video's PSNR is over all its frames),
-  prefix_codebook_usage: distinct tokens used / codebook size, prefix_examples}.
+  prefix_codebook_usage: distinct tokens used / codebook size, prefix_examples}; for LFQ
+  also prefix_dead_bits, prefix_bit_usage_min and prefix_bit_usage_max over all eval tokens
+  (`eval_bit_usage`).
   """
   from magvit_jax.data import pipeline  # TF is imported only here.
 
@@ -124,11 +178,27 @@ def evaluate(
 
     totals = np.asarray(multihost_utils.process_allgather(totals)).sum(0)
     histogram = np.asarray(multihost_utils.process_allgather(histogram)).sum(0)
-  return {
+  out = {
     f'{prefix}_psnr': float(totals[0] / totals[1]),
     f'{prefix}_codebook_usage': float(np.count_nonzero(histogram)) / vocab,
     f'{prefix}_examples': float(totals[1]),
   }
+  if config.model.name == 'magvit2':
+    usage = eval_bit_usage(histogram, int(config.model.num_bits))
+    out[f'{prefix}_dead_bits'] = float(lfq.count_dead_bits(usage))
+    out[f'{prefix}_bit_usage_min'] = float(usage.min())
+    out[f'{prefix}_bit_usage_max'] = float(usage.max())
+  return out
+
+
+def eval_bit_usage(histogram: np.ndarray, num_bits: int) -> np.ndarray:
+  """LFQ bit usage from a token histogram: int [2^num_bits] counts -> float64 [num_bits].
+
+  Entry i is the fraction of the counted tokens whose bit i is set (channel i = +1).
+  """
+  ids = np.arange(histogram.shape[0])
+  total = max(int(histogram.sum()), 1)
+  return np.array([histogram[(ids >> i) & 1 == 1].sum() / total for i in range(num_bits)])
 
 
 class MixedBatches:
