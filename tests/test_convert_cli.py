@@ -293,13 +293,22 @@ def test_convert_magvit_transformer_writes_workdirs_giving_the_official_logits(t
   )
   assert result.returncode == 0, result.stderr[-3000:]
   assert f'wrote the transformer workdir {workdir}' in result.stdout
-  from magvit_jax.convert import __main__ as cli  # pylint: disable=g-import-not-at-top
-
+  # The CLI module defines absl flags (e.g. --tokenizer_config, as compile_check does): run it
+  # as a command, never imported beside the other CLIs in this process.
   single_dir = tmp_path / 'single_run'
-  written = cli.convert_magvit(
-    str(single_dir), str(tmp_path / 'tok'), tok_config, str(tmp_path / 'single')
+  result = _run(
+    'magvit_jax.convert',
+    'magvit',
+    f'--tokenizer={tmp_path / "tok"}',
+    f'--transformer={tmp_path / "single"}',
+    f'--workdir={single_dir}',
+    '--tokenizer_config=configs/magvit_ucf101.py:official_B',
+    *tok_flags,
   )
-  assert written == {'tokenizer': str(single_dir / 'tokenizer'), 'transformer': str(single_dir)}
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert (single_dir / 'tokenizer' / 'config.json').exists() and (
+    single_dir / 'config.json'
+  ).exists()
   for layout, path in (('multi', workdir), ('single', single_dir)):
     loaded = pretrained.load_transformer(str(path))
     m = loaded.config.model
