@@ -47,7 +47,8 @@ import numpy as np
 
 from magvit_jax.convert.official_tree import flatten, load_official_tree  # noqa: F401
 from magvit_jax.convert.official_tree import model_config as _model_config
-from magvit_jax.convert.official_tree import raise_problems, strip_params, tree_problems
+from magvit_jax.convert.official_tree import bert_layer_shapes, raise_problems, strip_params
+from magvit_jax.convert.official_tree import tree_problems
 from magvit_jax.masking.commit import TASKS
 from magvit_jax.models.transformer import build_transformer, stack_layers
 
@@ -127,19 +128,9 @@ def official_param_shapes(
   if num_segments:
     shapes[_SEGMENT] = (num_segments, d)
   for i in range(num_layers):
-    a, p = f'BertLayer_{i}/BertAttention_0', f'BertLayer_{i}/BertMlp_0'
-    for proj in ('query', 'key', 'value'):
-      shapes[f'{a}/self_attention/{proj}/kernel'] = (d, h, d // h)
-      shapes[f'{a}/self_attention/{proj}/bias'] = (h, d // h)
-    shapes[f'{a}/self_attention/out/kernel'] = (h, d // h, d)
-    shapes[f'{a}/self_attention/out/bias'] = (d,)
-    shapes[f'{p}/intermediate_output/kernel'] = (d, m)
-    shapes[f'{p}/intermediate_output/bias'] = (m,)
-    shapes[f'{p}/layer_output/kernel'] = (m, d)
-    shapes[f'{p}/layer_output/bias'] = (d,)
-    for ln in (f'{a}/attention_output_ln', f'{p}/layer_output_ln'):
-      shapes[f'{ln}/scale'] = (d,)
-      shapes[f'{ln}/bias'] = (d,)
+    shapes.update(
+      bert_layer_shapes(f'BertLayer_{i}/BertAttention_0', f'BertLayer_{i}/BertMlp_0', d, h, m)
+    )
   return shapes
 
 

@@ -31,7 +31,8 @@ import jax.numpy as jnp
 
 from magvit_jax.convert.official_tree import flatten, load_official_tree  # noqa: F401
 from magvit_jax.convert.official_tree import model_config as _model_config
-from magvit_jax.convert.official_tree import raise_problems, strip_params, tree_problems
+from magvit_jax.convert.official_tree import bert_layer_shapes, raise_problems, strip_params
+from magvit_jax.convert.official_tree import tree_problems
 from magvit_jax.models.transformer import build_transformer, stack_layers
 
 OFFICIAL_MASK_TOKEN_ID = -1  # maskgit_class_cond_config: transformer.mask_token_id
@@ -63,19 +64,9 @@ def official_param_shapes(
     'MlmLayer_0/mlm_bias/bias': (codebook_size + num_classes + 1,),
   }
   for i in range(num_layers):
-    a, p = f'TransformerLayer_{i}/Attention_0', f'TransformerLayer_{i}/Mlp_0'
-    for proj in ('query', 'key', 'value'):
-      shapes[f'{a}/self_attention/{proj}/kernel'] = (d, h, d // h)
-      shapes[f'{a}/self_attention/{proj}/bias'] = (h, d // h)
-    shapes[f'{a}/self_attention/out/kernel'] = (h, d // h, d)
-    shapes[f'{a}/self_attention/out/bias'] = (d,)
-    shapes[f'{p}/intermediate_output/kernel'] = (d, m)
-    shapes[f'{p}/intermediate_output/bias'] = (m,)
-    shapes[f'{p}/layer_output/kernel'] = (m, d)
-    shapes[f'{p}/layer_output/bias'] = (d,)
-    for ln in (f'{a}/attention_output_ln', f'{p}/layer_output_ln'):
-      shapes[f'{ln}/scale'] = (d,)
-      shapes[f'{ln}/bias'] = (d,)
+    shapes.update(
+      bert_layer_shapes(f'TransformerLayer_{i}/Attention_0', f'TransformerLayer_{i}/Mlp_0', d, h, m)
+    )
   return shapes
 
 

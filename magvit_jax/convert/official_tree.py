@@ -154,6 +154,29 @@ def raise_problems(problems: list[str], header: str) -> None:
     raise ValueError(f'{header}:\n  ' + '\n  '.join(problems))
 
 
+def bert_layer_shapes(attention: str, mlp: str, d: int, h: int, m: int) -> dict[str, tuple]:
+  """Param shapes of one official post-LN BERT layer (MaskGIT's and MAGVIT's transformers).
+
+  attention, mlp: the layer's attention and MLP module paths; d hidden size, h heads, m MLP
+  width. Flax `SelfAttention` kernels are [d, h, d/h] (query/key/value) and [h, d/h, d] (out).
+  """
+  a, p = attention, mlp
+  shapes: dict[str, tuple] = {}
+  for proj in ('query', 'key', 'value'):
+    shapes[f'{a}/self_attention/{proj}/kernel'] = (d, h, d // h)
+    shapes[f'{a}/self_attention/{proj}/bias'] = (h, d // h)
+  shapes[f'{a}/self_attention/out/kernel'] = (h, d // h, d)
+  shapes[f'{a}/self_attention/out/bias'] = (d,)
+  shapes[f'{p}/intermediate_output/kernel'] = (d, m)
+  shapes[f'{p}/intermediate_output/bias'] = (m,)
+  shapes[f'{p}/layer_output/kernel'] = (m, d)
+  shapes[f'{p}/layer_output/bias'] = (d,)
+  for ln in (f'{a}/attention_output_ln', f'{p}/layer_output_ln'):
+    shapes[f'{ln}/scale'] = (d,)
+    shapes[f'{ln}/bias'] = (d,)
+  return shapes
+
+
 def _res_blocks(prefix: str, names: list[str]) -> Iterator[tuple[str, str]]:
   for i, name in enumerate(names):
     yield f'{prefix}/ResBlock_{i}', f'{prefix}/{name}'
