@@ -49,6 +49,9 @@ logging.getLogger('absl').addFilter(_DropTfdsSelfDeprecation())
 logging.getLogger('tensorflow').addFilter(_DropTfdsSelfDeprecation())
 
 EMBEDDED_DATASETS = ('magvit_digits', 'magvit_moving_digits')
+# A user's folder of video files converted to TFDS (`builders.video_files`); not embedded: it is
+# prepared with `python -m magvit_jax.data.prepare_video_files` and read from its files.
+VIDEO_FILES = 'magvit_video_files'
 _DATA_DIR_ENV = 'MAGVIT_DATA_DIR'
 
 # The video feature of datasets whose video is not `video` (used when `data.video_key` is unset).
@@ -68,6 +71,12 @@ _PREPARE_HINTS = {
     'splits 1-3; a bare `tfds build ucf101` builds all four), then copy {data_dir}/ucf101/ '
     "here and set data.name='ucf101/ucf101_1_256' and data.num_frames (the videos have "
     'variable length)'
+  ),
+  'magvit_video_files': (
+    'convert your folder of video files with `python -m magvit_jax.data.prepare_video_files '
+    '--src=<folder: <split>/<class>/<video>.mp4> --data_dir={data_dir} --num_frames=16 '
+    '--image_size=64` (optionally --fps, --stride, --clips_per_video, --config_name); it prints '
+    "the data.name to use, 'magvit_video_files/<config name>'"
   ),
   'bair_robot_pushing_small': (
     'on a machine with network access, run `tfds build bair_robot_pushing_small '
@@ -135,7 +144,9 @@ def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuil
   The embedded datasets (`EMBEDDED_DATASETS`: `magvit_digits`, `magvit_moving_digits`) are built
   offline on first use (under a file lock, so concurrent processes build each once). Any other
   dataset must already be prepared in `data_dir`, else `DatasetNotPreparedError` says how to
-  prepare it. Never downloads anything.
+  prepare it; `magvit_video_files/<config>` (a folder of video files, prepared with
+  `python -m magvit_jax.data.prepare_video_files`) is read from its files. Never downloads
+  anything.
   """
   data_dir = os.path.expanduser(data_dir) if data_dir else default_data_dir()
   if name in EMBEDDED_DATASETS:
@@ -152,10 +163,16 @@ def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuil
           )
           builder = builder_cls(data_dir=data_dir)
     return builder
+  video_files = name.split('/')[0].split(':')[0] == VIDEO_FILES
   try:
-    builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
+    if video_files:
+      # Always from its files: the builder's code needs the source folder and settings.
+      builder = tfds.core.read_only_builder.builder_from_files(name, data_dir=data_dir)
+    else:
+      builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise _not_prepared(name, data_dir, f' (TFDS does not know it either: {e})') from e
+    detail = ' (no prepared config of that name)' if video_files else ''
+    raise _not_prepared(name, data_dir, detail or f' (TFDS does not know it either: {e})') from e
   if not builder.is_prepared():
     raise _not_prepared(name, data_dir, f' (looked for {builder.data_dir})')
   return builder

@@ -8,10 +8,11 @@ install av`, imported only when a folder holds video files); labels are the indi
 class names. Holds the folder scan (`scan_video_folder`, `video_folder_classes`), the readers
 (frame files; .npy headers and byte ranges of the kept frames: `_npy_num_frames`,
 `_npy_read_frames`; video files: `_video_frame_indices` from the container's packets, optionally
-resampled to `data.fps`, and `_video_read_frames`, which decodes up to the last kept frame), the
-per-clip preprocess and `_video_folder_records`, the video-folder half of
-`pipeline.create_dataset` (a seeded full permutation per epoch for training, contiguous
-file-order shards for eval).
+resampled to `data.fps`, and `_video_read_frames`, which decodes up to the last kept frame;
+public for the `magvit_video_files` TFDS builder: `list_dir`, `video_file_frame_indices`,
+`iter_video_file_frames`), the per-clip preprocess and `_video_folder_records`, the
+video-folder half of `pipeline.create_dataset` (a seeded full permutation per epoch for
+training, contiguous file-order shards for eval).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -332,16 +333,15 @@ def _video_frame_indices(path: str, fps: float) -> np.ndarray:
   return _nearest(times, np.arange(count) / fps).astype(np.int32)
 
 
-@_named_video_errors
-def _video_read_frames(path: str, indices: np.ndarray) -> np.ndarray:
-  """Frames `indices` (of `_video_frame_indices`) of a video file as uint8 [k, H, W, 3] (RGB).
+def _iter_video_frames(path: str, indices: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+  """(i, uint8 [H, W, 3] RGB frame i) for the distinct `indices` in increasing order.
 
-  Decodes the first video stream sequentially from its start up to the last kept frame (no
-  seek) and converts only the kept frames; frames after the first one's size are scaled to it.
+  Decodes the first video stream sequentially from its start up to the largest index (no seek)
+  and converts only the wanted frames; frames after the first wanted one's size are scaled to
+  it. Raises ValueError if the decoder gives fewer frames than asked for.
   """
   wanted = {int(i) for i in indices}
   last = max(wanted)
-  frames: dict[int, np.ndarray] = {}
   size = None
   decoded = 0
   container, stream = _open_video(path)
@@ -351,15 +351,53 @@ def _video_read_frames(path: str, indices: np.ndarray) -> np.ndarray:
       if i in wanted:
         if size is None:
           size = (frame.width, frame.height)
-        frames[i] = frame.to_ndarray(format='rgb24', width=size[0], height=size[1])
+        yield i, frame.to_ndarray(format='rgb24', width=size[0], height=size[1])
       if i >= last:
-        break
-  if last not in frames:
-    raise ValueError(
-      f'the decoder gave {decoded} frames, but frame {last} was asked for (the container '
-      f'lists more frames than decode: a truncated or damaged file)'
-    )
+        return
+  raise ValueError(
+    f'the decoder gave {decoded} frames, but frame {last} was asked for (the container '
+    f'lists more frames than decode: a truncated or damaged file)'
+  )
+
+
+@_named_video_errors
+def _video_read_frames(path: str, indices: np.ndarray) -> np.ndarray:
+  """Frames `indices` (of `_video_frame_indices`) of a video file as uint8 [k, H, W, 3] (RGB).
+
+  Decodes the first video stream sequentially from its start up to the last kept frame (no
+  seek) and converts only the kept frames; frames after the first one's size are scaled to it.
+  """
+  frames = dict(_iter_video_frames(path, indices))
   return np.stack([frames[int(i)] for i in indices])
+
+
+def list_dir(path: str) -> list[tuple[str, bool]]:
+  """(name, is_dir) of the entries of directory `path` (local or remote, e.g. gs://), sorted by
+  name, hidden ones skipped."""
+  return _list_dir(path)
+
+
+def video_file_frame_indices(path: str, fps: float | None = None) -> np.ndarray:
+  """int32 [n] indices into the decoded frames of video file `path`: all of them (fps None), or
+  resampled to `fps` frames per second (the nearest frame to each target time j / fps; see
+  `_video_frame_indices`). Raises VideoDecodeError naming the file; ImportError without PyAV."""
+  return _video_frame_indices(str(path).encode(), float(fps or 0))
+
+
+def iter_video_file_frames(path: str, indices: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+  """(i, uint8 [H, W, 3] RGB frame i) of video file `path` for the distinct `indices` (into its
+  decoded frames, e.g. from `video_file_frame_indices`), in increasing order, decoding once
+  from the start up to the largest index. Raises VideoDecodeError naming the file (also for a
+  file that decodes fewer frames than asked for); ImportError without PyAV."""
+  path = str(path)
+  try:
+    yield from _iter_video_frames(path, indices)
+  except ImportError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    why = ' '.join(f'{type(e).__name__}: {e}'.split())
+    _DECODE_ERRORS[path] = why
+    raise VideoDecodeError(f'{path}: cannot decode video file ({why})') from e
 
 
 def _decode_frame(path: tf.Tensor) -> tf.Tensor:
