@@ -17,7 +17,6 @@ from magvit_jax.config_schema import validate_config
 from magvit_jax.models import magvit2_tokenizer, tokenizers
 from magvit_jax.quantizers import lfq
 from magvit_jax.trainers import tokenizer as tok_trainer
-from magvit_jax.trainers import train_state as ts
 
 # ----------------------------------------------------------------------------- defaults
 
@@ -130,15 +129,7 @@ def test_entropy_weight_errors():
 
 # ----------------------------------------------------------------------------- GroupNorm before LFQ
 
-TINY = dict(
-  filters=8,
-  channel_multipliers=(1, 2),
-  num_res_blocks=1,
-  temporal_downsample=(True,),
-  num_bits=6,
-  num_groups=4,
-  entropy_chunk_size=16,
-)
+TINY = dict(tiny_configs.TINY_MAGVIT2, entropy_chunk_size=16)
 
 
 def test_group_norm_no_affine_normalises_per_frame_and_group():
@@ -293,15 +284,9 @@ def test_tiny_train_step_with_the_recipe_and_annealing():
   validate_config(config, 'tokenizer')
   assert config.model.entropy_temperature == 0.01
   model = tokenizers.build_tokenizer(config.model)
-  tx = ts.make_optimizer(config.optimizer)
-  mesh = parallel.make_mesh({'data': 2}, devices=jax.devices()[:2])
-  init_fn, shardings, _ = ts.state_layout(
-    lambda r: model.init(r, jnp.zeros((1, 16, 16, 3)))['params'],
-    tx,
-    mesh,
-    config.logical_axis_rules,
+  tx, mesh, state, shardings = tiny_configs.init_train_state(
+    config, model, (jnp.zeros((1, 16, 16, 3)),), num_devices=2
   )
-  state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(0))
   step = jax.jit(
     tok_trainer.make_train_step(model, tx, config.losses),
     in_shardings=(shardings, parallel.batch_sharding(mesh)),

@@ -12,53 +12,28 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import tiny_configs  # tests/tiny_configs.py
 from magvit_jax.config_loader import load_config
 from magvit_jax.config_schema import validate_config
 from magvit_jax.models import layers, tokenizers
 from magvit_jax.models.causal_cnn import CausalResBlock
 from magvit_jax.models.vqgan3d import ResBlock3D
 
-VQ = dict(filters=16, num_res_blocks=1, embedding_dim=8, codebook_size=32, num_groups=8)
+VQ = dict(tiny_configs.TINY_VQ, name='vqgan', filters=16, num_groups=8)
+MAGVIT2 = dict(tiny_configs.TINY_MAGVIT2, name='magvit2', filters=16, num_bits=4, num_groups=8)
 CASES = {
-  'vqgan': (dict(name='vqgan', channel_multipliers=(1, 2), **VQ), (2, 8, 8, 3)),
+  'vqgan': (VQ, (2, 8, 8, 3)),
   'vqgan_official_blocks': (
-    dict(
-      name='vqgan',
-      channel_multipliers=(1, 2),
-      shortcut='output',
-      res_conv_bias=False,
-      encoder_in_bias=False,
-      pixel_range='unit',
-      **VQ,
-    ),
+    dict(VQ, shortcut='output', res_conv_bias=False, encoder_in_bias=False, pixel_range='unit'),
     (2, 8, 8, 3),
   ),
-  'vqgan3d': (
-    dict(name='vqgan3d', channel_multipliers=(1, 2), temporal_downsample=(True,), **VQ),
-    (1, 4, 8, 8, 3),
-  ),
-  'magvit2': (
-    dict(
-      name='magvit2',
-      filters=16,
-      channel_multipliers=(1, 2),
-      num_res_blocks=1,
-      temporal_downsample=(True,),
-      num_bits=4,
-      num_groups=8,
-    ),
-    (1, 5, 8, 8, 3),
-  ),
+  'vqgan3d': (dict(VQ, name='vqgan3d', temporal_downsample=(True,)), (1, 4, 8, 8, 3)),
+  'magvit2': (MAGVIT2, (1, 5, 8, 8, 3)),
   'magvit2_level_start': (
     dict(
-      name='magvit2',
-      filters=16,
-      channel_multipliers=(1, 2),
-      num_res_blocks=1,
+      MAGVIT2,
       temporal_downsample=(False,),
       temporal_kernel_size=1,
-      num_bits=4,
-      num_groups=8,
       adaptive_norm='level_start',
       res_conv_bias=False,
     ),

@@ -18,7 +18,6 @@ from magvit_jax import parallel
 from magvit_jax.trainers import loop
 from magvit_jax import metrics_writer as mw
 from magvit_jax.trainers import tokenizer as tokenizer_trainer
-from magvit_jax.trainers import train_state as ts
 from magvit_jax.trainers import transformer as transformer_trainer
 from magvit_jax import pretrained
 from magvit_jax.models import tokenizers
@@ -199,15 +198,7 @@ def test_tokenizer_overfits_one_batch():
   config = tiny_configs.vqgan(steps=60)
   config.optimizer.update(dict(warmup_steps=5, decay='constant', lr=3e-3))
   model = tokenizers.build_tokenizer(config.model)
-  tx = ts.make_optimizer(config.optimizer)
-  mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
-  init_fn, shardings, _ = ts.state_layout(
-    lambda r: model.init(r, jnp.zeros((1, 16, 16, 3)))['params'],
-    tx,
-    mesh,
-    config.logical_axis_rules,
-  )
-  state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(0))
+  tx, _, state, _ = tiny_configs.init_train_state(config, model, (jnp.zeros((1, 16, 16, 3)),))
   images = np.random.RandomState(0).randint(0, 256, (8, 16, 16, 3)).astype(np.uint8)
   images = np.repeat(np.repeat(images[:, ::4, ::4], 4, 1), 4, 2)  # smooth-ish content
   step = jax.jit(tokenizer_trainer.make_train_step(model, tx, config.losses))
@@ -224,15 +215,8 @@ def test_transformer_learns_tokens_of_one_batch(tokenizer_run):
   frozen = pretrained.load_tokenizer(tokenizer_run[0])
   tokenizer, tok_params = frozen.module, frozen.params
   model = build_transformer(config.model, 16)
-  tx = ts.make_optimizer(config.optimizer)
-  mesh = parallel.make_mesh({'data': 1}, devices=jax.devices()[:1])
-  init_fn, shardings, _ = ts.state_layout(
-    lambda r: model.init(r, jnp.zeros((1, 16), jnp.int32), jnp.zeros((1,), jnp.int32))['params'],
-    tx,
-    mesh,
-    config.logical_axis_rules,
-  )
-  state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(0))
+  example = (jnp.zeros((1, 16), jnp.int32), jnp.zeros((1,), jnp.int32))
+  tx, _, state, _ = tiny_configs.init_train_state(config, model, example)
   rs = np.random.RandomState(1)
   batch = {
     'image': rs.randint(0, 256, (8, 16, 16, 3)).astype(np.uint8),

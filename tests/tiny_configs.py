@@ -3,13 +3,16 @@
 Each function returns a fresh, locked ConfigDict built from the real config file (so a test
 exercises what a user runs, only smaller) and takes the few values its tests vary. Subprocess
 tests (multi-host, preemption, CLIs) get the same configs as a config *file* from
-`write_config_file`, loadable by path like a user's own config.
+`write_config_file`, loadable by path like a user's own config. The smallest model keyword
+sets (`TINY_VQ`, `TINY_MAGVIT2`) and the train-state set-up of the step-level tests
+(`init_train_state`) are here too.
 """
 
 from __future__ import annotations
 
 import pathlib
 import textwrap
+from typing import Any, Sequence
 
 import ml_collections
 
@@ -24,6 +27,15 @@ TINY_VQ = dict(
   num_res_blocks=1,
   embedding_dim=8,
   codebook_size=32,
+  num_groups=4,
+)
+# The smallest MAGVIT-v2 causal LFQ tokenizer: one downsampling level in space and time, 2^6 codes.
+TINY_MAGVIT2 = dict(
+  filters=8,
+  channel_multipliers=(1, 2),
+  num_res_blocks=1,
+  temporal_downsample=(True,),
+  num_bits=6,
   num_groups=4,
 )
 
@@ -50,16 +62,7 @@ def shrink(
 def vqgan(steps: int = 6, checkpoint_every: int = 2) -> ml_collections.ConfigDict:
   """MaskGIT's VQGAN on 16 x 16 digits (4 x 4 tokens, codebook 32) on a data=2 x fsdp=4 mesh."""
   c = shrink(load_config('vqgan_imagenet.py:digits'), steps, 16, checkpoint_every, warmup_steps=2)
-  c.model.update(
-    dict(
-      filters=16,
-      channel_multipliers=(1, 2, 2),
-      num_res_blocks=1,
-      embedding_dim=8,
-      codebook_size=32,
-      num_groups=4,
-    )
-  )
+  c.model.update(dict(TINY_VQ, filters=16, channel_multipliers=(1, 2, 2)))
   c.mesh.update(dict(data=2, fsdp=4))
   return c
 
@@ -156,6 +159,34 @@ def commit(tokenizer_workdir: str, steps: int = 4) -> ml_collections.ConfigDict:
   c.model.update(dict(codebook_size=32, hidden_size=32, num_layers=1, num_heads=2, mlp_dim=64))
   c.sampling.num_steps = 3
   return c
+
+
+def init_train_state(
+  config: ml_collections.ConfigDict,
+  model: Any,
+  example_inputs: Sequence[Any],
+  num_devices: int = 1,
+) -> tuple[Any, Any, Any, Any]:
+  """A tokenizer/transformer `model`'s first train state under `config`, as the trainers make it.
+
+  example_inputs: the arrays `model.init` is traced with (e.g. `(jnp.zeros((1, 16, 16, 3)),)`).
+  Returns (tx, mesh, state, shardings): the optimizer of `config.optimizer`, a `data` mesh of
+  the first `num_devices` devices, the state initialised from PRNGKey(0) and laid out on that
+  mesh by `config.logical_axis_rules`, and its shardings.
+  """
+  # Imported here, not at the top: the config files of `write_config_file` import this module.
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from magvit_jax import parallel  # pylint: disable=g-import-not-at-top
+  from magvit_jax.trainers import train_state as ts  # pylint: disable=g-import-not-at-top
+
+  tx = ts.make_optimizer(config.optimizer)
+  mesh = parallel.make_mesh({'data': num_devices}, devices=jax.devices()[:num_devices])
+  init_fn, shardings, _ = ts.state_layout(
+    lambda r: model.init(r, *example_inputs)['params'], tx, mesh, config.logical_axis_rules
+  )
+  state = jax.jit(init_fn, out_shardings=shardings)(jax.random.PRNGKey(0))
+  return tx, mesh, state, shardings
 
 
 _FILE_TEMPLATE = textwrap.dedent("""\

@@ -15,15 +15,13 @@ Any other key (e.g. a ResNet-101's `layer3.6.*`) is refused, naming it. Nothing 
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from magvit_jax import weight_files
 from magvit_jax.losses.resnet50 import expected_shapes, load_resnet50_weights
-from magvit_jax.metrics import convert_weights
 
 _BN_TORCH = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
 
@@ -49,8 +47,8 @@ def torch_name(flax_key: str) -> str:
 def convert_state_dict(raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   """torch-layout arrays -> flat flax-layout float32 arrays under `expected_shapes()` keys."""
   raw = {
-    (k[len('module.') :] if k.startswith('module.') else k): v
-    for k, v in raw.items()
+    k: v
+    for k, v in weight_files.strip_module_prefix(raw).items()
     if not k.endswith('num_batches_tracked')
   }
   names = {torch_name(k): k for k in expected_shapes()}
@@ -89,33 +87,18 @@ def torch_shape(key: str, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def convert_file(input_path: str, output_path: str, allow_pickle: bool = False) -> None:
   """Reads, converts, writes `output_path` and re-validates it with `load_resnet50_weights`."""
-  if not output_path.endswith('.npz'):
-    raise ValueError(f'--output must end with .npz; got {output_path!r}')
-  arrays = convert_state_dict(convert_weights.read_state_dict(input_path, '', allow_pickle))
-  os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-  np.savez(output_path, **arrays)
-  load_resnet50_weights(output_path)
+  raw = weight_files.read_state_dict(input_path, allow_pickle=allow_pickle)
+  weight_files.write_npz(output_path, convert_state_dict(raw), load_resnet50_weights)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  parser = weight_files.converter_parser(
+    __doc__, 'torchvision resnet50 arrays: .npz, .safetensors (.pth: see --allow_pickle)'
   )
-  parser.add_argument(
-    '--input',
-    required=True,
-    help='torchvision resnet50 arrays: .npz, .safetensors (.pth: see --allow_pickle)',
-  )
-  parser.add_argument('--output', required=True, help='output .npz')
-  parser.add_argument('--allow_pickle', action='store_true', help=convert_weights.ALLOW_PICKLE_HELP)
-  parser.add_argument('--verbose', action='store_true', help='Show the traceback of an error.')
   args = parser.parse_args(argv)
-
-  def convert() -> None:
-    convert_file(args.input, args.output, args.allow_pickle)
-    print(f'wrote {args.output}')
-
-  return convert_weights.report_user_errors(convert, args.verbose)
+  return weight_files.run_converter(
+    lambda: convert_file(args.input, args.output, args.allow_pickle), args.output, args.verbose
+  )
 
 
 if __name__ == '__main__':

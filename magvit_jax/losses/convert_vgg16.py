@@ -18,37 +18,28 @@ that makes the `.npz` on a machine with torch.
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from magvit_jax import weight_files
 from magvit_jax.losses.perceptual import STAGE_CHANNELS, VGG16_LAYERS, load_vgg16_weights
-from magvit_jax.metrics import convert_weights
 
 # torchvision vgg16.features indices of the 13 convs, in VGG16_LAYERS order.
 TORCH_CONV_INDICES = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)
 
 
 def read_state_dict(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
-  """Raw arrays from an `.npz` / `.safetensors` of a torch state_dict, or (only with
-  `allow_pickle`: Python pickle, which can execute arbitrary code, so only for files you trust)
-  from the torch `.pth`/`.pt` itself. See `convert_weights.read_state_dict` for the errors."""
-  return convert_weights.read_state_dict(path, '', allow_pickle)
-
-
-def _strip_prefix(raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  # DataParallel checkpoints prefix keys with 'module.'.
-  return {k[len('module.') :] if k.startswith('module.') else k: v for k, v in raw.items()}
+  """`weight_files.read_state_dict` (.npz / .safetensors; a .pth/.pt only with `allow_pickle`)."""
+  return weight_files.read_state_dict(path, allow_pickle=allow_pickle)
 
 
 def convert_state_dict(
   raw: Mapping[str, np.ndarray], lpips: Mapping[str, np.ndarray] | None = None
 ) -> dict[str, np.ndarray]:
   """torch-layout arrays -> flat `{'conv1_1/kernel': [3,3,in,out], ..., 'lin0': [C]}` float32."""
-  raw = _strip_prefix(raw)
+  raw = weight_files.strip_module_prefix(raw)
   out: dict[str, np.ndarray] = {}
   for (name, cin, cout), idx in zip(VGG16_LAYERS, TORCH_CONV_INDICES):
     wkey, bkey = f'features.{idx}.weight', f'features.{idx}.bias'
@@ -66,7 +57,7 @@ def convert_state_dict(
     )
     out[f'{name}/bias'] = raw[bkey].astype(np.float32)
   if lpips is not None:
-    lpips = _strip_prefix(lpips)
+    lpips = weight_files.strip_module_prefix(lpips)
     for k, c in enumerate(STAGE_CHANNELS):
       key = f'lin{k}.model.1.weight'
       if key not in lpips:
@@ -83,35 +74,24 @@ def convert_file(
   """Reads, converts, writes `output_path` and re-validates it with `load_vgg16_weights`.
 
   allow_pickle: also read .pth/.pt inputs (Python pickle: only for files you trust)."""
-  if not output_path.endswith('.npz'):
-    raise ValueError(f'--output must end with .npz; got {output_path!r}')
   lpips = read_state_dict(lpips_path, allow_pickle) if lpips_path else None
   arrays = convert_state_dict(read_state_dict(input_path, allow_pickle), lpips)
-  os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
-  np.savez(output_path, **arrays)
-  load_vgg16_weights(output_path)
+  weight_files.write_npz(output_path, arrays, load_vgg16_weights)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  parser = weight_files.converter_parser(
+    __doc__, 'torchvision vgg16 arrays: .npz, .safetensors (.pth: see below)'
   )
-  parser.add_argument(
-    '--input', required=True, help='torchvision vgg16 arrays: .npz, .safetensors (.pth: see below)'
-  )
-  parser.add_argument('--output', required=True, help='output .npz')
   parser.add_argument(
     '--lpips', default=None, help='optional LPIPS v0.1 vgg weights (.npz, .safetensors, .pth)'
   )
-  parser.add_argument('--allow_pickle', action='store_true', help=convert_weights.ALLOW_PICKLE_HELP)
-  parser.add_argument('--verbose', action='store_true', help='Show the traceback of an error.')
   args = parser.parse_args(argv)
-
-  def convert() -> None:
-    convert_file(args.input, args.output, args.lpips, args.allow_pickle)
-    print(f'wrote {args.output}')
-
-  return convert_weights.report_user_errors(convert, args.verbose)
+  return weight_files.run_converter(
+    lambda: convert_file(args.input, args.output, args.lpips, args.allow_pickle),
+    args.output,
+    args.verbose,
+  )
 
 
 if __name__ == '__main__':

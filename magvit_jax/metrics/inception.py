@@ -32,7 +32,6 @@ pytorch-fid's published PyTorch weights.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, Sequence, Tuple
 
 import flax.linen as nn
@@ -41,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from magvit_jax import weight_files
 from magvit_jax.metrics.batching import apply_in_batches
 
 INPUT_SIZE = 299
@@ -253,39 +253,13 @@ def load_npz_variables(path: str, abstract: Variables, what: str, how_to_get: st
 
   Raises:
     FileNotFoundError: `path` does not exist (message says how to get it).
-    ValueError: a variable is missing, has the wrong shape, or an unknown name
-      is present (the message names the layer, expected vs found).
+    ValueError: a variable is missing, has the wrong shape or non-finite values, or an unknown
+      name is present (the message names the layer, expected vs found; `weight_files.load_npz`).
   """
-  if not path or not os.path.exists(path):
-    raise FileNotFoundError(f'{what} weights not found at {path!r}. {how_to_get}')
-  expected = flat_shapes(abstract)
-  with np.load(path) as f:
-    found = {k: f[k] for k in f.files}
-  # Wrong shapes first: they are the informative ones when a file is truncated or mismatched.
-  problems = [
-    f'{name}: expected shape {shape}, found {tuple(found[name].shape)}'
-    for name, (_, shape) in expected.items()
-    if name in found and tuple(found[name].shape) != shape
-  ]
-  missing = [name for name in expected if name not in found]
-  if missing:
-    problems.append(
-      f'{len(missing)} variable(s) missing from the file, e.g. '
-      + ', '.join(f'{m} {expected[m][1]}' for m in missing[:5])
-    )
-  unknown = sorted(set(found) - set(expected))
-  if unknown:
-    problems.append(
-      f'unexpected names (not in {what}): {unknown[:5]}'
-      + (f' and {len(unknown) - 5} more' if len(unknown) > 5 else '')
-    )
-  if problems:
-    raise ValueError(
-      f'{path} does not hold {what} weights in the expected layout '
-      f'({len(problems)} problem(s)):\n  ' + '\n  '.join(problems[:20])
-    )
-  flat = {key: jnp.asarray(found[name], jnp.float32) for name, (key, _) in expected.items()}
-  return traverse_util.unflatten_dict(flat)
+  flat = flat_shapes(abstract)
+  expected = {name: shape for name, (_, shape) in flat.items()}
+  paths = {name: key for name, (key, _) in flat.items()}
+  return weight_files.load_npz(path, expected, what, how_to_get, paths)
 
 
 INCEPTION_HOW_TO_GET = (
