@@ -12,6 +12,7 @@ the differing keys named.
 
 from __future__ import annotations
 
+import concurrent.futures.thread
 import contextlib
 import dataclasses
 import errno
@@ -168,12 +169,34 @@ def _quiet_failed_writes() -> Iterator[None]:
     logging.getLogger(record.name).handle(record)
 
 
+def _is_pool_worker(thread: threading.Thread) -> bool:
+  """Whether `thread` is a worker of a `concurrent.futures.ThreadPoolExecutor`.
+
+  Such a worker lives until its pool is shut down, idle or not (e.g. 'metadata_store_0' of
+  orbax's non-blocking metadata store, which an async CheckpointManager keeps until `close`):
+  joining it waits for the pool's owner, not for a write.
+  """
+  # CPython keeps the target of a running thread in `_target` (there is no public accessor).
+  return getattr(thread, '_target', None) is concurrent.futures.thread._worker
+
+
 def _join_new_threads(before: set[threading.Thread], timeout_s: float) -> None:
   """Waits (up to `timeout_s` in all) for the threads started since `before` (orbax's writers
-  of a failed save, which go on after the first of them failed)."""
+  of a failed save, which go on after the first of them failed).
+
+  Executor workers are not waited for (`_is_pool_worker`): a pool that orbax keeps open would
+  hold this wait for the whole `timeout_s` (an async save failed 30 s late, issue 14). The
+  failed async manager is closed next, which shuts its pools down after their pending work,
+  and what is written into the partial step after all is removed by `_remove_for_good`.
+  """
   deadline = time.monotonic() + timeout_s
   for thread in threading.enumerate():
-    if thread not in before and thread is not threading.current_thread() and not thread.daemon:
+    if (
+      thread not in before
+      and thread is not threading.current_thread()
+      and not thread.daemon
+      and not _is_pool_worker(thread)
+    ):
       # The plain join: orbax's threads override join() to raise their exception.
       threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
 

@@ -109,8 +109,8 @@ def base_config(stage: str, model: str = 'vqgan') -> ml_collections.ConfigDict:
   c.checkpoint_every = 1000
   c.max_checkpoints = 3
   # True: checkpoints written in the background while the steps go on (docs/reliability.md);
-  # opt-in until the disk-full path under async is proven flake-free in the real CLI.
-  c.checkpoint_async = False
+  # False: each save blocks until the step is on disk.
+  c.checkpoint_async = True
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, num_slices=1))
   c.logical_axis_rules = [list(r) for r in LOGICAL_AXIS_RULES]
   c.optimizer = ml_collections.ConfigDict(

@@ -6,16 +6,22 @@
 2. A write that fails in the background (a file size limit, as a full disk) is raised at the
    next `wait` as the one-line CheckpointSaveError naming the step; the earlier checkpoint is
    intact, no partial step is left, and the same Checkpointer saves again once the limit is
-   lifted. A synchronous Checkpointer raises the same error from `save` itself.
+   lifted. A synchronous Checkpointer raises the same error from `save` itself. The failure
+   comes within seconds: the clean-up waits for orbax's writer threads, not for the thread
+   pools that orbax keeps open until its CheckpointManager is closed (their idle workers held
+   it for its whole 30 s budget before, issue 14).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import pathlib
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -73,7 +79,7 @@ def test_sync_save_is_finalized_when_it_returns(tmp_path):
 
 
 SCRIPT = textwrap.dedent("""\
-    import resource, signal, sys
+    import resource, signal, sys, time
     import jax
     import jax.numpy as jnp
     from magvit_jax import checkpoint as ckpt_lib
@@ -84,6 +90,7 @@ SCRIPT = textwrap.dedent("""\
     checkpointer.wait()
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    start = time.monotonic()
     try:
       # A 4 MiB array file of random (incompressible) values.
       checkpointer.save(2, {'w': jax.random.normal(jax.random.key(0), (1 << 20,))})
@@ -91,6 +98,7 @@ SCRIPT = textwrap.dedent("""\
       checkpointer.wait()
       print('NO ERROR', flush=True)
     except ckpt_lib.CheckpointSaveError as e:
+      print('SECONDS', time.monotonic() - start, flush=True)
       print('ERROR', e.errno, str(e), flush=True)
     resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     checkpointer.save(3, {'w': jnp.ones((1 << 20,))})
@@ -132,6 +140,10 @@ def test_async_write_failure_is_raised_at_wait_naming_the_step(tmp_path):
   assert error.startswith(f'ERROR 27 saving the checkpoint of step 2 to {directory} failed')
   assert 'File too large (errno 27)' in error
   assert 'the checkpoint of step 1 is intact' in error
+  # From the save to the error: the writes and the clean-up (under 5 s on 2 loaded cores; 30 s
+  # or more when the idle worker of orbax's metadata store was joined).
+  seconds = float(next(line for line in lines if line.startswith('SECONDS')).split()[1])
+  assert seconds < 20, seconds
   assert 'STEPS [1, 3]' in lines
   assert sorted(os.listdir(directory)) == ['1', '3']  # No partial step, no temporary directory.
   sync = next(line for line in lines if line.startswith('SYNC ERROR'))
@@ -139,3 +151,24 @@ def test_async_write_failure_is_raised_at_wait_naming_the_step(tmp_path):
   assert lines[-1] == 'SYNC STEPS [1]'
   assert sorted(os.listdir(f'{directory}_sync')) == ['1']
   assert 'Traceback' not in out.stderr, out.stderr[-3000:]
+
+
+def test_failed_save_cleanup_waits_for_writers_not_for_idle_pool_workers():
+  """`_join_new_threads` joins a thread started since `before` that is still writing, and does
+  not wait for the idle worker of a thread pool that stays open (it would never end)."""
+  before = set(threading.enumerate())
+  pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='test_pool')
+  try:
+    pool.submit(lambda: None).result()  # Its worker now idles until the pool is shut down.
+    (worker,) = [t for t in threading.enumerate() if t.name.startswith('test_pool')]
+    writer = threading.Thread(target=time.sleep, args=(0.5,))
+    writer.start()
+    assert ckpt_lib._is_pool_worker(worker) and not ckpt_lib._is_pool_worker(writer)
+    start = time.monotonic()
+    ckpt_lib._join_new_threads(before, timeout_s=10.0)
+    elapsed = time.monotonic() - start
+    assert not writer.is_alive()  # Joined: its writes are over before the partial step goes.
+    assert worker.is_alive()  # Not joined: the wait ended with the writer, not at the timeout.
+    assert elapsed < 5.0, elapsed
+  finally:
+    pool.shutdown()

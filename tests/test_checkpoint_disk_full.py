@@ -12,6 +12,9 @@ and TensorBoard files stay far below LIMIT; a checkpoint's array files do not.
    step 2 and the rerun, no traceback and no library noise; on disk only checkpoint 2 is left
    (no partial step, no temporary directory) and the tokenizer loads from it;
 3. the same command without the limit resumes from step 2 and saves step 4.
+
+Both with asynchronous checkpoints (`checkpoint_async=True`, the default: the failure surfaces
+at the wait after the last step) and synchronous ones (the save itself fails).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import pytest
 from magvit_jax import pretrained
 import tiny_configs  # tests/tiny_configs.py
 
-# Three trainings of the tiny tokenizer in subprocesses (about 60 s on 2 CPU cores).
+# Three trainings of the tiny tokenizer in subprocesses, twice (about 60 s each on 2 CPU cores).
 pytestmark = pytest.mark.slow
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -95,22 +98,24 @@ def _logged_steps(workdir: pathlib.Path) -> list[int]:
   return [int(row['step']) for row in rows if 'loss' in row]
 
 
-def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path):
+@pytest.mark.parametrize('checkpoint_async', [True, False], ids=['async', 'sync'])
+def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, checkpoint_async):
   config = tiny_configs.write_config_file(
     tmp_path / 'tiny_tokenizer.py', 'vqgan', steps=2, checkpoint_every=2
   )
   workdir = tmp_path / 'run'
   ckpt_dir = workdir / 'checkpoints'
+  mode = f'--config.checkpoint_async={checkpoint_async}'
 
   # 1. Checkpoint 2, no limit; its array files must not fit under the limit of run 2.
-  proc = _train(config, workdir)
+  proc = _train(config, workdir, mode)
   assert proc.returncode == 0, _log(proc)
   assert sorted(os.listdir(ckpt_dir)) == ['2'], _log(proc)
   largest = max(p.stat().st_size for p in (ckpt_dir / '2').rglob('*') if p.is_file())
   assert largest > LIMIT, f'the largest checkpoint file has {largest} bytes: raise the model size'
 
   # 2. Steps 3 and 4 under the limit: the save of step 4 fails.
-  proc = _train(config, workdir, '--config.num_train_steps=4', limited=True)
+  proc = _train(config, workdir, mode, '--config.num_train_steps=4', limited=True)
   assert proc.returncode == 1, _log(proc)
   assert '[tokenizer] step 4/4' in proc.stdout, _log(proc)  # It failed in the save, not before.
   lines = proc.stderr.strip().splitlines()
@@ -129,7 +134,7 @@ def test_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path):
   assert _logged_steps(workdir) == [1, 2, 3, 4]
 
   # 3. The same command without the limit resumes from step 2 and saves step 4.
-  proc = _train(config, workdir, '--config.num_train_steps=4')
+  proc = _train(config, workdir, mode, '--config.num_train_steps=4')
   assert proc.returncode == 0, _log(proc)
   assert f'[tokenizer] resumed from {ckpt_dir}/2' in proc.stdout, _log(proc)
   assert sorted(os.listdir(ckpt_dir)) == ['2', '4'], _log(proc)
