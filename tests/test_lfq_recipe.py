@@ -266,7 +266,7 @@ def test_bit_usage_and_dead_bits_on_constructed_codes():
   # Eval computes it from the token histogram: same numbers.
   tokens = np.asarray(lfq.codes_to_tokens(jnp.asarray(codes)))
   hist = np.bincount(tokens, minlength=32)
-  np.testing.assert_allclose(tok_trainer.eval_bit_usage(hist, 5), usage, rtol=1e-6)
+  np.testing.assert_allclose(lfq.histogram_bit_usage(hist, 5), usage, rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- train step

@@ -30,7 +30,6 @@ from magvit_jax.metrics import frechet
 from magvit_jax.metrics import image as image_metrics
 from magvit_jax.models import tokenizers
 from magvit_jax.quantizers import lfq
-from magvit_jax.trainers.tokenizer import eval_bit_usage
 
 NETWORKS = ('i3d', 'digits', 'none')
 # I3D's temporal strides (8 in all) and final 2-frame pooling need at least 9 frames.
@@ -104,7 +103,7 @@ def token_metrics(tokens: np.ndarray, model_config: Any) -> dict[str, float]:
   histogram = np.bincount(np.asarray(tokens).reshape(-1), minlength=vocab)
   out = {'codebook_usage': float(np.count_nonzero(histogram)) / vocab}
   if model_config.name == 'magvit2':
-    usage = eval_bit_usage(histogram, int(model_config.num_bits))
+    usage = lfq.histogram_bit_usage(histogram, int(model_config.num_bits))
     out['dead_bits'] = float(lfq.count_dead_bits(usage))
     out['bit_usage_min'] = float(usage.min())
     out['bit_usage_max'] = float(usage.max())

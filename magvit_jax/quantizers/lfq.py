@@ -47,6 +47,7 @@ from typing import Hashable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _MAX_BITS = 30  # tokens are int32 and 2^d must fit in an int32.
 
@@ -256,6 +257,17 @@ def count_dead_bits(usage: jax.Array, eps: float = DEAD_BIT_EPS) -> jax.Array:
   """
   dead = (usage < eps) | (usage > 1.0 - eps)
   return jnp.sum(dead, dtype=jnp.int32)
+
+
+def histogram_bit_usage(histogram: np.ndarray, num_bits: int) -> np.ndarray:
+  """LFQ bit usage from a token histogram: int [2^num_bits] counts -> float64 [num_bits].
+
+  Entry i is the fraction of the counted tokens whose bit i is set (channel i = +1); the
+  held-out counterpart of `bit_usage` (evaluation over a whole split).
+  """
+  ids = np.arange(histogram.shape[0])
+  total = max(int(histogram.sum()), 1)
+  return np.array([histogram[(ids >> i) & 1 == 1].sum() / total for i in range(num_bits)])
 
 
 ENTROPY_WEIGHT_SCHEDULES = ('constant', 'linear', 'cosine')

@@ -146,7 +146,7 @@ def evaluate(
   Returns {prefix_psnr: mean per-example PSNR in dB (a video's PSNR is over all its frames),
   prefix_codebook_usage: distinct tokens used / codebook size, prefix_examples}; for LFQ
   also prefix_dead_bits, prefix_bit_usage_min and prefix_bit_usage_max over all eval tokens
-  (`eval_bit_usage`).
+  (`lfq.histogram_bit_usage`).
   """
   from magvit_jax.data import pipeline  # TF is imported only here.
 
@@ -184,21 +184,11 @@ def evaluate(
     f'{prefix}_examples': float(totals[1]),
   }
   if config.model.name == 'magvit2':
-    usage = eval_bit_usage(histogram, int(config.model.num_bits))
+    usage = lfq.histogram_bit_usage(histogram, int(config.model.num_bits))
     out[f'{prefix}_dead_bits'] = float(lfq.count_dead_bits(usage))
     out[f'{prefix}_bit_usage_min'] = float(usage.min())
     out[f'{prefix}_bit_usage_max'] = float(usage.max())
   return out
-
-
-def eval_bit_usage(histogram: np.ndarray, num_bits: int) -> np.ndarray:
-  """LFQ bit usage from a token histogram: int [2^num_bits] counts -> float64 [num_bits].
-
-  Entry i is the fraction of the counted tokens whose bit i is set (channel i = +1).
-  """
-  ids = np.arange(histogram.shape[0])
-  total = max(int(histogram.sum()), 1)
-  return np.array([histogram[(ids >> i) & 1 == 1].sum() / total for i in range(num_bits)])
 
 
 class MixedBatches:
