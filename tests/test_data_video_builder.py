@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from magvit_jax.data import pipeline, prepare_video_files
+from magvit_jax.data import pipeline
 from magvit_jax.data.builders import video_files
 
 av = pytest.importorskip('av')
@@ -122,9 +122,7 @@ def prepared(source, tmp_path_factory):
   records = _Records()
   logging.getLogger('absl').addHandler(records)
   try:
-    built = prepare_video_files.prepare(
-      str(source), str(data_dir), num_frames=T, image_size=S, stride=4
-    )
+    built = video_files.prepare(str(source), str(data_dir), num_frames=T, image_size=S, stride=4)
   finally:
     logging.getLogger('absl').removeHandler(records)
   builder = pipeline.get_builder('magvit_video_files/t8_s16_stride4', str(data_dir))
@@ -179,7 +177,7 @@ def test_pixels_equal_a_direct_pyav_decode_after_the_same_resize(prepared, sourc
 
 def test_fps_resampling_and_clips_per_video(source, tmp_path):
   # 30 fps files read at 10 fps: every third frame; a.mp4 (48 frames, 1.6 s) -> 16 frames.
-  builder = prepare_video_files.prepare(
+  builder = video_files.prepare(
     str(source), str(tmp_path), num_frames=4, image_size=8, fps=10, clips_per_video=3
   )
   assert builder.info.full_name == 'magvit_video_files/t4_s8_fps10_k3/1.0.0'
@@ -194,12 +192,12 @@ def test_fps_resampling_and_clips_per_video(source, tmp_path):
   # b.mov: 12 frames (0.4 s) -> 4 resampled frames, one clip.
   assert sorted(s for p, s in train if p == 'train/dog/b.mov') == [0]
   # Prepared again with the same settings and source: reused, not rebuilt.
-  again = prepare_video_files.prepare(
+  again = video_files.prepare(
     str(source), str(tmp_path), num_frames=4, image_size=8, fps=10, clips_per_video=3
   )
   assert again.data_dir == builder.data_dir
   with pytest.raises(ValueError, match='already prepared .* from'):
-    prepare_video_files.prepare(
+    video_files.prepare(
       str(tmp_path), str(tmp_path), num_frames=4, image_size=8, fps=10, clips_per_video=3
     )
 
@@ -216,14 +214,14 @@ def test_errors_name_the_source_and_the_setting(tmp_path):
   with pytest.raises(
     pipeline.DatasetNotPreparedError, match=re.escape(str(missing)) + '.* does not exist'
   ):
-    prepare_video_files.prepare(str(missing), str(tmp_path / 'tfds'))
+    video_files.prepare(str(missing), str(tmp_path / 'tfds'))
   empty = tmp_path / 'empty'
   (empty / 'train' / 'cat').mkdir(parents=True)
   (empty / 'train' / 'cat' / 'readme.txt').write_text('no videos here')
   with pytest.raises(
     pipeline.DatasetNotPreparedError, match=re.escape(str(empty)) + '.* holds no video files'
   ):
-    prepare_video_files.prepare(str(empty), str(tmp_path / 'tfds'))
+    video_files.prepare(str(empty), str(tmp_path / 'tfds'))
   with pytest.raises(ValueError, match='num_frames must be a positive int, got 0'):
     video_files.VideoFilesConfig(name='', src=str(empty), num_frames=0)
   with pytest.raises(ValueError, match='fps must be a positive number'):
@@ -237,11 +235,11 @@ def test_manual_dir_without_class_folders_has_no_label(tmp_path):
   manual = tmp_path / 'tfds' / 'downloads' / 'manual'  # TFDS's manual dir: no src needed.
   (manual / 'train').mkdir(parents=True)
   _write_video(manual / 'train' / 'x.mp4', 6, (24, 24))
-  builder = prepare_video_files.prepare(None, str(tmp_path / 'tfds'), num_frames=3, image_size=8)
+  builder = video_files.prepare(None, str(tmp_path / 'tfds'), num_frames=3, image_size=8)
   assert 'label' not in builder.info.features
   assert sorted(_examples(builder, 'train')) == [('train/x.mp4', 0), ('train/x.mp4', 3)]
   assert builder.info.metadata['source'] == str(manual)
-  again = prepare_video_files.prepare(None, str(tmp_path / 'tfds'), num_frames=3, image_size=8)
+  again = video_files.prepare(None, str(tmp_path / 'tfds'), num_frames=3, image_size=8)
   assert again.data_dir == builder.data_dir
 
 

@@ -8,6 +8,8 @@
 `magvit_jax/data/builders/video_files.py`); without `--src`, TFDS's manual dir
 `<data_dir>/downloads/manual` is read. Prints the `data.name` to train with and how many files
 were skipped because they failed to decode (each is named in a warning). Never downloads.
+
+The library side is `magvit_jax.data.builders.video_files.prepare`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 from absl import flags
 
 from magvit_jax import cli_errors
+from magvit_jax.data.builders import video_files
 
 _SRC = flags.DEFINE_string(
   'src', None, 'The folder of video files; default: <data_dir>/downloads/manual.'
@@ -41,65 +44,10 @@ _CONFIG_NAME = flags.DEFINE_string(
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Rebuild a dataset prepared before.')
 
 
-def prepare(
-  src: str | None,
-  data_dir: str | None = None,
-  *,
-  num_frames: int = 16,
-  image_size: int = 64,
-  fps: float | None = None,
-  stride: int | None = None,
-  clips_per_video: int = 0,
-  config_name: str | None = None,
-  overwrite: bool = False,
-):
-  """Builds `magvit_video_files/<config name>` from `src` into `data_dir` and returns the
-  prepared (read-only) builder. A config prepared before from the same source is reused
-  (`overwrite=True` rebuilds it); one prepared from another source raises ValueError."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  from magvit_jax.data import tfds_source  # pylint: disable=g-import-not-at-top
-  from magvit_jax.data.builders import video_files  # pylint: disable=g-import-not-at-top
-
-  data_dir = os.path.expanduser(data_dir) if data_dir else tfds_source.default_data_dir()
-  config = video_files.VideoFilesConfig(
-    name=config_name or '',
-    src=None if not src else src if '://' in src else os.path.abspath(os.path.expanduser(src)),
-    num_frames=num_frames,
-    image_size=image_size,
-    fps=fps,
-    stride=stride,
-    clips_per_video=clips_per_video,
-  )
-  name = f'{video_files.NAME}/{config.name}'
-  if not overwrite:
-    try:
-      built = tfds_source.get_builder(name, data_dir)
-    except tfds_source.DatasetNotPreparedError:
-      built = None
-    if built is not None:
-      source = (built.info.metadata or {}).get('source')
-      wanted = config.src or os.path.join(data_dir, 'downloads', 'manual')
-      if source != wanted:
-        raise ValueError(
-          f'{name} is already prepared in {data_dir} from {source!r}, not {wanted!r}: pass '
-          'another --config_name, or --overwrite to rebuild it.'
-        )
-      return built
-  os.makedirs(data_dir, exist_ok=True)
-  builder = video_files.MagvitVideoFiles(config=config, data_dir=data_dir)
-  modes = tfds.download.GenerateMode
-  mode = modes.FORCE_REDOWNLOAD if overwrite else modes.REUSE_DATASET_IF_EXISTS
-  builder.download_and_prepare(
-    download_config=tfds.download.DownloadConfig(try_download_gcs=False, download_mode=mode)
-  )
-  return tfds_source.get_builder(name, data_dir)
-
-
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments: {argv[1:]}')
-  builder = prepare(
+  builder = video_files.prepare(
     _SRC.value,
     _DATA_DIR.value,
     num_frames=_NUM_FRAMES.value,
