@@ -133,10 +133,19 @@ def peak_memory_bytes() -> float | None:
   return float(stats['peak_bytes_in_use']) if stats and 'peak_bytes_in_use' in stats else None
 
 
-def transformer_step(name: str, batch: int | None, dtype: str):
+# --layers: transformer layer variants, each (suffix of the row name, config.model overrides).
+LAYER_VARIANTS = {
+  'unrolled': ('', {}),
+  'scan': (' +scan', {'scan_layers': True}),
+  'scan_remat': (' +scan+remat(full)', {'scan_layers': True, 'remat_policy': 'full'}),
+}
+
+
+def transformer_step(name: str, batch: int | None, dtype: str, layers: str = 'unrolled'):
   """(jitted step, state, batch dict, analytic FLOPs/step, params, batch size, notes)."""
   config = config_of(name)
   config.model.dtype = dtype
+  config.model.update(LAYER_VARIANTS[layers][1])
   tok_config = config_of(tokenizer_config_name(name))
   grid = tokenizers.token_shape(tok_config)
   model = build_transformer(config.model, math.prod(grid))
@@ -221,11 +230,19 @@ def tokenizer_step(name: str, batch: int | None):
   return jitted, state, data, None, count_params(state.params), b, ', '.join(parts)
 
 
-def run_one(which: str, name: str, batch: int | None, dtype: str, steps: int, warmup: int) -> dict:
-  row = {'config': name, 'which': which}
+def run_one(
+  which: str,
+  name: str,
+  batch: int | None,
+  dtype: str,
+  steps: int,
+  warmup: int,
+  layers: str = 'unrolled',
+) -> dict:
+  row = {'config': name + LAYER_VARIANTS[layers][0], 'which': which}
   try:
     if which == 'transformer':
-      jitted, state, data, flops, params, b, notes = transformer_step(name, batch, dtype)
+      jitted, state, data, flops, params, b, notes = transformer_step(name, batch, dtype, layers)
       row['dtype'] = dtype
     else:
       jitted, state, data, flops, params, b, notes = tokenizer_step(name, batch)
@@ -326,7 +343,17 @@ def main() -> None:
     choices=('float32', 'bfloat16'),
     help='transformer activation dtype (config.model.dtype)',
   )
+  p.add_argument(
+    '--layers',
+    default='unrolled',
+    help='comma list of transformer layer variants, each a row: '
+    f'{", ".join(LAYER_VARIANTS)} (scan = model.scan_layers, remat = model.remat_policy)',
+  )
   args = p.parse_args()
+  layers = [v.strip() for v in args.layers.split(',') if v.strip()]
+  for v in layers:
+    if v not in LAYER_VARIANTS:
+      p.error(f'--layers: {v!r} is not one of {tuple(LAYER_VARIANTS)}')
 
   which = [w.strip() for w in args.which.split(',') if w.strip()]
   for w in which:
@@ -365,10 +392,11 @@ def main() -> None:
   )
   rows = []
   for w, n, b in jobs:
-    row = run_one(w, n, b, args.dtype, args.steps, args.warmup)
-    rows.append(row)
-    status = row.get('error') or f'{row["step_s"] * 1e3:.1f} ms/step'
-    print(f'[train_step] {w} {n}: {status}', flush=True)
+    for v in layers if w == 'transformer' else ['unrolled']:
+      row = run_one(w, n, b, args.dtype, args.steps, args.warmup, v)
+      rows.append(row)
+      status = row.get('error') or f'{row["step_s"] * 1e3:.1f} ms/step'
+      print(f'[train_step] {w} {row["config"]}: {status}', flush=True)
   print()
   print_table(rows)
 
